@@ -1,0 +1,1 @@
+"""Data: synthetic phantoms, preprocessing, splits, torch datasets."""

@@ -1,0 +1,277 @@
+"""ACDC folder → HDF5 slice dataset: ED/ES frames, square ROI crop, resize, normalise.
+
+Geometry bookkeeping (the part that makes mm and mL right downstream): a volume of in-plane
+spacing (sr, sc) mm is cropped to a square box of ``crop_size`` px and resized to ``size`` px,
+so each output pixel measures (sr, sc) · crop_size / size mm. The resize keeps the field of
+view (pixel centres at ``r0 − ½ + (i + ½) · crop_size / size`` in original pixels), which
+``io/export.py`` inverts to map masks back onto the original grid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from acdctool.config import PrepConfig, config_to_dict
+from acdctool.data.splits import assign_splits
+from acdctool.errors import AcdcToolError, BadInputError
+from acdctool.io.acdc import Frame, PatientInfo, PatientRef, find_patients, frame_paths, load_frame, read_info
+from acdctool.io.slices import SliceWriter
+from acdctool.provenance import make_provenance
+
+MIN_CROP_PX = 16
+"""Smallest crop side: a tiny stray-pixel mask must not become a 2-pixel crop."""
+
+
+@dataclass
+class PrepResult:
+    """What ``prep`` wrote: output path, row and patient counts, patients skipped and why."""
+
+    path: Path
+    rows: int = 0
+    patients: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """Square crop in original pixels: rows [r0, r0+size), cols [c0, c0+size); may overhang."""
+
+    r0: int
+    c0: int
+    size: int
+
+
+def prep_acdc(
+    root: Path,
+    out: Path,
+    config: PrepConfig = PrepConfig(),
+    *,
+    force: bool = False,
+    on_patient: Callable[[str], None] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> PrepResult:
+    """Convert an ACDC folder into a slice file (kind ``prep``), streaming patient by patient.
+
+    Args:
+        root: ACDC root (with ``training/``, ``testing/``), a folder of patient folders, or
+            one patient folder.
+        out: output ``.h5`` path; written atomically.
+        config: crop, resize, normalisation and split settings.
+        force: replace an existing ``out``.
+        on_patient: called with each patient name once processed (progress).
+        provenance: stored in the file; defaults to this process's command line.
+
+    Returns:
+        A :class:`PrepResult`.
+
+    Raises:
+        InputMissingError: ``root`` or a file it needs is missing.
+        BadInputError: malformed Info.cfg or NIfTI, shape mismatch, labels outside 0..3, no
+            ground truth with ``roi="gt"`` (each naming the file); with ``skip_bad`` these
+            skip the patient instead, unless every patient fails.
+        OutputError: ``out`` exists (without ``force``) or cannot be written.
+    """
+    patients = find_patients(root)
+    infos: dict[str, PatientInfo] = {}
+    result = PrepResult(Path(out))
+    for p in patients:
+        try:
+            infos[p.name] = read_info(p.path)
+        except AcdcToolError as exc:
+            if not config.skip_bad:
+                raise
+            result.skipped.append((p.name, str(exc)))
+    usable = [p for p in patients if p.name in infos]
+    has_gt = _ground_truth_present(usable, infos)
+    if config.roi == "gt" and not has_gt:
+        raise BadInputError(f"{root}: no ground-truth masks (*_gt.nii.gz); use --roi center for data without masks")
+    splits = assign_splits(
+        [(p.name, infos[p.name].group, p.source) for p in usable], config.val_fraction, config.folds, config.seed
+    )
+    arrays = {"image": ("float32", ())}
+    if has_gt:
+        arrays["gt"] = ("uint8", ())
+    with SliceWriter(
+        out, kind="prep", config=config_to_dict(config),
+        provenance=provenance or make_provenance([root]),
+        shape=(config.size, config.size), arrays=arrays, force=force,
+    ) as writer:
+        work = lambda p: _patient_rows(p, infos[p.name], splits[p.name], config, has_gt)  # noqa: E731
+        for p, outcome in ordered_map(work, usable, workers=config.workers):
+            if isinstance(outcome, AcdcToolError):
+                if not config.skip_bad:
+                    raise outcome
+                result.skipped.append((p.name, str(outcome)))
+            else:
+                rows, images, masks = outcome
+                data = {"image": images, "gt": masks} if has_gt else {"image": images}
+                writer.append(rows, **data)
+                result.rows += len(rows)
+                result.patients += 1
+            if on_patient is not None:
+                on_patient(p.name)
+        if result.patients == 0:
+            raise BadInputError(f"{root}: every patient failed; first error: {result.skipped[0][1]}")
+    return result
+
+
+def ordered_map(fn, items, workers: int):
+    """Yield ``(item, fn(item) or the AcdcToolError it raised)`` in input order.
+
+    At most ``workers + 1`` results are in flight, so memory stays flat however many patients;
+    NIfTI decoding and resampling release the GIL, so threads overlap them with HDF5 writes.
+    """
+    items = list(items)
+    if workers <= 1:
+        for item in items:
+            yield item, _capture(fn, item)
+        return
+    window = workers + 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = deque((item, pool.submit(_capture, fn, item)) for item in items[:window])
+        nxt = window
+        while pending:
+            item, future = pending.popleft()
+            if nxt < len(items):
+                pending.append((items[nxt], pool.submit(_capture, fn, items[nxt])))
+                nxt += 1
+            yield item, future.result()
+
+
+def _capture(fn, item):
+    try:
+        return fn(item)
+    except AcdcToolError as exc:
+        return exc
+
+
+def _ground_truth_present(patients: list[PatientRef], infos: dict[str, PatientInfo]) -> bool:
+    present = [
+        all(frame_paths(p, f)[1].exists() for f in (infos[p.name].ed, infos[p.name].es)) for p in patients
+    ]
+    if any(present) and not all(present):
+        lacking = [p.name for p, ok in zip(patients, present) if not ok]
+        raise BadInputError(
+            f"ground truth missing for {', '.join(lacking[:5])}{' ...' if len(lacking) > 5 else ''} "
+            "while other patients have it; prep them separately (e.g. training/ and testing/)"
+        )
+    return bool(present) and all(present)
+
+
+def _patient_rows(
+    patient: PatientRef, info: PatientInfo, split_fold: tuple[str, int], config: PrepConfig, has_gt: bool
+) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray | None]:
+    frames = {phase: load_frame(patient, f, with_mask=has_gt) for phase, f in (("ED", info.ed), ("ES", info.es))}
+    ed, es = frames["ED"], frames["ES"]
+    if ed.image.shape[:2] != es.image.shape[:2]:
+        raise BadInputError(f"{es.image_path}: in-plane shape {es.image.shape[:2]} differs from ED {ed.image.shape[:2]}")
+    box = roi_box(frames, config, patient)
+    rows, images, masks = [], [], []
+    for phase, frame in frames.items():
+        img, mask = resize_crop(frame, box, config)
+        n = img.shape[0]
+        scale = box.size / config.size
+        for z in range(n):
+            rows.append({
+                "patient": patient.name, "group": info.group, "phase": phase,
+                "frame": info.ed if phase == "ED" else info.es, "slice": z, "n_slices": n,
+                "spacing_row": frame.spacing[0] * scale, "spacing_col": frame.spacing[1] * scale,
+                "thickness": frame.spacing[2], "crop_r0": box.r0, "crop_c0": box.c0,
+                "crop_size": box.size, "orig_rows": frame.image.shape[0], "orig_cols": frame.image.shape[1],
+                "split": split_fold[0], "fold": split_fold[1], "model": "",
+            })
+        images.append(img)
+        masks.append(mask)
+    return rows, np.concatenate(images), (np.concatenate(masks) if has_gt else None)
+
+
+def roi_box(frames: dict[str, Frame], config: PrepConfig, patient: PatientRef) -> CropBox:
+    """The square crop shared by a patient's frames (so ED and ES stay comparable).
+
+    ``roi="gt"``: centred on the bounding box of every labelled pixel of all frames, side =
+    larger extent · (1 + 2·margin). ``roi="center"``: ``roi_mm`` around the image centre.
+
+    Raises:
+        BadInputError: ``roi="gt"`` and the ground truth is empty in every frame.
+    """
+    first = next(iter(frames.values()))
+    rows, cols = first.image.shape[:2]
+    if config.roi == "center":
+        side = max(MIN_CROP_PX, int(round(config.roi_mm / min(first.spacing[:2]))))
+        return CropBox(int(round((rows - side) / 2)), int(round((cols - side) / 2)), side)
+    heart = np.zeros((rows, cols), dtype=bool)
+    for frame in frames.values():
+        assert frame.mask is not None
+        heart |= frame.mask.any(axis=2)
+    if not heart.any():
+        raise BadInputError(f"{patient.path}: ground truth is empty in every frame; cannot place --roi gt (try --roi center)")
+    r_idx, c_idx = np.nonzero(heart.any(axis=1))[0], np.nonzero(heart.any(axis=0))[0]
+    r_lo, r_hi, c_lo, c_hi = r_idx[0], r_idx[-1] + 1, c_idx[0], c_idx[-1] + 1
+    side = max(MIN_CROP_PX, int(math.ceil(max(r_hi - r_lo, c_hi - c_lo) * (1 + 2 * config.margin))))
+    r0 = int(round((r_lo + r_hi - side) / 2))
+    c0 = int(round((c_lo + c_hi - side) / 2))
+    return CropBox(r0, c0, side)
+
+
+def crop(volume: np.ndarray, box: CropBox, fill: float) -> np.ndarray:
+    """Crop (X, Y, Z) → (size, size, Z), padding with ``fill`` where the box overhangs."""
+    rows, cols = volume.shape[:2]
+    out = np.full((box.size, box.size, volume.shape[2]), fill, dtype=volume.dtype)
+    r_lo, r_hi = max(box.r0, 0), min(box.r0 + box.size, rows)
+    c_lo, c_hi = max(box.c0, 0), min(box.c0 + box.size, cols)
+    if r_lo < r_hi and c_lo < c_hi:
+        out[r_lo - box.r0:r_hi - box.r0, c_lo - box.c0:c_hi - box.c0] = volume[r_lo:r_hi, c_lo:c_hi]
+    return out
+
+
+def resize_crop(frame: Frame, box: CropBox, config: PrepConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """Crop, resize with torchio (field of view kept) and normalise one frame.
+
+    Returns:
+        image (Z, size, size) float32 in [0, 1] (1st/99th percentile clipped);
+        mask (Z, size, size) uint8 or None.
+    """
+    import torch
+    import torchio as tio
+
+    sr, sc, sz = frame.spacing
+    affine = np.diag([sr, sc, sz, 1.0])
+    z = frame.image.shape[2]
+    resize = tio.Resize((config.size, config.size, z), image_interpolation="linear")
+    image = crop(frame.image, box, float(frame.image.min()))
+    mask = None if frame.mask is None else crop(frame.mask, box, 0)
+    channels = [image[None]]
+    if mask is not None and config.mask_interp == "smooth":
+        # Per-label linear resize then argmax: smoother edges than nearest, fewer broken slices.
+        # Background is 1 − the others after a linear resize, so it need not be resampled.
+        channels.append(np.stack([mask == k for k in (1, 2, 3)]).astype(np.float32))
+    stacked = torch.from_numpy(np.ascontiguousarray(np.concatenate(channels).astype(np.float32)))
+    resized = resize(tio.ScalarImage(tensor=stacked, affine=affine)).data.numpy()
+    out_img = normalise(resized[0], config.low_percentile, config.high_percentile)
+    out_mask = None
+    if mask is not None:
+        if config.mask_interp == "smooth":
+            fg = resized[1:]
+            probs = np.concatenate([1.0 - fg.sum(axis=0, keepdims=True), fg])
+            out_mask = probs.argmax(axis=0).astype(np.uint8)
+        else:
+            label = tio.LabelMap(tensor=torch.from_numpy(mask[None].astype(np.int16)), affine=affine)
+            out_mask = resize(label).data.numpy()[0].astype(np.uint8)
+        out_mask = np.ascontiguousarray(out_mask.transpose(2, 0, 1))
+    return np.ascontiguousarray(out_img.transpose(2, 0, 1)), out_mask
+
+
+def normalise(volume: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Clip to the [low, high] percentiles of the volume and scale to [0, 1] (float32)."""
+    lo, hi = np.percentile(volume, [low, high])
+    if hi <= lo:
+        return np.zeros_like(volume, dtype=np.float32)
+    return ((np.clip(volume, lo, hi) - lo) / (hi - lo)).astype(np.float32)

@@ -1,0 +1,1 @@
+"""File formats: ACDC folders, the HDF5 slice dataset, checkpoints, exports."""

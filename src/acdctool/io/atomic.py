@@ -1,0 +1,65 @@
+"""Atomic outputs: write into a temp file beside the target, then ``os.replace``.
+
+A crash, an error or Ctrl-C never leaves a half-written output under the final name, and an
+existing output is only replaced when the caller asked for it (``force``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from acdctool.errors import OutputError
+
+
+def check_output(path: Path, force: bool) -> Path:
+    """Check that ``path`` may be written and that its folder exists (created if needed).
+
+    Raises:
+        OutputError: ``path`` exists and ``force`` is false, is a folder, or its folder
+            cannot be created.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder, expected a file path")
+    if path.exists() and not force:
+        raise OutputError(f"{path}: already exists (use --force to overwrite)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{path.parent}: cannot create output folder ({exc.strerror or exc})") from None
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temp path in ``path``'s folder; on success move it onto ``path``.
+
+    The temp file is removed if the body raises (including KeyboardInterrupt).
+
+    Raises:
+        OutputError: see :func:`check_output`; or the folder is not writable.
+
+    Example:
+        >>> with atomic_path(Path("out.h5"), force=True) as tmp:  # doctest: +SKIP
+        ...     write_everything(tmp)
+    """
+    path = check_output(Path(path), force)
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"{path.parent}: cannot write here ({exc.strerror or exc})") from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        # Re-check: another process may have created the output meanwhile.
+        if path.exists() and not force:
+            raise OutputError(f"{path}: appeared while writing (use --force to overwrite)")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,352 @@
+"""The HDF5 slice dataset: the one format every stage reads and writes (``docs/FORMAT.md``).
+
+A file holds N rows, one per 2D short-axis slice (or per slice × model for segmentation
+outputs), all of the same in-plane size H×W:
+
+- ``/image`` float32 (N, H, W), intensities normalised to [0, 1];
+- ``/gt`` uint8 (N, H, W), ground-truth labels 0..3, when known;
+- ``/pred`` uint8 (N, H, W), a stage's predicted labels (gen-seg, refine);
+- any further per-row array a stage adds (e.g. ``/probs``, ``/context``), first axis N;
+- ``/index/<column>``: one 1-D dataset per column of :data:`INDEX_COLUMNS`.
+
+Root attributes: ``format`` (always :data:`FORMAT`), ``kind`` (which stage wrote it),
+``schema_version``, ``tool_version``, ``config`` and ``provenance`` (JSON strings).
+Arrays are chunked one row per chunk, gzip + shuffle, so random row access stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from acdctool import __version__
+from acdctool.errors import BadInputError, FileKindError, InputMissingError, SchemaVersionError
+from acdctool.io.atomic import atomic_path
+
+FORMAT = "acdctool-slices"
+SCHEMA_VERSION = 1
+KINDS = ("prep", "seg", "3gram", "refined")
+"""``prep``: images + ground truth; ``seg``: gen-seg predictions; ``3gram``: seg plus
+neighbour context; ``refined``: refine output."""
+
+_STR = "str"
+INDEX_COLUMNS: dict[str, str] = {
+    "patient": _STR,  # e.g. "patient001"
+    "group": _STR,  # NOR, MINF, DCM, HCM, RV ("" when unknown)
+    "phase": _STR,  # ED or ES
+    "frame": "int16",  # 1-based frame number in the cine
+    "slice": "int16",  # 0-based position in its volume (file order, base first in ACDC)
+    "n_slices": "int16",  # slice count of its volume
+    "spacing_row": "float32",  # mm per output pixel along rows, after crop and resize
+    "spacing_col": "float32",  # mm per output pixel along columns, after crop and resize
+    "thickness": "float32",  # slice spacing in mm (pixdim[3])
+    "crop_r0": "int32",  # crop box in original pixels: rows [r0, r0+crop_size) ...
+    "crop_c0": "int32",  # ... and columns [c0, c0+crop_size); may extend past the image
+    "crop_size": "int32",  # side of the square crop box in original pixels
+    "orig_rows": "int32",  # original in-plane shape of the volume
+    "orig_cols": "int32",
+    "split": _STR,  # train, val or test
+    "fold": "int8",  # 0..k-1 for training patients, -1 otherwise
+    "model": _STR,  # model name for seg/refined rows, "" for prep rows
+}
+ROW_KEY = ("patient", "phase", "slice", "model")
+"""Columns that identify a row; stages match rows by these, never by position."""
+
+_COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+
+
+class SliceWriter:
+    """Stream rows into a new slice file; the file appears only when the writer closes cleanly.
+
+    Args:
+        path: output ``.h5`` path.
+        kind: one of :data:`KINDS`.
+        config: the stage's resolved config (stored as JSON).
+        provenance: see :func:`acdctool.provenance.make_provenance`.
+        shape: in-plane (H, W) of every row, px.
+        arrays: name -> (dtype, extra trailing shape); e.g. ``{"image": ("float32", ()),
+            "gt": ("uint8", ()), "probs": ("float16", (4,))}``. Extra shape goes *before* H, W.
+        force: replace an existing output.
+        attrs: further root attributes (JSON-serialised when not scalar).
+
+    Raises:
+        OutputError: the output exists (without ``force``) or cannot be written.
+
+    Example:
+        >>> with SliceWriter(out, kind="prep", config={}, provenance={}, shape=(128, 128),
+        ...                  arrays={"image": ("float32", ())}) as w:  # doctest: +SKIP
+        ...     w.append(index_rows, image=images)            # images: (n, 128, 128)
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        kind: str,
+        config: Mapping[str, Any],
+        provenance: Mapping[str, Any],
+        shape: tuple[int, int],
+        arrays: Mapping[str, tuple[str, tuple[int, ...]]],
+        force: bool = False,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}")
+        self.path = Path(path)
+        self._kind, self._config, self._provenance = kind, dict(config), dict(provenance)
+        self._shape, self._specs, self._attrs = tuple(shape), dict(arrays), dict(attrs or {})
+        self._force = force
+        self._rows: dict[str, list[Any]] = {c: [] for c in INDEX_COLUMNS}
+        self._n = 0
+        self._ctx = None
+        self._h5: h5py.File | None = None
+
+    def __enter__(self) -> SliceWriter:
+        self._ctx = atomic_path(self.path, self._force)
+        tmp = self._ctx.__enter__()
+        self._h5 = h5py.File(tmp, "w")
+        for name, (dtype, extra) in self._specs.items():
+            full = (*extra, *self._shape)
+            self._h5.create_dataset(
+                name, shape=(0, *full), maxshape=(None, *full), dtype=dtype,
+                chunks=(1, *full), **_COMPRESSION,
+            )
+        return self
+
+    def append(self, rows: Sequence[Mapping[str, Any]] | pd.DataFrame, **arrays: np.ndarray) -> None:
+        """Append n rows: their index entries and one (n, ...) array per declared name."""
+        assert self._h5 is not None, "use SliceWriter as a context manager"
+        records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
+        n = len(records)
+        if set(arrays) != set(self._specs):
+            raise ValueError(f"append needs arrays {sorted(self._specs)}, got {sorted(arrays)}")
+        for name, values in arrays.items():
+            ds = self._h5[name]
+            if values.shape != (n, *ds.shape[1:]):
+                raise ValueError(f"{name}: shape {values.shape}, expected {(n, *ds.shape[1:])}")
+            ds.resize(self._n + n, axis=0)
+            ds[self._n:] = values
+        for rec in records:
+            for col in INDEX_COLUMNS:
+                self._rows[col].append(rec[col])
+        self._n += n
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self._h5 is not None and self._ctx is not None
+        try:
+            if exc_type is None:
+                self._finish()
+        finally:
+            self._h5.close()
+        self._ctx.__exit__(exc_type, exc, tb)
+
+    def _finish(self) -> None:
+        h5 = self._h5
+        assert h5 is not None
+        idx = h5.create_group("index")
+        for col, kind in INDEX_COLUMNS.items():
+            values = self._rows[col]
+            if kind == _STR:
+                idx.create_dataset(col, data=np.array(values, dtype=object), dtype=h5py.string_dtype())
+            else:
+                idx.create_dataset(col, data=np.asarray(values, dtype=kind))
+        h5.attrs["format"] = FORMAT
+        h5.attrs["kind"] = self._kind
+        h5.attrs["schema_version"] = SCHEMA_VERSION
+        h5.attrs["tool_version"] = __version__
+        h5.attrs["config"] = json.dumps(self._config, sort_keys=True, default=str)
+        h5.attrs["provenance"] = json.dumps(self._provenance, sort_keys=True, default=str)
+        for key, value in self._attrs.items():
+            h5.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
+
+
+class SliceFile:
+    """Read-only access to a slice file, validated on open.
+
+    Arrays are read lazily (``read(name, rows)``), so opening a large file is cheap; open one
+    ``SliceFile`` per DataLoader worker rather than sharing a handle across processes.
+
+    Args:
+        path: the ``.h5`` file.
+        kinds: accepted kinds (default: any of :data:`KINDS`).
+
+    Raises:
+        InputMissingError: the file does not exist.
+        FileKindError: not an HDF5 file, not a slice file, or a kind not in ``kinds``.
+        SchemaVersionError: written with a schema version this tool does not read.
+        BadInputError: the index is incomplete or inconsistent with the arrays.
+
+    Example:
+        >>> with SliceFile("slices.h5") as f:  # doctest: +SKIP
+        ...     f.index.groupby("split").patient.nunique()
+        ...     img = f.read("image", [0, 5])   # (2, 128, 128) float32
+    """
+
+    def __init__(self, path: Path | str, kinds: Iterable[str] | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputMissingError(f"{self.path}: no such file")
+        try:
+            self._h5 = h5py.File(self.path, "r")
+        except OSError:
+            raise FileKindError(f"{self.path}: not an HDF5 file (truncated or another format?)") from None
+        try:
+            self._validate(kinds)
+        except Exception:
+            self._h5.close()
+            raise
+        self._index: pd.DataFrame | None = None
+
+    def _validate(self, kinds: Iterable[str] | None) -> None:
+        attrs = self._h5.attrs
+        if attrs.get("format") != FORMAT:
+            raise FileKindError(f"{self.path}: not an acdctool slice file (made by `acdctool prep` and later stages)")
+        version = int(attrs.get("schema_version", -1))
+        if version != SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{self.path}: schema version {version}, this acdctool {__version__} reads version "
+                f"{SCHEMA_VERSION}; re-run the stage that made it with this version"
+            )
+        kinds = tuple(kinds) if kinds is not None else KINDS
+        if self.kind not in kinds:
+            raise FileKindError(f"{self.path}: a '{self.kind}' file, expected {' or '.join(repr(k) for k in kinds)}")
+        if "index" not in self._h5 or "image" not in self._h5:
+            raise BadInputError(f"{self.path}: incomplete slice file (no index or image array)")
+        missing = [c for c in INDEX_COLUMNS if c not in self._h5["index"]]
+        if missing:
+            raise BadInputError(f"{self.path}: index lacks columns {', '.join(missing)}")
+        n = len(self)
+        for name in self.arrays:
+            if self._h5[name].shape[0] != n:
+                raise BadInputError(f"{self.path}: array '{name}' has {self._h5[name].shape[0]} rows, index has {n}")
+
+    def __enter__(self) -> SliceFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._h5.close()
+
+    def __len__(self) -> int:
+        return int(self._h5["index/patient"].shape[0])
+
+    @property
+    def kind(self) -> str:
+        return str(self._h5.attrs.get("kind", ""))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """In-plane (H, W) of every row, px."""
+        return tuple(self._h5["image"].shape[-2:])  # type: ignore[return-value]
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self._h5.attrs.items()}
+
+    @property
+    def tool_version(self) -> str:
+        return str(self._h5.attrs.get("tool_version", "?"))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return json.loads(self._h5.attrs.get("config", "{}"))
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return json.loads(self._h5.attrs.get("provenance", "{}"))
+
+    @property
+    def arrays(self) -> list[str]:
+        """Names of the per-row arrays (``image``, ``gt``, ``pred``, ...)."""
+        return sorted(k for k, v in self._h5.items() if isinstance(v, h5py.Dataset))
+
+    def has(self, name: str) -> bool:
+        return name in self.arrays
+
+    @property
+    def index(self) -> pd.DataFrame:
+        """The per-row index, one column per :data:`INDEX_COLUMNS` entry (cached)."""
+        if self._index is None:
+            grp = self._h5["index"]
+            data = {}
+            for col, kind in INDEX_COLUMNS.items():
+                ds = grp[col]
+                data[col] = ds.asstr()[:] if kind == _STR else ds[:]
+            self._index = pd.DataFrame(data)
+        return self._index
+
+    def dataset(self, name: str) -> h5py.Dataset:
+        """The raw h5py dataset ``name`` (lazy).
+
+        Raises:
+            BadInputError: the file has no such array.
+        """
+        if name not in self.arrays:
+            raise BadInputError(f"{self.path}: no '{name}' array (has {', '.join(self.arrays)})")
+        return self._h5[name]
+
+    def read(self, name: str, rows: Sequence[int] | np.ndarray | slice | None = None) -> np.ndarray:
+        """Read array ``name`` for ``rows`` (all rows by default), in the given row order."""
+        ds = self.dataset(name)
+        if rows is None:
+            return ds[:]
+        if isinstance(rows, slice):
+            return ds[rows]
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return np.empty((0, *ds.shape[1:]), dtype=ds.dtype)
+        # h5py fancy indexing needs increasing unique indices: read sorted, then reorder.
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        return ds[uniq][inverse]
+
+    def spacing(self) -> np.ndarray:
+        """(N, 2) pixel spacing (row_mm, col_mm) of every row, after crop and resize."""
+        idx = self.index
+        return np.stack([idx.spacing_row.to_numpy(), idx.spacing_col.to_numpy()], axis=1).astype(np.float64)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready summary for ``acdctool info``."""
+        idx = self.index
+        patients = idx.drop_duplicates("patient")
+        volumes = idx.drop_duplicates(["patient", "phase", "model"])
+        by_split = idx.groupby("split").patient.nunique().to_dict()
+        return {
+            "path": str(self.path),
+            "kind": self.kind,
+            "schema_version": SCHEMA_VERSION,
+            "tool_version": self.tool_version,
+            "rows": len(self),
+            "shape": list(self.shape),
+            "patients": int(idx.patient.nunique()),
+            "volumes": int(len(volumes)),
+            "empty_gt_slices": self._empty_gt_count(),
+            "patients_per_group": {str(k): int(v) for k, v in patients.groupby("group").size().items()},
+            "patients_per_split": {str(k): int(v) for k, v in by_split.items()},
+            "rows_per_split": {str(k): int(v) for k, v in idx.groupby("split").size().items()},
+            "folds": {str(k): int(v) for k, v in patients[patients.fold >= 0].groupby("fold").size().items()},
+            "models": sorted(m for m in idx.model.unique() if m),
+            "spacing_mm": {
+                "min": float(min(idx.spacing_row.min(), idx.spacing_col.min())) if len(idx) else None,
+                "max": float(max(idx.spacing_row.max(), idx.spacing_col.max())) if len(idx) else None,
+            },
+            "arrays": {
+                name: {"shape": list(self._h5[name].shape), "dtype": str(self._h5[name].dtype)}
+                for name in self.arrays
+            },
+            "config": self.config,
+            "provenance": self.provenance,
+        }
+
+    def _empty_gt_count(self) -> int | None:
+        if not self.has("gt"):
+            return None
+        ds = self._h5["gt"]
+        return int(sum(not ds[i].any() for i in range(ds.shape[0])))
