@@ -17,10 +17,12 @@ def assign_splits(
 ) -> dict[str, tuple[str, int]]:
     """Give each patient a split (``train``/``val``/``test``) and a fold id.
 
-    ``training`` patients are shuffled per group with a seeded generator; within each group
-    fold ids cycle 0..folds-1 (so each fold holds every group in equal share) and the first
-    ``round(val_fraction · group size)`` patients go to ``val``, starting at a group-dependent
-    offset so val patients spread over the folds. ``testing`` patients get ``("test", -1)``.
+    ``training`` patients are shuffled per group with a seeded generator. Fold ids cycle
+    0..folds-1 along the groups laid end to end, so every fold holds each group in (nearly)
+    equal share and folds differ in size by at most one. ``round(val_fraction · n)`` patients go
+    to ``val``, taken round-robin over the groups (the first of each group, then the second...),
+    so ``val`` is stratified too and spreads over the folds. ``testing`` patients get
+    ``("test", -1)``.
 
     Args:
         patients: (name, group, source) with source ``training`` or ``testing``.
@@ -43,14 +45,13 @@ def assign_splits(
             out[name] = ("test", -1)
         else:
             by_group[group].append(name)
-    offset = 0
-    for group in sorted(by_group):
-        names = list(by_group[group])
-        rng.shuffle(names)
-        n_val = int(round(val_fraction * len(names)))
-        # Rotate which fold positions start the list so val patients do not pile up in fold 0.
-        fold_of = {name: (offset + i) % folds for i, name in enumerate(names)}
-        for i, name in enumerate(names):
-            out[name] = ("val" if i < n_val else "train", fold_of[name])
-        offset += n_val
+    shuffled = {g: list(rng.permutation(by_group[g])) for g in sorted(by_group)}
+    group_major = [name for g in sorted(shuffled) for name in shuffled[g]]
+    fold_of = {name: i % folds for i, name in enumerate(group_major)}
+    longest = max((len(v) for v in shuffled.values()), default=0)
+    interleaved = [v[i] for i in range(longest) for v in shuffled.values() if i < len(v)]
+    n_val = int(round(val_fraction * len(interleaved)))
+    val = set(interleaved[:n_val])
+    for name in group_major:
+        out[str(name)] = ("val" if name in val else "train", fold_of[name])
     return out

@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny seeded synthetic ACDC folders and their prep output; real-data paths."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REAL_ACDC = Path(__file__).resolve().parents[2] / "shared" / "acdc" / "training"
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A synthetic ACDC root: 5 training patients (one per group) and 2 testing patients."""
+    from acdctool.config import SynthConfig
+    from acdctool.data.synth import write_phantoms
+
+    root = tmp_path_factory.mktemp("synth") / "ACDC"
+    write_phantoms(SynthConfig(patients=5, test_patients=2, seed=7), root)
+    return root
+
+
+@pytest.fixture()
+def acdc_copy(synth_root, tmp_path) -> Path:
+    """A private copy of the synthetic training folder, free to corrupt."""
+    dst = tmp_path / "training"
+    shutil.copytree(synth_root / "training", dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def prepped(synth_root, tmp_path_factory) -> Path:
+    """prep output (kind 'prep') of the synthetic training patients at 64 px, 2 folds."""
+    from acdctool.config import PrepConfig
+    from acdctool.data.prep import prep_acdc
+
+    out = tmp_path_factory.mktemp("prep") / "slices.h5"
+    prep_acdc(synth_root / "training", out, PrepConfig(size=64, folds=2, val_fraction=0.2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_acdc() -> Path:
+    if not (REAL_ACDC / "patient001" / "Info.cfg").is_file():
+        pytest.skip("real ACDC data not found at ../shared/acdc/training")
+    return REAL_ACDC
