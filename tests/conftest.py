@@ -45,3 +45,25 @@ def real_acdc() -> Path:
     if not (REAL_ACDC / "patient001" / "Info.cfg").is_file():
         pytest.skip("real ACDC data not found at ../shared/acdc/training")
     return REAL_ACDC
+
+
+def write_seg_file(src: Path, out: Path, pred_fn, model: str = "unet", kind: str = "seg") -> Path:
+    """Copy a prep file into a seg-like file whose `pred` is `pred_fn(gt, index)` (tests only)."""
+    from acdctool.io.slices import SliceFile, SliceWriter
+
+    with SliceFile(src) as f:
+        index, image, gt = f.index.copy(), f.read("image"), f.read("gt")
+    index["model"] = model
+    pred = pred_fn(gt.copy(), index)
+    with SliceWriter(out, kind=kind, config={"test": True}, provenance={"command": "test"}, shape=gt.shape[1:],
+                     arrays={"image": ("float32", ()), "gt": ("uint8", ()), "pred": ("uint8", ())}) as w:
+        w.append(index, image=image, gt=gt, pred=pred)
+    return out
+
+
+@pytest.fixture()
+def seg_file_factory(prepped, tmp_path):
+    def make(pred_fn, name="seg.h5", model="unet", kind="seg"):
+        return write_seg_file(prepped, tmp_path / name, pred_fn, model=model, kind=kind)
+
+    return make

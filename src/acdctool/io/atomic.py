@@ -63,3 +63,39 @@ def atomic_path(path: Path, force: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temp folder beside ``path``; on success it becomes ``path`` (replacing it with ``force``).
+
+    If the body raises, the temp folder is removed and an existing ``path`` is left untouched,
+    so a failed run never leaves a partial report.
+
+    Raises:
+        OutputError: ``path`` exists (without ``force``), is a file, or cannot be created.
+    """
+    import shutil
+
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputError(f"{path}: already exists (use --force to overwrite)")
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path}: exists and is not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    except OSError as exc:
+        raise OutputError(f"{path.parent}: cannot create output folder ({exc.strerror or exc})") from None
+    try:
+        yield tmp
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.replace(path, old / "x")
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Evaluation outputs: metric tables, summaries, comparisons and figures."""

@@ -1,0 +1,151 @@
+"""Metric tables: per slice, per volume (patient × phase × model) and clinical indices.
+
+Every figure in mm or mL is computed from the spacing stored with each row (after crop and
+resize), never from pixel counts alone.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import pandas as pd
+
+from acdctool.metrics import anatomy, clinical, overlap
+
+from acdctool import CLASS_NAMES as CLASSES  # noqa: E402
+KEY = ["patient", "group", "phase", "slice", "n_slices", "split", "fold", "model"]
+_CHUNK = 256
+
+
+def position(slice_index: pd.Series, n_slices: pd.Series) -> pd.Series:
+    """``base``/``mid``/``apex`` by thirds of the volume; ACDC stores the base first (slice 0)."""
+    third = (slice_index.to_numpy() * 3) // np.maximum(n_slices.to_numpy(), 1)
+    return pd.Series(np.array(["base", "mid", "apex"])[np.clip(third, 0, 2)], index=slice_index.index)
+
+
+def slice_metrics(
+    index: pd.DataFrame, pred: np.ndarray, gt: np.ndarray, *, hausdorff: bool = True, workers: int = 1
+) -> pd.DataFrame:
+    """One row per slice: Dice, HD, HD95 per class, anatomical criteria and validity.
+
+    Args:
+        index: the slice index of ``pred`` (spacing columns in mm).
+        pred, gt: label maps ``(N, H, W)`` uint8.
+        hausdorff: compute HD/HD95 (mm); NaN columns otherwise.
+        workers: processes; chunks are computed independently, so results do not depend on it.
+
+    Returns:
+        DataFrame with the key columns, ``position``, ``dice_<c>``, ``dice_<c>_conv``,
+        ``dice_mean``, ``hd_<c>``, ``hd95_<c>`` (mm), each criterion ``anat_<name>``,
+        ``n_failed``, ``failed`` and ``valid``; ``c`` in rv, myo, lv.
+    """
+    spacing = index[["spacing_row", "spacing_col"]].to_numpy(np.float64)
+    chunks = [slice(i, i + _CHUNK) for i in range(0, len(index), _CHUNK)]
+    jobs = [(pred[c], gt[c], spacing[c], hausdorff) for c in chunks]
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            parts = list(pool.map(_chunk_metrics, *zip(*jobs)))
+    else:
+        parts = [_chunk_metrics(*job) for job in jobs]
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    out = index[KEY].reset_index(drop=True).copy()
+    out.insert(4, "position", position(out["slice"], out["n_slices"]))
+    return pd.concat([out, table], axis=1)
+
+
+def _chunk_metrics(pred: np.ndarray, gt: np.ndarray, spacing: np.ndarray, with_hd: bool) -> pd.DataFrame:
+    cols: dict[str, np.ndarray] = {}
+    dice, codes = overlap.dice_batch(pred, gt)
+    for j, name in enumerate(CLASSES.values()):
+        cols[f"dice_{name}"] = dice[:, j]
+        cols[f"dice_{name}_conv"] = np.array([overlap.CONVENTION_CODES[c].value for c in codes[:, j]])
+    cols["dice_mean"] = dice.mean(axis=1)
+    if with_hd:
+        hd, hd95, _ = overlap.hausdorff_batch(pred, gt, spacing)
+    else:
+        hd = hd95 = np.full(dice.shape, np.nan)
+    for j, name in enumerate(CLASSES.values()):
+        cols[f"hd_{name}"], cols[f"hd95_{name}"] = hd[:, j], hd95[:, j]
+    values, valid = anatomy.evaluate_batch(pred, spacing)
+    passed = anatomy.criteria_passed(values)
+    for j, name in enumerate(anatomy.CRITERIA_NAMES):
+        cols[f"anat_{name}"] = values[:, j]
+    cols["n_failed"] = (~passed).sum(axis=1)
+    names = np.array(anatomy.CRITERIA_NAMES)
+    cols["failed"] = np.array([";".join(names[~row]) for row in passed], dtype=object)
+    cols["valid"] = valid
+    return pd.DataFrame(cols)
+
+
+def volume_groups(index: pd.DataFrame) -> list[tuple[tuple, np.ndarray]]:
+    """(patient, phase, model) → row numbers ordered by slice position."""
+    ordered = index.reset_index(drop=True)
+    groups = ordered.groupby(["patient", "phase", "model"], sort=True).indices
+    return [(key, rows[np.argsort(ordered["slice"].to_numpy()[rows])]) for key, rows in groups.items()]
+
+
+def volume_metrics(index: pd.DataFrame, pred: np.ndarray, gt: np.ndarray, *, hausdorff: bool = True) -> pd.DataFrame:
+    """One row per volume: 3D Dice and HD/HD95 (mm, with the slice thickness) per class."""
+    records = []
+    for (patient, phase, model), rows in volume_groups(index):
+        first = index.iloc[rows[0]]
+        p, g = pred[rows], gt[rows]
+        dice, _ = overlap.dice_batch(p[None], g[None])
+        rec = {"patient": patient, "group": first["group"], "phase": phase, "model": model,
+               "split": first["split"], "fold": int(first["fold"]), "n_slices": len(rows)}
+        for j, name in enumerate(CLASSES.values()):
+            rec[f"dice_{name}"] = float(dice[0, j])
+        rec["dice_mean"] = float(dice[0].mean())
+        spacing = (float(first["thickness"]), float(first["spacing_row"]), float(first["spacing_col"]))
+        scores = overlap.hausdorff_per_class(p, g, spacing) if hausdorff else {}
+        for label, name in CLASSES.items():
+            score = scores.get(label)
+            rec[f"hd_{name}"] = score.hd if score else np.nan
+            rec[f"hd95_{name}"] = score.hd95 if score else np.nan
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+INDICES = ("lv_edv", "lv_esv", "lv_ef", "rv_edv", "rv_esv", "rv_ef", "myo_mass")
+"""Clinical indices: volumes in mL, ejection fractions in %, myocardial mass at ED in g."""
+
+
+def clinical_table(index: pd.DataFrame, pred: np.ndarray, gt: np.ndarray) -> pd.DataFrame:
+    """Per patient × model: the ACDC clinical indices from predicted and reference masks.
+
+    Columns ``<index>_pred`` and ``<index>_gt`` for each of :data:`INDICES`; patients lacking
+    either phase are left out.
+    """
+    vols: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
+    for (patient, phase, model), rows in volume_groups(index):
+        first = index.iloc[rows[0]]
+        spacing = (float(first["spacing_row"]), float(first["spacing_col"]))
+        thickness = float(first["thickness"])
+        vols.setdefault((patient, model), {})[phase] = {
+            src: clinical.volumes_ml(masks, spacing, thickness) for src, masks in (("pred", pred[rows]), ("gt", gt[rows]))
+        }
+    records = []
+    for (patient, model), phases in sorted(vols.items()):
+        if set(phases) != {"ED", "ES"}:
+            continue
+        group = index.loc[index.patient == patient, "group"].iloc[0]
+        rec: dict[str, object] = {"patient": patient, "group": group, "model": model}
+        for src in ("pred", "gt"):
+            ed, es = phases["ED"][src], phases["ES"][src]
+            rec[f"lv_edv_{src}"], rec[f"lv_esv_{src}"] = ed["lv"], es["lv"]
+            rec[f"lv_ef_{src}"] = clinical.ejection_fraction(ed["lv"], es["lv"])
+            rec[f"rv_edv_{src}"], rec[f"rv_esv_{src}"] = ed["rv"], es["rv"]
+            rec[f"rv_ef_{src}"] = clinical.ejection_fraction(ed["rv"], es["rv"])
+            rec[f"myo_mass_{src}"] = clinical.myocardial_mass(ed["myo"])
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+def clinical_agreement(table: pd.DataFrame) -> dict[str, dict[str, dict[str, float]]]:
+    """Per model and index: correlation, bias, std of differences, MAE (ACDC challenge style)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for model, part in table.groupby("model") if len(table) else []:
+        out[str(model)] = {name: clinical.agreement(part[f"{name}_pred"].to_numpy(), part[f"{name}_gt"].to_numpy())
+                           for name in INDICES}
+    return out

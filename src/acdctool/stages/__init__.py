@@ -1,0 +1,1 @@
+"""Pipeline stages that turn slice files and checkpoints into new slice files (gen-seg, ...)."""
