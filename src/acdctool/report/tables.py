@@ -43,11 +43,7 @@ def slice_metrics(
     spacing = index[["spacing_row", "spacing_col"]].to_numpy(np.float64)
     chunks = [slice(i, i + _CHUNK) for i in range(0, len(index), _CHUNK)]
     jobs = [(pred[c], gt[c], spacing[c], hausdorff) for c in chunks]
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            parts = list(pool.map(_chunk_metrics, *zip(*jobs)))
-    else:
-        parts = [_chunk_metrics(*job) for job in jobs]
+    parts = _map(_chunk_metrics, jobs, workers)
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     out = index[KEY].reset_index(drop=True).copy()
     out.insert(4, "position", position(out["slice"], out["n_slices"]))
@@ -85,15 +81,34 @@ def volume_groups(index: pd.DataFrame) -> list[tuple[tuple, np.ndarray]]:
     return [(key, rows[np.argsort(ordered["slice"].to_numpy()[rows])]) for key, rows in groups.items()]
 
 
-def volume_metrics(index: pd.DataFrame, pred: np.ndarray, gt: np.ndarray, *, hausdorff: bool = True) -> pd.DataFrame:
+def _map(fn, jobs: list[tuple], workers: int) -> list:
+    """``[fn(*job) for job in jobs]``, over ``workers`` processes when there is enough work."""
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(fn, *zip(*jobs)))
+    return [fn(*job) for job in jobs]
+
+
+def volume_metrics(
+    index: pd.DataFrame, pred: np.ndarray, gt: np.ndarray, *, hausdorff: bool = True, workers: int = 1
+) -> pd.DataFrame:
     """One row per volume: 3D Dice and HD/HD95 (mm, with the slice thickness) per class."""
+    groups = volume_groups(index)
+    step = max(1, -(-len(groups) // (4 * workers)))
+    jobs = []
+    for start in range(0, len(groups), step):
+        part = groups[start:start + step]
+        jobs.append(([(key, index.iloc[rows[0]].to_dict(), pred[rows], gt[rows]) for key, rows in part], hausdorff))
+    records = [rec for chunk in _map(_volume_chunk, jobs, workers) for rec in chunk]
+    return pd.DataFrame.from_records(records)
+
+
+def _volume_chunk(volumes: list[tuple], hausdorff: bool) -> list[dict]:
     records = []
-    for (patient, phase, model), rows in volume_groups(index):
-        first = index.iloc[rows[0]]
-        p, g = pred[rows], gt[rows]
+    for (patient, phase, model), first, p, g in volumes:
         dice, _ = overlap.dice_batch(p[None], g[None])
         rec = {"patient": patient, "group": first["group"], "phase": phase, "model": model,
-               "split": first["split"], "fold": int(first["fold"]), "n_slices": len(rows)}
+               "split": first["split"], "fold": int(first["fold"]), "n_slices": len(p)}
         for j, name in enumerate(CLASSES.values()):
             rec[f"dice_{name}"] = float(dice[0, j])
         rec["dice_mean"] = float(dice[0].mean())
@@ -104,7 +119,7 @@ def volume_metrics(index: pd.DataFrame, pred: np.ndarray, gt: np.ndarray, *, hau
             rec[f"hd_{name}"] = score.hd if score else np.nan
             rec[f"hd95_{name}"] = score.hd95 if score else np.nan
         records.append(rec)
-    return pd.DataFrame.from_records(records)
+    return records
 
 
 INDICES = ("lv_edv", "lv_esv", "lv_ef", "rv_edv", "rv_esv", "rv_ef", "myo_mass")

@@ -164,7 +164,7 @@ def evaluate(
             raise BadInputError(f"{baseline_path}: its ground truth differs from that of {pred_path}")
     with atomic_dir(out_dir, force) as tmp:
         table = slice_metrics(after.index, after.pred, after.gt, hausdorff=config.hausdorff, workers=config.workers)
-        volumes = volume_metrics(after.index, after.pred, after.gt, hausdorff=config.hausdorff)
+        volumes = volume_metrics(after.index, after.pred, after.gt, hausdorff=config.hausdorff, workers=config.workers)
         clinical = clinical_table(after.index, after.pred, after.gt)
         table.to_csv(tmp / "slices.csv", index=False, float_format="%.6g")
         volumes.to_csv(tmp / "volumes.csv", index=False, float_format="%.6g")
