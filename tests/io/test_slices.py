@@ -93,3 +93,14 @@ def test_inconsistent_rows_rejected(tmp_path):
         h5["gt"] = np.zeros((2, 8, 8), np.uint8)
     with pytest.raises(BadInputError, match="'gt' has 2 rows"):
         SliceFile(path)
+
+
+def test_extra_index_columns_round_trip(tmp_path):
+    path = tmp_path / "r.h5"
+    rows = [dict(r, changed=i % 2, reason="invalid" if i % 2 else "") for i, r in enumerate(_rows(3))]
+    with SliceWriter(path, kind="refined", config={}, provenance={}, shape=(8, 8),
+                     arrays={"image": ("float32", ())}, columns={"changed": "int8", "reason": "str"}) as w:
+        w.append(rows, image=np.zeros((3, 8, 8), np.float32))
+    with SliceFile(path) as f:
+        assert list(f.index.columns)[-2:] == ["changed", "reason"]
+        assert f.index.changed.tolist() == [0, 1, 0] and f.index.reason.tolist() == ["", "invalid", ""]

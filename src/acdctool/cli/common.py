@@ -71,7 +71,7 @@ def show_progress(quiet: bool) -> bool:
 
 @contextlib.contextmanager
 def progress(description: str, total: int | None, quiet: bool) -> Iterator[Callable[..., None]]:
-    """Yield ``advance(*_)``, driving a rich progress bar (with ETA) on stderr when shown."""
+    """Yield ``advance(*_, advance=1)``, driving a rich progress bar (with ETA) on stderr when shown."""
     if not show_progress(quiet):
         yield lambda *_, **__: None
         return
@@ -81,7 +81,7 @@ def progress(description: str, total: int | None, quiet: bool) -> Iterator[Calla
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=False) as bar:
         task = bar.add_task(description, total=total)
-        yield lambda *_, **__: bar.advance(task)
+        yield lambda *_, advance=1, **__: bar.advance(task, advance)
 
 
 def print_path(path: Any) -> None:

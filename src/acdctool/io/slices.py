@@ -74,6 +74,8 @@ class SliceWriter:
             "gt": ("uint8", ()), "probs": ("float16", (4,))}``. Extra shape goes *before* H, W.
         force: replace an existing output.
         attrs: further root attributes (JSON-serialised when not scalar).
+        columns: extra index columns a stage adds (name -> dtype, ``"str"`` for text), after
+            :data:`INDEX_COLUMNS`; readers keep them, older readers ignore them.
 
     Raises:
         OutputError: the output exists (without ``force``) or cannot be written.
@@ -95,6 +97,7 @@ class SliceWriter:
         arrays: Mapping[str, tuple[str, tuple[int, ...]]],
         force: bool = False,
         attrs: Mapping[str, Any] | None = None,
+        columns: Mapping[str, str] | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}")
@@ -102,7 +105,8 @@ class SliceWriter:
         self._kind, self._config, self._provenance = kind, dict(config), dict(provenance)
         self._shape, self._specs, self._attrs = tuple(shape), dict(arrays), dict(attrs or {})
         self._force = force
-        self._rows: dict[str, list[Any]] = {c: [] for c in INDEX_COLUMNS}
+        self._columns = {**INDEX_COLUMNS, **(columns or {})}
+        self._rows: dict[str, list[Any]] = {c: [] for c in self._columns}
         self._n = 0
         self._ctx = None
         self._h5: h5py.File | None = None
@@ -133,7 +137,7 @@ class SliceWriter:
             ds.resize(self._n + n, axis=0)
             ds[self._n:] = values
         for rec in records:
-            for col in INDEX_COLUMNS:
+            for col in self._columns:
                 self._rows[col].append(rec[col])
         self._n += n
 
@@ -150,7 +154,7 @@ class SliceWriter:
         h5 = self._h5
         assert h5 is not None
         idx = h5.create_group("index")
-        for col, kind in INDEX_COLUMNS.items():
+        for col, kind in self._columns.items():
             values = self._rows[col]
             if kind == _STR:
                 idx.create_dataset(col, data=np.array(values, dtype=object), dtype=h5py.string_dtype())
@@ -273,13 +277,14 @@ class SliceFile:
 
     @property
     def index(self) -> pd.DataFrame:
-        """The per-row index, one column per :data:`INDEX_COLUMNS` entry (cached)."""
+        """The per-row index: the :data:`INDEX_COLUMNS`, then any stage-specific columns (cached)."""
         if self._index is None:
             grp = self._h5["index"]
+            extra = sorted(c for c in grp if c not in INDEX_COLUMNS)
             data = {}
-            for col, kind in INDEX_COLUMNS.items():
+            for col in [*INDEX_COLUMNS, *extra]:
                 ds = grp[col]
-                data[col] = ds.asstr()[:] if kind == _STR else ds[:]
+                data[col] = ds.asstr()[:] if h5py.check_string_dtype(ds.dtype) else ds[:]
             self._index = pd.DataFrame(data)
         return self._index
 

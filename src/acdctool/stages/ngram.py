@@ -1,0 +1,91 @@
+"""``make-3gram``: stack each slice's mask with its neighbours' (previous, current, next).
+
+For every row, ``context[i] = (mask of slice z−1, mask of slice z, mask of slice z+1)`` within
+the same patient, phase and model; an all-background "EOS" mask stands beyond both ends of a
+volume. The 3-gram NVAE takes the three masks one-hot (12 channels) and predicts the current
+slice (4 classes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from acdctool.config import NgramConfig, config_to_dict
+from acdctool.errors import BadInputError
+from acdctool.io.slices import INDEX_COLUMNS, SliceFile, SliceWriter
+from acdctool.provenance import make_provenance
+
+VOLUME_KEY = ["patient", "phase", "model"]
+
+
+def neighbour_rows(index: pd.DataFrame, path: Path | str = "input") -> np.ndarray:
+    """(N, 3) row numbers of the previous, current and next slice of every row; −1 for EOS.
+
+    Raises:
+        BadInputError: a volume (named) has a missing or duplicated slice position.
+    """
+    out = np.full((len(index), 3), -1, dtype=np.int64)
+    idx = index.reset_index(drop=True)
+    for key, rows in idx.groupby(VOLUME_KEY, sort=False).indices.items():
+        positions = idx["slice"].to_numpy()[rows]
+        order = np.argsort(positions, kind="stable")
+        rows, positions = rows[order], positions[order]
+        expected = int(idx["n_slices"].iloc[rows[0]])
+        if len(rows) != expected or not np.array_equal(positions, np.arange(expected)):
+            dupes = sorted({int(p) for p in positions if (positions == p).sum() > 1})
+            missing = sorted(set(range(expected)) - set(positions.tolist()))
+            what = f"duplicated slices {dupes}" if dupes else f"missing slices {missing}"
+            model = f" model {key[2]}" if key[2] else ""
+            raise BadInputError(f"{path}: volume {key[0]} {key[1]}{model} has {what} (of {expected})")
+        out[rows, 1] = rows
+        out[rows[1:], 0] = rows[:-1]
+        out[rows[:-1], 2] = rows[1:]
+    return out
+
+
+def stack_context(masks: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """(N, 3, H, W) uint8 context from label maps (N, H, W) and :func:`neighbour_rows`."""
+    padded = np.concatenate([masks, np.zeros((1, *masks.shape[1:]), dtype=masks.dtype)])  # row −1: EOS
+    return padded[neighbours]
+
+
+def make_3gram(
+    src: Path, out: Path, config: NgramConfig = NgramConfig(), *, force: bool = False,
+    provenance: dict[str, Any] | None = None,
+) -> int:
+    """Write ``out`` (kind ``3gram``): the input's rows, arrays and index plus ``context``.
+
+    Returns:
+        Number of rows written.
+
+    Raises:
+        FileKindError: ``src`` is not a slice file with the chosen masks (``pred`` needs a
+            gen-seg/refine output; ``gt`` needs ground truth).
+        BadInputError: a volume with missing or duplicated slices, or an empty file.
+        OutputError: ``out`` exists (without ``force``).
+    """
+    kinds = ("seg", "refined") if config.source == "pred" else ("prep", "seg", "refined")
+    with SliceFile(src, kinds=kinds) as f:
+        if not f.has(config.source):
+            raise BadInputError(f"{src}: no '{config.source}' masks to build the context from")
+        if len(f) == 0:
+            raise BadInputError(f"{src}: the file has no rows")
+        index = f.index
+        neighbours = neighbour_rows(index, src)
+        names = [n for n in f.arrays if n != "context"]
+        arrays = {n: f.read(n) for n in names}
+        specs = {n: (str(a.dtype), a.shape[1:-2]) for n, a in arrays.items()}
+        extra = {c: ("str" if index[c].dtype == object else str(index[c].dtype)) for c in index.columns if c not in INDEX_COLUMNS}
+        source_config, shape = f.config, f.shape
+    arrays["context"] = stack_context(arrays[config.source], neighbours)
+    specs["context"] = ("uint8", (3,))
+    with SliceWriter(out, kind="3gram", config={**config_to_dict(config), "input_config": source_config},
+                     provenance=provenance or make_provenance([src]), shape=shape, arrays=specs,
+                     force=force, columns=extra) as w:
+        w.append(index, **arrays)
+    return len(index)
+

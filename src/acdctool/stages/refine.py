@@ -1,0 +1,145 @@
+"""``refine``: correct segmentations with the NVAE (or the morphological baseline), gated.
+
+Gate ``anatomy`` (after Painchaud et al.): a slice that passes the 16 anatomical criteria is
+kept bit-identical; an invalid one is replaced by the candidate that is anatomically valid and
+closest (mean Dice) to the input, among the NVAE's posterior-mean reconstruction and
+``samples`` sampled decodings (or the morphological clean-up). If no candidate is valid, the
+input is kept: the corrector never trades a plausible-looking error for a different one.
+Only invalid slices go through the NVAE, so a good segmentation costs one validity check.
+
+Every output row records ``refine_changed``, ``refine_reason`` and ``refine_agreement``
+(mean Dice between output and input).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from acdctool.config import RefineConfig, config_to_dict
+from acdctool.errors import BadInputError, ConfigError, FileKindError
+from acdctool.io.slices import INDEX_COLUMNS, SliceFile, SliceWriter
+from acdctool.metrics import anatomy, overlap
+from acdctool.provenance import make_provenance
+from acdctool.stages import morph
+
+REASONS = ("valid-kept", "corrected", "no-valid-candidate", "ungated")
+COLUMNS = {"refine_changed": "int8", "refine_reason": "str", "refine_agreement": "float32"}
+
+Proposer = Callable[[np.ndarray, np.ndarray | None], list[np.ndarray]]
+"""(masks (B, H, W), context (B, 3, H, W) or None) → candidate label maps, each (B, H, W)."""
+
+
+@dataclass
+class RefineResult:
+    path: Path
+    rows: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    invalid_before: int = 0
+    invalid_after: int = 0
+
+
+def refine(
+    src: Path,
+    out: Path,
+    config: RefineConfig = RefineConfig(),
+    *,
+    nvae: Path | None = None,
+    force: bool = False,
+    on_rows: Callable[[int], None] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> RefineResult:
+    """Refine the ``pred`` masks of a segmentation file into ``out`` (kind ``refined``).
+
+    Args:
+        src: gen-seg output (kind ``seg``), or make-3gram output (kind ``3gram``, required by
+            ``context="3gram"``), or a previous refine output.
+        out: output slice file; image, ground truth and index are kept so
+            ``eval out --baseline src`` compares directly.
+        config: method, gate, context, sampling and device.
+        nvae: NVAE checkpoint (``method="nvae"``).
+        on_rows: called with the number of rows done after each batch (progress).
+
+    Raises:
+        FileKindError: ``src`` is not a segmentation output; ``nvae`` is not an NVAE checkpoint.
+        BadInputError: empty file; the checkpoint's input (4 or 12 channels, image size) does
+            not match the file and ``context``.
+        ConfigError: ``method="nvae"`` without a checkpoint.
+    """
+    kinds = ("3gram",) if config.context == "3gram" else ("seg", "3gram", "refined")
+    with SliceFile(src, kinds=kinds) as f:
+        if not f.has("pred"):
+            raise FileKindError(f"{src}: no 'pred' masks: not a segmentation output (run gen-seg first)")
+        if len(f) == 0:
+            raise BadInputError(f"{src}: the file has no rows")
+        propose, model_info = _proposer(config, nvae, f)
+        index = f.index
+        keep = [n for n in ("image", "gt") if f.has(n)]
+        specs = {n: (str(f.dataset(n).dtype), ()) for n in [*keep, "pred"]}
+        extra = {c: ("str" if index[c].dtype == object else str(index[c].dtype))
+                 for c in index.columns if c not in INDEX_COLUMNS and c not in COLUMNS}
+        spacing = f.spacing()
+        result = RefineResult(Path(out), counts=dict.fromkeys(REASONS, 0))
+        stored = {**config_to_dict(config), "nvae": model_info, "input_config": f.config, "input_kind": f.kind}
+        with SliceWriter(out, kind="refined", config=stored, provenance=provenance or make_provenance(
+                [p for p in (src, nvae) if p]), shape=f.shape, arrays=specs, force=force,
+                columns={**extra, **COLUMNS}) as writer:
+            for start in range(0, len(f), config.batch_size):
+                rows = slice(start, min(start + config.batch_size, len(f)))
+                masks = f.read("pred", rows)
+                context = f.read("context", rows) if config.context == "3gram" else None
+                refined, reasons = gate(masks, context, spacing[rows], propose, config)
+                agreement = overlap.dice_batch(refined, masks)[0].mean(axis=1)
+                records = index.iloc[rows].to_dict("records")
+                for rec, reason, agree, changed in zip(records, reasons, agreement,
+                                                       (refined != masks).any(axis=(1, 2))):
+                    rec.update(refine_changed=int(changed), refine_reason=reason, refine_agreement=float(agree))
+                    result.counts[reason] += 1
+                result.invalid_before += int((~anatomy.evaluate_batch(masks, spacing[rows])[1]).sum())
+                result.invalid_after += int((~anatomy.evaluate_batch(refined, spacing[rows])[1]).sum())
+                writer.append(records, **{n: f.read(n, rows) for n in keep}, pred=refined)
+                result.rows += len(records)
+                if on_rows is not None:
+                    on_rows(len(records))
+    return result
+
+
+def gate(
+    masks: np.ndarray, context: np.ndarray | None, spacing: np.ndarray, propose: Proposer, config: RefineConfig
+) -> tuple[np.ndarray, list[str]]:
+    """Apply the gate to one batch: (refined (B, H, W) uint8, reason per row)."""
+    if config.gate == "none":
+        return propose(masks, context)[0].astype(np.uint8), ["ungated"] * len(masks)
+    _, valid = anatomy.evaluate_batch(masks, spacing)
+    out = masks.copy()
+    reasons = ["valid-kept" if v else "no-valid-candidate" for v in valid]
+    todo = np.flatnonzero(~valid)
+    if todo.size == 0:
+        return out, reasons
+    candidates = propose(masks[todo], None if context is None else context[todo])
+    best_score = np.full(todo.size, -1.0)
+    for cand in candidates:
+        cand = cand.astype(np.uint8)
+        ok = anatomy.evaluate_batch(cand, spacing[todo])[1]
+        score = overlap.dice_batch(cand, masks[todo])[0].mean(axis=1)
+        better = ok & (score >= config.min_agreement) & (score > best_score)
+        out[todo[better]] = cand[better]
+        best_score[better] = score[better]
+    for i in todo[best_score >= 0]:
+        reasons[i] = "corrected"
+    return out, reasons
+
+
+def _proposer(config: RefineConfig, nvae: Path | None, f: SliceFile) -> tuple[Proposer, dict[str, Any] | None]:
+    if config.method == "morph":
+        return (lambda masks, context: [morph.clean_batch(masks)]), None
+    if nvae is None:
+        raise ConfigError("--method nvae needs --nvae CHECKPOINT (or use --method morph)")
+    from acdctool.stages.nvae_proposer import NvaeProposer
+
+    proposer = NvaeProposer.load(nvae, config, image_shape=f.shape, path_for_errors=f.path)
+    return proposer, proposer.info
