@@ -98,6 +98,82 @@ class PrepConfig:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
 
 
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation of predicted masks against ground truth (``acdctool eval``)."""
+
+    threshold: float = 0.01
+    """With a baseline: a row improved (deteriorated) when its mean Dice rose (fell) by more."""
+    top_k: int = 8
+    """Rows shown in the montages of most improved / most deteriorated (or worst) slices."""
+    plots: bool = True
+    """Write the PNG figures (violin, histogram, scatter, montages)."""
+    hausdorff: bool = True
+    """Compute Hausdorff distance and HD95 (the slowest metric; off for quick looks)."""
+    workers: int = 2
+    """Processes for the per-slice metrics; the result is identical for any value."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.threshold < 1:
+            raise ConfigError(f"--threshold must be within [0, 1), got {self.threshold}")
+        if self.top_k < 0:
+            raise ConfigError(f"--top-k must be >= 0, got {self.top_k}")
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+
+
+@dataclass(frozen=True)
+class NgramConfig:
+    """Neighbour context for the 3-gram NVAE (``acdctool make-3gram``)."""
+
+    source: str = "pred"
+    """Masks stacked as context: ``pred`` (a segmentation output) or ``gt`` (ground truth)."""
+
+    def __post_init__(self) -> None:
+        if self.source not in ("pred", "gt"):
+            raise ConfigError(f"--source must be 'pred' or 'gt', got {self.source!r}")
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Correction of segmentations (``acdctool refine``)."""
+
+    method: str = "nvae"
+    """``nvae``: NVAE reconstruction (needs ``--nvae``); ``morph``: per class, keep the largest
+    connected component and fill holes (nnU-Net's / vital's post-processing, the baseline)."""
+    context: str = "none"
+    """``none``: the NVAE sees the current mask (4 channels); ``3gram``: previous/current/next
+    masks (12 channels, needs a make-3gram file and a 3-gram NVAE)."""
+    gate: str = "anatomy"
+    """``anatomy``: keep anatomically valid slices bit-identical, replace invalid ones by the
+    valid candidate closest (Dice) to the input; ``none``: replace every slice."""
+    samples: int = 0
+    """Extra candidates decoded by sampling the posterior (on top of its mean), for the gate."""
+    temperature: float = 0.7
+    """Scale of the posterior standard deviations when sampling candidates."""
+    min_agreement: float = 0.0
+    """Gate: a candidate must agree with the input at least this much (mean Dice) to replace it."""
+    batch_size: int = 64
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("method", self.method, ("nvae", "morph")),
+                                     ("context", self.context, ("none", "3gram")),
+                                     ("gate", self.gate, ("anatomy", "none")),
+                                     ("device", self.device, ("auto", "cpu", "cuda"))):
+            if value not in allowed:
+                raise ConfigError(f"--{name} must be one of {', '.join(allowed)}; got {value!r}")
+        if self.samples < 0 or self.batch_size < 1:
+            raise ConfigError("--samples must be >= 0 and --batch-size >= 1")
+        if self.temperature <= 0:
+            raise ConfigError(f"--temperature must be > 0, got {self.temperature}")
+        if not 0 <= self.min_agreement <= 1:
+            raise ConfigError(f"--min-agreement must be within [0, 1], got {self.min_agreement}")
+        if self.method == "morph" and (self.context != "none" or self.samples):
+            raise ConfigError("--method morph takes no --context or --samples (they are NVAE options)")
+
 C = TypeVar("C")
 
 
@@ -124,3 +200,144 @@ def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
     return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class TrainSegConfig:
+    """Train one MONAI segmentation net (``acdctool train-seg``); report defaults (SPEC §2)."""
+
+    arch: str = "unet"
+    """``unet``, ``resunet`` (UNet, 2 residual units per level), ``attunet`` or ``swinunetr``."""
+    net_args: tuple[str, ...] = ()
+    """``KEY=VALUE`` overrides of the net's constructor arguments, e.g. ``channels=8,16,32``."""
+    fold: int | None = None
+    """Held-out fold: train on split ``train`` patients of the other folds, validate on this
+    fold's patients. None: train on split ``train``, validate on split ``val``."""
+    epochs: int = 100
+    batch_size: int = 16
+    """Slices per step and per process (DDP multiplies it by the process count)."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    """``constant`` (the report) or ``cosine`` (annealed to 0 over ``epochs``)."""
+    augment: bool = True
+    """Random flips, ±15° rotation, ×1.1 zoom, gamma and intensity changes."""
+    seed: int = 0
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+    amp: bool = True
+    """bf16 autocast on CUDA (never on CPU)."""
+    workers: int = 0
+    """DataLoader worker processes (0: load in the training process; fine with ``cache``)."""
+    cache: bool = True
+    """Load the selected rows into memory once instead of reading the file every step."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files under ``RUN_DIR/tb`` (needs the tensorboard package)."""
+    grad_clip: float = 0.0
+    """Clip the gradient norm to this value (0: off)."""
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("unet", "resunet", "attunet", "swinunetr"):
+            raise ConfigError(f"--arch must be unet, resunet, attunet or swinunetr, got {self.arch!r}")
+        if self.fold is not None and self.fold < 0:
+            raise ConfigError(f"--fold must be >= 0, got {self.fold}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("--epochs and --batch-size must be >= 1")
+        if not self.lr > 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("--lr must be > 0; --weight-decay and --grad-clip >= 0")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+
+
+@dataclass(frozen=True)
+class GenSegConfig:
+    """Segment every slice with trained nets, out-of-fold (``acdctool gen-seg``)."""
+
+    batch_size: int = 64
+    """Slices per forward pass."""
+    device: str = "auto"
+    amp: bool = True
+    """bf16 autocast on CUDA (never on CPU)."""
+    save_probs: bool = False
+    """Also store the softmax probabilities, float16 ``probs`` (N, 4, H, W)."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class TrainNvaeConfig:
+    """Train the NVAE shape model on masks (``acdctool train-nvae``); report defaults (SPEC §2)."""
+
+    input: str = "gt"
+    """``gt``: auto-encode ground-truth masks; ``seg``: denoise (gen-seg masks in, ground truth out)."""
+    context: str = "none"
+    """``3gram``: previous/current/next masks in (12 channels, a make-3gram file), ground-truth
+    current slice out."""
+    stem_channels: int = 4
+    scales: int = 3
+    groups_per_scale: tuple[int, ...] = (4, 2, 1)
+    """Latent groups per scale, top (coarsest) scale first."""
+    latent_channels: int = 20
+    se_reduction: int = 8
+    """Channel reduction factor of the squeeze-excitation blocks."""
+    betas: tuple[float, ...] = (8.0, 10.0, 11.0)
+    """KL weight per scale, top scale first (the report's grid-searched β)."""
+    warmup_steps: int = 6420
+    """Linear KL warm-up, optimiser steps."""
+    kl_balance: bool = True
+    """Balance the KL across groups during warm-up (NVAE paper)."""
+    dice_weight: float = 0.0
+    """Weight of a soft-Dice term added to the cross-entropy reconstruction."""
+    sr_weight: float = 0.0
+    """Spectral regularisation λ (0: off, as in the report)."""
+    fold: int | None = None
+    """Train on the other folds' train patients, validate on this fold; None: train/val split."""
+    epochs: int = 100
+    batch_size: int = 8
+    lr: float = 1e-2
+    lr_min: float = 1e-4
+    lr_warmup_steps: int = 200
+    """Linear learning-rate warm-up before the cosine annealing to ``lr_min``."""
+    weight_decay: float = 3e-4
+    eps: float = 1e-3
+    """Adamax epsilon."""
+    augment: bool = True
+    """Small rotations and zooms of the masks (no flips: a mirrored heart is not a plausible shape)."""
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    """bf16 autocast on CUDA (off by default: the KL terms are sensitive to precision)."""
+    workers: int = 0
+    cache: bool = True
+    tensorboard: bool = False
+    grad_clip: float = 200.0
+    """Gradient-norm clip (0: off); a safety net for early KL spikes."""
+
+    def __post_init__(self) -> None:
+        if self.input not in ("gt", "seg"):
+            raise ConfigError(f"--input must be gt or seg, got {self.input!r}")
+        if self.context not in ("none", "3gram"):
+            raise ConfigError(f"--context must be none or 3gram, got {self.context!r}")
+        if len(self.groups_per_scale) != self.scales:
+            raise ConfigError(f"--groups-per-scale has {len(self.groups_per_scale)} values for --scales {self.scales}")
+        if len(self.betas) != self.scales:
+            raise ConfigError(f"--beta has {len(self.betas)} values for --scales {self.scales} (one per scale)")
+        if min(self.groups_per_scale, default=0) < 1 or self.latent_channels < 1 or self.stem_channels < 1:
+            raise ConfigError("group counts, --latent-channels and --stem-channels must be >= 1")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("--epochs and --batch-size must be >= 1")
+        if not (self.lr > 0 and 0 < self.lr_min <= self.lr and self.eps > 0):
+            raise ConfigError("need --lr > 0, 0 < --lr-min <= --lr and --eps > 0")
+        if min(self.warmup_steps, self.lr_warmup_steps, self.workers) < 0 or self.weight_decay < 0:
+            raise ConfigError("warm-up steps, --workers and --weight-decay must be >= 0")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")

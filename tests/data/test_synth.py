@@ -9,7 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from acdctool.config import GROUPS, SynthConfig
+from acdctool.config import GROUPS, PrepConfig, SynthConfig
+from acdctool.data.prep import prep_acdc
 from acdctool.data.synth import (
     Phantom,
     contraction,
@@ -19,6 +20,8 @@ from acdctool.data.synth import (
     write_phantoms,
 )
 from acdctool.errors import OutputError
+from acdctool.io.slices import SliceFile
+from acdctool.metrics.anatomy import CRITERIA_NAMES, criteria_passed, evaluate_batch
 
 REAL_ACDC = Path(__file__).resolve().parents[3] / "shared" / "acdc"
 INFO_RE = re.compile(
@@ -302,3 +305,26 @@ def test_image_contrast_blood_bright_myo_dark(cohort: list[Phantom]) -> None:
         img, mask = p.images[p.ed].astype(float), p.masks[p.ed]
         lv, myo, rv = (float(img[mask == k].mean()) for k in (3, 2, 1))
         assert lv > 1.8 * myo and rv > 1.5 * myo, p.name
+
+
+def test_ground_truth_anatomically_valid(tmp_path: Path) -> None:
+    """After prep (crop + 128 px), the phantoms' ground truth passes Painchaud's 16 criteria as
+    often as real ACDC's (97.8 %; ~98-99 % measured here). The few failures are the open basal
+    rings (LVOT) of a minority of patients: only ever on a volume's most basal LV slice."""
+    root = tmp_path / "ACDC"
+    write_phantoms(SynthConfig(patients=10, seed=1), root)
+    out = tmp_path / "slices.h5"
+    prep_acdc(root, out, PrepConfig(size=128))
+    with SliceFile(out) as f:
+        masks, spacing, idx = f.read("gt"), f.spacing(), f.index
+    values, valid = evaluate_batch(masks, spacing)
+    failures = dict(zip(CRITERIA_NAMES, (~criteria_passed(values)).sum(axis=0).tolist()))
+    assert valid.mean() >= 0.93, failures
+    assert failures["rv_concavity"] == 0  # the RV hugs the septum, it does not wrap the LV
+    frontier = values[:, CRITERIA_NAMES.index("frontier_between_lv_and_background")] > 0
+    has_lv = (masks == 3).any(axis=(1, 2))
+    slices = idx["slice"].to_numpy()
+    for rows in idx.groupby(["patient", "phase"]).indices.values():
+        rows = rows[np.argsort(slices[rows])]
+        base = rows[has_lv[rows]][0]
+        assert not frontier[rows[rows != base]].any(), idx.loc[rows[0], ["patient", "phase"]]

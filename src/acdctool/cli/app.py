@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from acdctool import __version__
-from acdctool.cli import info, prep, synth
+from acdctool.cli import eval as eval_, gen_seg, info, make_3gram, prep, refine, synth, train_nvae, train_seg
 
 app = typer.Typer(
     name="acdctool",
@@ -20,9 +20,15 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-app.command("synth", help="Write synthetic ACDC-format phantoms (built-in demo and test data).")(synth.synth)
-app.command("prep", help="Preprocess an ACDC folder into an HDF5 slice dataset.")(prep.prep)
-app.command("info", help="Summarise an HDF5 slice file (rows, patients, splits, config, provenance).")(info.info)
+app.command("synth")(synth.synth)
+app.command("prep")(prep.prep)
+app.command("info")(info.info)
+app.command("train-seg")(train_seg.train_seg)
+app.command("gen-seg")(gen_seg.gen_seg)
+app.command("train-nvae")(train_nvae.train_nvae)
+app.command("make-3gram")(make_3gram.make_3gram)
+app.command("refine")(refine.refine)
+app.command("eval")(eval_.eval_cmd)
 
 
 def _version(value: bool) -> None:

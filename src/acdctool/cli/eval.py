@@ -28,7 +28,10 @@ def eval_cmd(
     force: bool = FORCE,
     quiet: bool = QUIET,
 ) -> None:
-    """Evaluate predicted masks against ground truth and write a report folder.
+    """Evaluate masks against ground truth.
+
+    Dice, HD/HD95 (mm), 16 anatomical criteria and clinical indices per slice, volume and
+    patient; with --baseline, the before/after comparison.
 
     Writes slices.csv, volumes.csv, clinical.csv, summary.json and PNG figures (with
     --baseline also comparison.csv, delta histogram, scatter and montages).

@@ -14,7 +14,9 @@ def info(
     file: Path = typer.Argument(..., help="A slice file (.h5) written by any stage."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
-    """Summarise a slice file: rows, patients per group and split, arrays, config, provenance.
+    """Summarise a slice file.
+
+    Rows, patients per group and split, folds, arrays, config and provenance.
 
     Example: acdctool info slices.h5 --json | jq .patients_per_group
     """

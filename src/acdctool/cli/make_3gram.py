@@ -19,7 +19,10 @@ def make_3gram(
     force: bool = FORCE,
     quiet: bool = QUIET,
 ) -> None:
-    """Stack each slice's mask with the previous and next slice of its volume (EOS at the ends).
+    """Add previous/next-slice mask context (3-gram).
+
+    Stacks each slice's mask with the previous and next slice of its volume (all-background
+    EOS at both ends), for the 3-gram NVAE.
 
     Example: acdctool make-3gram seg.h5 -o seg3.h5
     """

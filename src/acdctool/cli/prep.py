@@ -28,7 +28,10 @@ def prep(
     force: bool = FORCE,
     quiet: bool = QUIET,
 ) -> None:
-    """Preprocess ACDC into 2D short-axis slices (ED and ES): crop, resize, normalise, split.
+    """Preprocess an ACDC folder into an HDF5 slice file.
+
+    ED and ES frames cut into 2D short-axis slices, cropped around the heart, resized (pixel
+    spacing tracked), intensity-normalised, with patient-level stratified split and folds.
 
     Example: acdctool prep ACDC/training -o slices.h5 --folds 5
     """

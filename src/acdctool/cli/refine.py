@@ -29,7 +29,10 @@ def refine(
     force: bool = FORCE,
     quiet: bool = QUIET,
 ) -> None:
-    """Correct segmentations: anatomically invalid slices are replaced by the closest valid candidate.
+    """Correct segmentations with the NVAE, gated by anatomy.
+
+    Anatomically invalid slices are replaced by the closest valid candidate (NVAE posterior
+    mean and samples, or the morphological clean-up); valid slices are kept bit-identical.
 
     Example: acdctool refine seg.h5 --nvae runs/nvae/best.pt -o refined.h5 --samples 8
     """

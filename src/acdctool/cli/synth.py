@@ -22,7 +22,10 @@ def synth(
     force: bool = FORCE,
     quiet: bool = QUIET,
 ) -> None:
-    """Write synthetic cine-MRI phantoms in the exact ACDC layout.
+    """Write synthetic ACDC-format cine-MRI phantoms.
+
+    Patients in the exact ACDC layout (Info.cfg, ED/ES frames and masks, ACDC-style headers),
+    shaped by pathology group (NOR, MINF, DCM, HCM, RV); deterministic for a seed.
 
     Example: acdctool synth demo/ACDC --patients 20 --seed 1
     """

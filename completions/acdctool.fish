@@ -1,0 +1,1 @@
+complete --command acdctool --no-files --arguments "(env _ACDCTOOL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) acdctool)" --condition "env _ACDCTOOL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) acdctool"

@@ -1,0 +1,115 @@
+"""Man pages (roff) and shell completion scripts generated from the Typer app itself.
+
+``scripts/gen_docs.py`` writes them into ``man/`` and ``completions/``; a test regenerates them
+in memory and fails when the committed files are out of date with the app. Rendering is done
+here from the Click command tree (Typer vendors Click), so no external tool is needed and the
+output is byte-for-byte deterministic.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+EXIT_CODES = [
+    ("0", "success"),
+    ("1", "unexpected error (set ACDCTOOL_DEBUG=1 for a traceback)"),
+    ("2", "usage error: bad option or inconsistent configuration"),
+    ("65", "bad input data: malformed file, wrong file kind or schema version, labels outside 0..3"),
+    ("66", "input missing: a file or folder that does not exist"),
+    ("73", "output cannot be created, or exists and --force was not given"),
+    ("130", "interrupted (SIGINT/SIGTERM); training saves last.pt first"),
+]
+SHELLS = ("bash", "zsh", "fish")
+
+
+def _esc(text: str) -> str:
+    out = text.replace("\\", "\\e").replace("-", "\\-")
+    return "\n".join(("\\&" + line) if line[:1] in (".", "'") else line for line in out.splitlines())
+
+
+def _cli():
+    import typer
+
+    from acdctool.cli.app import app
+
+    return typer.main.get_command(app)
+
+
+def render_all(version: str) -> dict[str, str]:
+    """File name → roff text: ``acdctool.1`` and ``acdctool-<command>.1`` for each command."""
+    group = _cli()
+    pages = {"acdctool.1": _main_page(group, version)}
+    for name, cmd in sorted(group.commands.items()):
+        pages[f"acdctool-{name}.1"] = _command_page(name, cmd, version)
+    return pages
+
+
+def _header(name: str, version: str, summary: str) -> list[str]:
+    return [f'.TH "{name.upper()}" "1" "" "acdctool {version}" "acdctool manual"', ".SH NAME",
+            f"{_esc(name)} \\- {_esc(summary)}"]
+
+
+def _main_page(group: Any, version: str) -> str:
+    lines = _header("acdctool", version, "cardiac MRI segmentation research toolkit for ACDC")
+    lines += [".SH SYNOPSIS", "\\fBacdctool\\fR [\\fIOPTIONS\\fR] \\fICOMMAND\\fR [\\fIARGS\\fR]...",
+              ".SH DESCRIPTION", _esc(group.help or ""), ".SH COMMANDS"]
+    for name, cmd in sorted(group.commands.items()):
+        lines += [".TP", f"\\fB{_esc(name)}\\fR", _esc(cmd.get_short_help_str(limit=200))]
+    lines += [".SH OPTIONS"] + _options(group)
+    lines += _exit_codes()
+    lines += [".SH EXAMPLES", ".nf", _esc(
+        "acdctool synth demo/ACDC --patients 20\n"
+        "acdctool prep demo/ACDC -o slices.h5\n"
+        "acdctool info slices.h5 --json\n"
+        "acdctool eval slices.h5 -o report/"), ".fi",
+        ".SH SEE ALSO", ", ".join(f"\\fBacdctool\\-{_esc(n)}\\fR(1)" for n in sorted(group.commands))]
+    return "\n".join(lines) + "\n"
+
+
+def _command_page(name: str, cmd: Any, version: str) -> str:
+    helptext = (cmd.help or "").strip()
+    body, _, example = helptext.partition("Example:")
+    lines = _header(f"acdctool-{name}", version, cmd.get_short_help_str(limit=200))
+    args = " ".join(f"\\fI{_esc(p.name.upper())}\\fR" for p in cmd.params if p.param_type_name == "argument")
+    lines += [".SH SYNOPSIS", f"\\fBacdctool {_esc(name)}\\fR {args} [\\fIOPTIONS\\fR]", ".SH DESCRIPTION"]
+    lines += [_esc(par.replace("\n", " ").strip()) + "\n.PP" for par in body.strip().split("\n\n") if par.strip()]
+    arguments = [p for p in cmd.params if p.param_type_name == "argument"]
+    if arguments:
+        lines.append(".SH ARGUMENTS")
+        for p in arguments:
+            lines += [".TP", f"\\fI{_esc(p.name.upper())}\\fR", _esc(getattr(p, "help", "") or "")]
+    lines += [".SH OPTIONS"] + _options(cmd)
+    lines += _exit_codes()
+    if example.strip():
+        lines += [".SH EXAMPLE", ".nf", _esc(example.strip()), ".fi"]
+    lines += [".SH SEE ALSO", "\\fBacdctool\\fR(1)"]
+    return "\n".join(lines) + "\n"
+
+
+def _options(cmd: Any) -> list[str]:
+    ctx = cmd.context_class(cmd, info_name=cmd.name)
+    out: list[str] = []
+    for p in cmd.params:
+        if p.param_type_name != "option" or p.hidden or p.name in ("install_completion", "show_completion"):
+            continue
+        record = p.get_help_record(ctx)
+        if record:
+            out += [".TP", f"\\fB{_esc(record[0])}\\fR", _esc(record[1])]
+    return out
+
+
+def _exit_codes() -> list[str]:
+    lines = [".SH EXIT STATUS"]
+    for code, meaning in EXIT_CODES:
+        lines += [".TP", f"\\fB{code}\\fR", _esc(meaning)]
+    return lines
+
+
+def completion_script(shell: str) -> str:
+    """The completion script Click generates for ``shell`` (``_ACDCTOOL_COMPLETE=source_<shell>``)."""
+    env = {**os.environ, "_ACDCTOOL_COMPLETE": f"source_{shell}"}
+    code = "from acdctool.cli.app import main; main()"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout

@@ -1,0 +1,1 @@
+"""Networks: MONAI segmentation nets (:mod:`acdctool.models.seg`), later the NVAE."""

@@ -1,0 +1,214 @@
+"""Building blocks of the NVAE towers: squeeze-excitation and the four residual cells.
+
+Written from the NVAE paper (Vahdat & Kautz 2020, Fig. 3 and §3.1), not from its code.
+
+=====================  ===================================================================
+cell                   body (the residual branch; output is ``skip + 0.1 * body``)
+=====================  ===================================================================
+``EncoderCell``        BN–Swish–conv3×3–BN–Swish–conv3×3–SE (same channels, same size)
+``DownCell``           as ``EncoderCell`` with the first conv stride 2 and C→2C; skip is a
+                       2×2 stride-2 conv (C→2C), a linear map that sees every input pixel
+``DecoderCell``        BN–conv1×1 (C→E·C)–BN–Swish–depthwise conv5×5–BN–Swish–conv1×1
+                       (E·C→C)–BN–SE, the paper's inverted residual (same channels, size)
+``UpCell``             the ``DecoderCell`` body at the input resolution with the last 1×1 conv
+                       C→2C, then a sub-pixel (pixel-shuffle) ×2 up-sampling to C/2 channels,
+                       then SE; skip is conv1×1 (C→C/2) then nearest ×2 up-sampling
+=====================  ===================================================================
+
+Why sub-pixel up-sampling: running the expanded (E·C channels) body at the low resolution and
+shuffling its output to the high one costs a quarter of up-sampling first, and unlike a nearest
+up-sampling of the body's output it still lets every output pixel differ (no 2×2 blocks).
+
+Why ``0.1``: scaling the residual branch keeps every cell close to the identity at
+initialisation, so the deep hierarchy starts stable (one of the official stabilisers, SPEC §3).
+
+All tensors are ``(B, C, H, W)``; the cells work with either memory format, channels_last
+included, because they only use plain convolutions, batch norm and element-wise ops.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "RESIDUAL_SCALE",
+    "SqueezeExcitation",
+    "EncoderCell",
+    "DownCell",
+    "DecoderCell",
+    "UpCell",
+]
+
+RESIDUAL_SCALE = 0.1
+"""Weight of the residual branch: ``out = skip + RESIDUAL_SCALE * body(x)``."""
+
+_SE_MIN_HIDDEN = 4  # with 4–8 channels, C // 8 would leave 0–1 hidden units: keep a floor
+
+
+def _bn(channels: int, momentum: float) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, momentum=momentum)
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel gating: ``x * sigmoid(fc2(relu(fc1(mean_hw(x)))))``.
+
+    Args:
+        channels: number of channels ``C`` of the input.
+        reduction: hidden width is ``max(C // reduction, 4)``.
+
+    Shapes:
+        input and output ``(B, C, H, W)``.
+
+    Example:
+        >>> se = SqueezeExcitation(16, reduction=8)
+        >>> se(torch.zeros(2, 16, 8, 8)).shape
+        torch.Size([2, 16, 8, 8])
+    """
+
+    def __init__(self, channels: int, reduction: int = 8) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, _SE_MIN_HIDDEN)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = x.mean(dim=(2, 3))
+        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(gate))))
+        return x * gate[:, :, None, None]
+
+
+class EncoderCell(nn.Module):
+    """Bottom-up residual cell: BN–Swish–conv3×3 twice, then squeeze-excitation.
+
+    Args:
+        channels: input and output channels ``C``.
+        se_reduction: reduction factor of the squeeze-excitation.
+        bn_momentum: momentum of every batch norm (PyTorch convention).
+
+    Shapes:
+        ``(B, C, H, W) -> (B, C, H, W)``.
+    """
+
+    def __init__(self, channels: int, se_reduction: int = 8, bn_momentum: float = 0.1) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            _bn(channels, bn_momentum),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            _bn(channels, bn_momentum),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            SqueezeExcitation(channels, se_reduction),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.add(x, self.body(x), alpha=RESIDUAL_SCALE)
+
+
+class DownCell(nn.Module):
+    """Bottom-up down-sampling cell: halves H and W, doubles the channels.
+
+    Args:
+        channels: input channels ``C`` (output ``2C``).
+        se_reduction: reduction factor of the squeeze-excitation.
+        bn_momentum: momentum of every batch norm.
+
+    Shapes:
+        ``(B, C, H, W) -> (B, 2C, H/2, W/2)``; H and W must be even.
+    """
+
+    def __init__(self, channels: int, se_reduction: int = 8, bn_momentum: float = 0.1) -> None:
+        super().__init__()
+        out = 2 * channels
+        self.skip = nn.Conv2d(channels, out, 2, stride=2)
+        self.body = nn.Sequential(
+            _bn(channels, bn_momentum),
+            nn.SiLU(),
+            nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False),
+            _bn(out, bn_momentum),
+            nn.SiLU(),
+            nn.Conv2d(out, out, 3, padding=1),
+            SqueezeExcitation(out, se_reduction),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.add(self.skip(x), self.body(x), alpha=RESIDUAL_SCALE)
+
+
+def _inverted_residual(
+    cin: int, cout: int, expansion: int, bn_momentum: float
+) -> list[nn.Module]:
+    hidden = expansion * cin
+    return [
+        _bn(cin, bn_momentum),
+        nn.Conv2d(cin, hidden, 1, bias=False),
+        _bn(hidden, bn_momentum),
+        nn.SiLU(),
+        nn.Conv2d(hidden, hidden, 5, padding=2, groups=hidden, bias=False),
+        _bn(hidden, bn_momentum),
+        nn.SiLU(),
+        nn.Conv2d(hidden, cout, 1, bias=False),
+        _bn(cout, bn_momentum),
+    ]
+
+
+class DecoderCell(nn.Module):
+    """Top-down residual cell: the paper's inverted residual with a depthwise 5×5 conv.
+
+    Args:
+        channels: input and output channels ``C``.
+        expansion: width factor ``E`` of the hidden layer (``E·C`` channels).
+        se_reduction: reduction factor of the squeeze-excitation.
+        bn_momentum: momentum of every batch norm.
+
+    Shapes:
+        ``(B, C, H, W) -> (B, C, H, W)``.
+    """
+
+    def __init__(
+        self, channels: int, expansion: int = 6, se_reduction: int = 8, bn_momentum: float = 0.1
+    ) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            *_inverted_residual(channels, channels, expansion, bn_momentum),
+            SqueezeExcitation(channels, se_reduction),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.add(x, self.body(x), alpha=RESIDUAL_SCALE)
+
+
+class UpCell(nn.Module):
+    """Top-down up-sampling cell: doubles H and W, halves the channels.
+
+    Args:
+        channels: input channels ``C`` (output ``C // 2``; ``C`` must be even).
+        expansion: width factor of the hidden layer.
+        se_reduction: reduction factor of the squeeze-excitation.
+        bn_momentum: momentum of every batch norm.
+
+    Shapes:
+        ``(B, C, H, W) -> (B, C/2, 2H, 2W)``.
+    """
+
+    def __init__(
+        self, channels: int, expansion: int = 6, se_reduction: int = 8, bn_momentum: float = 0.1
+    ) -> None:
+        super().__init__()
+        if channels % 2:
+            raise ValueError(f"UpCell needs an even channel count, got {channels}")
+        out = channels // 2
+        # 1×1 conv before the (linear) nearest up-sampling: same result, a quarter of the work
+        self.skip = nn.Conv2d(channels, out, 1)
+        # body ends with 4·out = 2C channels that pixel_shuffle turns into out channels at 2×
+        self.body = nn.Sequential(
+            *_inverted_residual(channels, 4 * out, expansion, bn_momentum),
+            nn.PixelShuffle(2),
+            SqueezeExcitation(out, se_reduction),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = F.interpolate(self.skip(x), scale_factor=2.0, mode="nearest")
+        return torch.add(skip, self.body(x), alpha=RESIDUAL_SCALE)

@@ -1,0 +1,189 @@
+"""The NVAE as a :class:`acdctool.train.loop.Task`, and ``train_nvae`` (one trainer for all models).
+
+Three modes, picked by the config: ``input=gt`` auto-encodes ground-truth masks (the report's
+first experiment); ``input=seg`` denoises (gen-seg masks in, ground truth out);
+``context=3gram`` takes the previous/current/next masks of a make-3gram file (12 channels) and
+predicts the ground-truth current slice. Validation decodes the posterior mean and reports the
+reconstruction's Dice per class and its anatomical validity (the ``eval`` functions).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from acdctool.config import TrainNvaeConfig, config_to_dict
+from acdctool.data.loader import Augment, SliceDataset, one_hot, patient_folds, select_rows
+from acdctool.errors import BadInputError, FileKindError
+from acdctool.io.checkpoint import file_sha256
+from acdctool.io.slices import SliceFile
+from acdctool.metrics import anatomy
+from acdctool.train.dist import resolve_device
+from acdctool.train.loop import Hooks, LoopSettings, StepContext, Trainer, TrainResult, check_run_dir
+
+CLASS_NAMES = ("rv", "myo", "lv")
+
+
+def nvae_arrays(config: TrainNvaeConfig) -> tuple[str, str]:
+    """(input array, target array) of the slice file for this mode."""
+    if config.context == "3gram":
+        return "context", "gt"
+    return ("gt", "gt") if config.input == "gt" else ("pred", "gt")
+
+
+class NvaeTask:
+    """NVAE training: one-hot masks in, 4-class logits out, β-weighted KL with warm-up.
+
+    Args:
+        model_args: :class:`acdctool.models.nvae.NVAE` constructor arguments.
+        config: the stage config (loss and optimiser settings).
+        steps_per_epoch: optimiser steps per epoch (length of the cosine schedule).
+        val_spacing: (N_file, 2) pixel spacing (mm) of every file row, for anatomical validity.
+    """
+
+    checkpoint_kind = "nvae-model"
+    model_name = "nvae"
+    best_metric = "val_dice_mean"
+    best_mode = "max"
+    scheduler_interval = "step"
+
+    def __init__(self, model_args: dict[str, Any], config: TrainNvaeConfig, steps_per_epoch: int,
+                 val_spacing: np.ndarray) -> None:
+        self.model_args, self.config = dict(model_args), config
+        self.input_key, self.target_key = nvae_arrays(config)
+        self.total_steps = max(1, config.epochs * steps_per_epoch)
+        self.val_spacing = val_spacing
+        keys = tuple(dict.fromkeys((self.input_key, self.target_key)))
+        self.augment = Augment(images=(), labels=keys, flip=0.0, rotate_deg=10.0, scale=1.1) if config.augment else None
+        self.loss: Any = None
+
+    def build_model(self) -> torch.nn.Module:
+        from acdctool.models.nvae import NVAE
+        from acdctool.models.nvae_loss import NVAELoss, NVAELossConfig
+
+        model = NVAE.from_args(self.model_args)
+        c = self.config
+        self.loss = NVAELoss(model, NVAELossConfig(betas=tuple(c.betas), warmup_steps=c.warmup_steps,
+                                                   kl_balance=c.kl_balance, dice_weight=c.dice_weight,
+                                                   sr_weight=c.sr_weight))
+        return model
+
+    def configure_optimizer(self, model: torch.nn.Module):
+        c = self.config
+        opt = torch.optim.Adamax(model.parameters(), lr=c.lr, eps=c.eps, weight_decay=c.weight_decay)
+        floor = c.lr_min / c.lr
+
+        def factor(step: int) -> float:
+            if step < c.lr_warmup_steps:
+                return (step + 1) / c.lr_warmup_steps
+            progress = min(1.0, (step - c.lr_warmup_steps) / max(1, self.total_steps - c.lr_warmup_steps))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Task state for an exact resume: the power-iteration vectors of spectral regularisation."""
+        return {} if self.loss is None else self.loss.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.loss is not None and state:
+            self.loss.load_state_dict(state)
+
+    def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return one_hot(batch[self.input_key]), batch[self.target_key]
+
+    def train_step(self, model, batch: dict[str, torch.Tensor], ctx: StepContext):
+        from acdctool.models.nvae_loss import check_finite
+
+        if self.augment is not None:
+            batch = self.augment(batch, ctx.generator)
+        x, target = self._inputs(batch)
+        out = model(x)
+        loss, terms = self.loss(out, target, ctx.global_step)
+        # Name the term that blew up (and what to change) before the trainer's generic check;
+        # on GPU only every 10 steps, since each check waits for the device.
+        if ctx.device.type == "cpu" or ctx.global_step % 10 == 0:
+            check_finite(terms)
+        return loss, {k: v for k, v in terms.items() if k != "loss"}
+
+    def val_step(self, model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, target = self._inputs(batch)
+        out = model(x)
+        _, terms = self.loss(out, target, self.config.warmup_steps)
+        pred = model.reconstruct(x, mode="mean").argmax(1)
+        n = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device)
+        dice = torch.zeros(3, dtype=torch.float64, device=x.device)
+        for i, label in enumerate((1, 2, 3)):
+            p, g = pred == label, target == label
+            inter, size = (p & g).sum((1, 2)).double(), (p.sum((1, 2)) + g.sum((1, 2))).double()
+            dice[i] = torch.where(size > 0, 2 * inter / size.clamp_min(1), torch.ones_like(size)).sum()
+        rows = batch["row"].cpu().numpy()
+        _, valid = anatomy.evaluate_batch(pred.to("cpu", torch.uint8).numpy(), self.val_spacing[rows])
+        sums = {"n": n, "dice": dice, "valid": torch.tensor(float(valid.sum()), dtype=torch.float64, device=x.device)}
+        for key in ("recon", "kl", *[k for k in terms if k.startswith("kl_scale")]):
+            sums[key] = terms[key].double() * n
+        return sums
+
+    def val_summary(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
+        n = float(sums["n"].clamp_min(1))
+        out = {k: float(v) / n for k, v in sums.items() if k not in ("n", "dice", "valid")}
+        dice = sums["dice"] / n
+        for i, name in enumerate(CLASS_NAMES):
+            out[f"dice_{name}"] = float(dice[i])
+        out["dice_mean"] = float(dice.mean())
+        out["valid_fraction"] = float(sums["valid"]) / n
+        out["loss"] = out["recon"] + out["kl"]  # the (unweighted) negative ELBO per slice
+        return out
+
+
+def train_nvae(path: Path | str, run_dir: Path | str, config: TrainNvaeConfig, *, resume: bool = False,
+               force: bool = False, hooks: Hooks | None = None, provenance: dict[str, Any] | None = None) -> TrainResult:
+    """Train the NVAE on a slice file's masks; checkpoints and metrics go to ``run_dir``.
+
+    Raises:
+        FileKindError: ``context=3gram`` without a make-3gram file, or a make-3gram file without it.
+        BadInputError: missing masks for the mode (ground truth, or ``pred`` for ``input=seg``),
+            empty selection, or a slice size the model cannot take.
+        ConfigError: inconsistent model configuration, CUDA asked but absent.
+        OutputError, TrainingDivergedError: see :func:`acdctool.train.tasks.train_seg`.
+    """
+    from acdctool.models.nvae import NVAE
+
+    path, run_dir = Path(path), Path(run_dir)
+    resolve_device(config.device)
+    check_run_dir(run_dir, resume, force)
+    input_key, target_key = nvae_arrays(config)
+    with SliceFile(path) as f:
+        if config.context == "3gram" and f.kind != "3gram":
+            raise FileKindError(f"{path}: a '{f.kind}' file; --context 3gram needs a make-3gram output")
+        if config.context != "3gram" and f.kind == "3gram":
+            raise FileKindError(f"{path}: a make-3gram file; train it with --context 3gram")
+        for key in dict.fromkeys((input_key, target_key)):
+            if not f.has(key):
+                what = {"gt": "ground-truth masks", "pred": "segmentations ('pred': a gen-seg output)",
+                        "context": "3-gram context"}[key]
+                raise BadInputError(f"{path}: has no {what}, needed by --input {config.input} --context {config.context}")
+        index, shape, spacing = f.index, f.shape, f.spacing()
+    model_args = {"in_channels": 12 if config.context == "3gram" else 4, "out_channels": 4, "image_size": shape[0],
+                  "stem_channels": config.stem_channels, "scales": config.scales,
+                  "groups_per_scale": list(config.groups_per_scale), "latent_channels": config.latent_channels,
+                  "se_reduction": config.se_reduction}
+    NVAE.from_args(model_args)  # validates sizes before any file is written
+    if shape[0] != shape[1]:
+        raise BadInputError(f"{path}: slices are {shape[0]}×{shape[1]}; the NVAE needs square slices")
+    train_rows, val_rows = select_rows(index, config.fold, str(path))
+    arrays = tuple(dict.fromkeys((input_key, target_key)))
+    train_ds = SliceDataset(path, train_rows, arrays=arrays, labels=("gt", "pred", "context"), in_memory=config.cache)
+    val_ds = SliceDataset(path, val_rows, arrays=arrays, labels=("gt", "pred", "context"), in_memory=config.cache)
+    data = {"path": str(path.resolve()), "sha256": file_sha256(path), "kind": "nvae", "input": config.input,
+            "context": config.context, "fold": config.fold, "folds": patient_folds(index),
+            "rows": {"train": int(len(train_rows)), "val": int(len(val_rows))}}
+    steps = max(1, len(train_ds) // config.batch_size)
+    task = NvaeTask(model_args, config, steps, spacing)
+    trainer = Trainer(task, LoopSettings.from_config(config), run_dir, config=config_to_dict(config), data=data,
+                      provenance=provenance, resume=resume, force=force, hooks=hooks)
+    return trainer.fit(train_ds, val_ds)
