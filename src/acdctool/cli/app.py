@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from acdctool import __version__
-from acdctool.cli import eval as eval_, gen_seg, info, make_3gram, prep, refine, synth, train_nvae, train_seg
+from acdctool.cli import eval as eval_, export, gen_seg, info, make_3gram, prep, refine, synth, train_nvae, train_seg
 
 app = typer.Typer(
     name="acdctool",
@@ -29,6 +29,7 @@ app.command("train-nvae")(train_nvae.train_nvae)
 app.command("make-3gram")(make_3gram.make_3gram)
 app.command("refine")(refine.refine)
 app.command("eval")(eval_.eval_cmd)
+app.command("export")(export.export)
 
 
 def _version(value: bool) -> None:
