@@ -154,6 +154,9 @@ class RefineConfig:
     """Scale of the posterior standard deviations when sampling candidates."""
     min_agreement: float = 0.0
     """Gate: a candidate must agree with the input at least this much (mean Dice) to replace it."""
+    polish: bool = True
+    """Also offer each NVAE candidate after the morphological clean-up (stray pixels removed,
+    holes filled) to the gate."""
     batch_size: int = 64
     device: str = "auto"
     seed: int = 0

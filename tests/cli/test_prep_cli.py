@@ -41,7 +41,7 @@ def test_synth_prep_info_chain(tmp_path):
     s = json.loads(res.stdout)
     assert s["patients"] == 5 and s["kind"] == "prep" and s["shape"] == [32, 32]
     assert sum(s["patients_per_split"].values()) == 5 and set(s["folds"]) == {"0", "1"}
-    assert s["config"]["size"] == 32 and "prep" in s["provenance"]["command"]
+    assert s["config"]["size"] == 32 and s["provenance"]["inputs"] == [str((tmp_path / "ACDC").resolve())]
     res = invoke("info", out)
     assert res.exit_code == 0 and "patients" in res.stdout
 

@@ -28,3 +28,12 @@ def test_seeded_and_test_patients():
     a, b = assign_splits(pts, 0.25, 2, seed=1), assign_splits(pts, 0.25, 2, seed=1)
     assert a == b and a["patient101"] == ("test", -1)
     assert a != assign_splits(pts, 0.25, 2, seed=2)
+
+
+def test_small_groups_do_not_tie_val_to_one_fold():
+    """2 patients per group, half in val: val must not be exactly one fold (the old bug)."""
+    pts = _patients(2)
+    out = assign_splits(pts, val_fraction=0.5, folds=2, seed=0)
+    val_folds = [f for s, f in out.values() if s == "val"]
+    train_folds = [f for s, f in out.values() if s == "train"]
+    assert len(val_folds) == 5 and set(val_folds) == {0, 1} and set(train_folds) == {0, 1}

@@ -104,3 +104,13 @@ def test_extra_index_columns_round_trip(tmp_path):
     with SliceFile(path) as f:
         assert list(f.index.columns)[-2:] == ["changed", "reason"]
         assert f.index.changed.tolist() == [0, 1, 0] and f.index.reason.tolist() == ["", "invalid", ""]
+
+
+def test_outputs_get_umask_permissions(tmp_path):
+    import os
+
+    path = tmp_path / "p.h5"
+    _write(path)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~mask)

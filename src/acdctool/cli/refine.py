@@ -23,6 +23,7 @@ def refine(
     samples: int = typer.Option(_D.samples, "--samples", help="Extra sampled NVAE candidates per invalid slice."),
     temperature: float = typer.Option(_D.temperature, "--temperature", help="Posterior std scale when sampling."),
     min_agreement: float = typer.Option(_D.min_agreement, "--min-agreement", help="Least Dice with the input for a replacement."),
+    polish: bool = typer.Option(_D.polish, "--polish/--no-polish", help="Also offer each NVAE candidate after the morphological clean-up."),
     batch_size: int = typer.Option(_D.batch_size, "--batch-size", help="Slices per batch."),
     device: str = typer.Option(_D.device, "--device", help="auto, cpu or cuda."),
     seed: int = typer.Option(_D.seed, "--seed", help="Seed of the sampled candidates."),
@@ -40,7 +41,7 @@ def refine(
     from acdctool.stages.refine import refine as run_refine
 
     config = make_config(RefineConfig, method=method, context=context, gate=gate, samples=samples,
-                         temperature=temperature, min_agreement=min_agreement, batch_size=batch_size,
+                         temperature=temperature, min_agreement=min_agreement, polish=polish, batch_size=batch_size,
                          device=device, seed=seed)
     def count() -> int:
         with SliceFile(seg) as f:

@@ -48,10 +48,22 @@ def assign_splits(
     shuffled = {g: list(rng.permutation(by_group[g])) for g in sorted(by_group)}
     group_major = [name for g in sorted(shuffled) for name in shuffled[g]]
     fold_of = {name: i % folds for i, name in enumerate(group_major)}
+    # How many val patients each group gives: the first n_val of a round-robin over groups.
     longest = max((len(v) for v in shuffled.values()), default=0)
-    interleaved = [v[i] for i in range(longest) for v in shuffled.values() if i < len(v)]
+    interleaved = [g for i in range(longest) for g, v in shuffled.items() if i < len(v)]
     n_val = int(round(val_fraction * len(interleaved)))
-    val = set(interleaved[:n_val])
+    quota = {g: interleaved[:n_val].count(g) for g in shuffled}
+    # Within a group, take val patients from successive folds (continuing across groups), so
+    # val never piles up in one fold, however small the groups.
+    val: set[str] = set()
+    next_fold = 0
+    for g, names in shuffled.items():
+        pool = list(names)
+        for _ in range(quota[g]):
+            pick = next((n for n in pool if fold_of[n] == next_fold % folds), pool[0])
+            pool.remove(pick)
+            val.add(pick)
+            next_fold += 1
     for name in group_major:
         out[str(name)] = ("val" if name in val else "train", fold_of[name])
     return out

@@ -15,6 +15,12 @@ from pathlib import Path
 from acdctool.errors import OutputError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_output(path: Path, force: bool) -> Path:
     """Check that ``path`` may be written and that its folder exists (created if needed).
 
@@ -54,6 +60,7 @@ def atomic_path(path: Path, force: bool = False) -> Iterator[Path]:
         raise OutputError(f"{path.parent}: cannot write here ({exc.strerror or exc})") from None
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp
         # Re-check: another process may have created the output meanwhile.
@@ -85,6 +92,7 @@ def atomic_dir(path: Path, force: bool = False) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        os.chmod(tmp, 0o777 & ~_umask())
     except OSError as exc:
         raise OutputError(f"{path.parent}: cannot create output folder ({exc.strerror or exc})") from None
     try:

@@ -12,6 +12,7 @@ from acdctool.config import RefineConfig
 from acdctool.data.loader import one_hot
 from acdctool.errors import BadInputError
 from acdctool.io.checkpoint import file_sha256, load_checkpoint
+from acdctool.stages import morph
 from acdctool.train.dist import resolve_device
 
 
@@ -20,7 +21,8 @@ class NvaeProposer:
 
     The first candidate is the posterior-mean decoding (deterministic); ``config.samples``
     more are decoded with temperature ``config.temperature`` from a generator seeded with
-    ``config.seed``, so a run is reproducible.
+    ``config.seed``, so a run is reproducible. With ``config.polish`` each is also offered
+    after :func:`acdctool.stages.morph.clean_batch`.
     """
 
     def __init__(self, model: torch.nn.Module, device: torch.device, config: RefineConfig, info: dict[str, Any]):
@@ -67,4 +69,7 @@ class NvaeProposer:
             for _ in range(self.config.samples):
                 logits = self.model.reconstruct(x, mode="sample", temperature=self.config.temperature, generator=gen)
                 out.append(logits.argmax(1))
-        return [o.to("cpu", torch.uint8).numpy() for o in out]
+        candidates = [o.to("cpu", torch.uint8).numpy() for o in out]
+        if self.config.polish:
+            candidates += [morph.clean_batch(c) for c in candidates]
+        return candidates
