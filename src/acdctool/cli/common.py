@@ -88,3 +88,24 @@ def print_path(path: Any) -> None:
     """Print an output path on stdout, so ``$(acdctool ...)`` composes in scripts."""
     sys.stdout.write(f"{path}\n")
     sys.stdout.flush()
+
+
+def finish_training(result: Any, output: Any, main: bool, quiet: bool) -> None:
+    """Report a :class:`acdctool.train.loop.TrainResult` the same way for every training command.
+
+    Exits 130 when the run was interrupted (``last.pt`` saved: rerun with ``--resume``);
+    otherwise prints the run folder on stdout (rank 0 only under ``torchrun``).
+    """
+    for note in result.notes:
+        log(f"[yellow]note:[/] {note}", quiet)
+    if result.status == "interrupted":
+        log(f"stopped at epoch {result.epoch + 1}, step {result.step}; saved {output / 'last.pt'}; "
+            "rerun the same command with --resume to continue", quiet=not main)
+        raise typer.Exit(EX_INTERRUPTED)
+    if result.status == "up-to-date":
+        log(f"{output}: already trained for {result.epoch} epochs (raise --epochs to continue)", quiet)
+    elif result.best_epoch is not None:
+        log(f"done: {result.epoch} epochs; best val Dice {result.best_value:.4f} at epoch {result.best_epoch} "
+            f"({output / 'best.pt'})", quiet)
+    if main:
+        print_path(output)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from acdctool.cli.common import FORCE, QUIET, log, make_config, print_path, progress, run
+from acdctool.cli.common import FORCE, QUIET, finish_training, log, make_config, progress, run
 from acdctool.config import TrainNvaeConfig
 
 _D = TrainNvaeConfig()
@@ -86,16 +86,4 @@ def train_nvae(
         hooks = Hooks(on_epoch=lambda rec: (on_epoch(rec), advance()))
         result = run(train_fn, data, output, config, resume=resume, force=force, hooks=hooks,
                      provenance=make_provenance([data]))
-    for note in result.notes:
-        log(f"[yellow]note:[/] {note}", quiet)
-    if result.status == "interrupted":
-        log(f"stopped at epoch {result.epoch + 1}, step {result.step}; saved {output / 'last.pt'}; "
-            "rerun the same command with --resume to continue", quiet=not main)
-        raise typer.Exit(130)
-    if result.status == "up-to-date":
-        log(f"{output}: already trained for {result.epoch} epochs (raise --epochs to continue)", quiet)
-    elif result.best_epoch is not None:
-        log(f"done: {result.epoch} epochs; best val Dice {result.best_value:.4f} at epoch {result.best_epoch} "
-            f"({output / 'best.pt'})", quiet)
-    if main:
-        print_path(output)
+    finish_training(result, output, main, quiet)

@@ -48,7 +48,7 @@ from scipy.spatial import ConvexHull
 from skimage.measure import perimeter
 
 from acdctool.errors import BadInputError
-from acdctool.metrics.overlap import check_label_map, check_spacing
+from acdctool.metrics.overlap import check_label_map, check_spacing, check_spacings
 
 __all__ = [
     "Criterion",
@@ -520,12 +520,7 @@ def evaluate_batch(masks: np.ndarray, spacings: Sequence[float] | np.ndarray) ->
     """
     masks = check_label_map(masks, 3, "masks")
     n = masks.shape[0]
-    sp = np.asarray(spacings, dtype=np.float64)
-    sp = np.broadcast_to(sp, (n, 2)) if sp.shape == (2,) else sp
-    if sp.shape != (n, 2):
-        raise BadInputError(f"spacings: expected shape ({n}, 2) or (2,), got {np.shape(spacings)}")
-    if not np.all(np.isfinite(sp) & (sp > 0)):
-        raise BadInputError("spacings: values must be positive and finite")
+    sp = check_spacings(spacings, n)
     values = np.empty((n, len(CRITERIA)))
     for i in range(n):
         values[i] = _evaluate(_Slice(masks[i], sp[i], checked=True))

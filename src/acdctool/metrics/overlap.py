@@ -37,6 +37,7 @@ __all__ = [
     "SurfaceScore",
     "check_label_map",
     "check_spacing",
+    "check_spacings",
     "dice",
     "dice_batch",
     "surface_distances",
@@ -122,6 +123,21 @@ def check_spacing(spacing: Sequence[float] | np.ndarray, ndim: int, name: str = 
     if not np.all(np.isfinite(values) & (values > 0)):
         raise BadInputError(f"{name}: values must be positive and finite, got {tuple(values)}")
     return tuple(float(v) for v in values)
+
+
+def check_spacings(spacings: Sequence[float] | np.ndarray, n: int) -> np.ndarray:
+    """Per-slice spacings ``(n, 2)`` mm from an ``(n, 2)`` array or one ``(2,)`` pair for all.
+
+    Raises:
+        BadInputError: wrong shape, or a value that is not positive and finite.
+    """
+    sp = np.asarray(spacings, dtype=np.float64)
+    sp = np.broadcast_to(sp, (n, 2)) if sp.shape == (2,) else sp
+    if sp.shape != (n, 2):
+        raise BadInputError(f"spacings: expected shape ({n}, 2) or (2,), got {np.shape(spacings)}")
+    if not np.all(np.isfinite(sp) & (sp > 0)):
+        raise BadInputError("spacings: values must be positive and finite")
+    return sp
 
 
 def _check_pair(pred: np.ndarray, gt: np.ndarray, ndim: int | Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -382,12 +398,7 @@ def hausdorff_batch(
     """
     pred, gt = _check_pair(pred, gt, 3)
     n = pred.shape[0]
-    sp = np.asarray(spacings, dtype=np.float64)
-    sp = np.broadcast_to(sp, (n, 2)) if sp.shape == (2,) else sp
-    if sp.shape != (n, 2):
-        raise BadInputError(f"spacings: expected shape ({n}, 2) or (2,), got {np.shape(spacings)}")
-    if not np.all(np.isfinite(sp) & (sp > 0)):
-        raise BadInputError("spacings: values must be positive and finite")
+    sp = check_spacings(spacings, n)
     return _hausdorff_items(pred, gt, sp, labels)
 
 
