@@ -3,11 +3,13 @@
 #   synth → prep → train-seg (2 folds) → gen-seg (out-of-fold) → make-3gram → train-nvae
 #   → refine (NVAE and morph) → eval (before/after tables and figures)
 # Usage: bash examples/demo.sh [OUT_DIR]        (default: demo/; rerun overwrites it)
-# Small settings for speed; override with SEG_EPOCHS, NVAE_EPOCHS, PATIENTS.
+# Small settings for speed (64² slices, small nets, few epochs); override with SIZE,
+# SEG_EPOCHS, NVAE_EPOCHS, PATIENTS. For real work use the defaults (see examples/pipeline.sh).
 set -euo pipefail
 out=${1:-demo}
-seg_epochs=${SEG_EPOCHS:-6}
-nvae_epochs=${NVAE_EPOCHS:-6}
+size=${SIZE:-64}
+seg_epochs=${SEG_EPOCHS:-20}
+nvae_epochs=${NVAE_EPOCHS:-40}
 patients=${PATIENTS:-20}
 mkdir -p "$out/runs"
 start=$SECONDS
@@ -16,13 +18,13 @@ say() { printf '\n== %s (%ds)\n' "$*" $((SECONDS - start)) >&2; }
 say "synthetic ACDC phantoms"
 acdctool synth "$out/ACDC" --patients "$patients" --seed 0 --force -q
 say "prep"
-acdctool prep "$out/ACDC/training" -o "$out/slices.h5" --folds 2 --force -q
+acdctool prep "$out/ACDC/training" -o "$out/slices.h5" --size "$size" --folds 2 --force -q
 acdctool info "$out/slices.h5" >&2
 
 say "train-seg: a small UNet per fold"
 for k in 0 1; do
-  acdctool train-seg "$out/slices.h5" --arch unet --net-arg channels=8,16,32,64 --net-arg strides=2,2,2 \
-    --fold "$k" --epochs "$seg_epochs" --batch-size 16 -o "$out/runs/unet-f$k" --force
+  acdctool train-seg "$out/slices.h5" --arch unet --net-arg channels=16,32,64,128 --net-arg strides=2,2,2 \
+    --fold "$k" --epochs "$seg_epochs" --batch-size 8 -o "$out/runs/unet-f$k" --force
 done
 
 say "gen-seg: each patient segmented by the fold model that never saw it"

@@ -57,11 +57,12 @@ def test_gate_keeps_valid_rows_bit_identical():
     def propose(m, ctx):  # a proposer that would wreck any row it is given
         return [np.zeros_like(m), valid[: len(m)]]
 
-    out, reasons = gate(masks, None, spacing, propose, RefineConfig(method="morph"))
+    out, reasons, valid_in, valid_out = gate(masks, None, spacing, propose, RefineConfig(method="morph"))
     assert reasons == ["valid-kept", "corrected"]
+    assert valid_in.tolist() == [True, False] and valid_out.tolist() == [True, True]
     assert out[0].tobytes() == masks[0].tobytes()
     np.testing.assert_array_equal(out[1], valid[1])  # the valid candidate closest to the input wins
-    out, reasons = gate(masks, None, spacing, propose, RefineConfig(method="morph", gate="none"))
+    out, reasons, _, _ = gate(masks, None, spacing, propose, RefineConfig(method="morph", gate="none"))
     assert reasons == ["ungated"] * 2 and not out.any()
 
 
@@ -71,6 +72,7 @@ def test_morph_refine_through_eval_baseline(seg_file_factory, tmp_path):
     res = invoke("refine", seg, "-o", out, "--method", "morph")
     assert res.exit_code == 0, res.output
     assert res.stdout.strip() == str(out)
+    refine_log = res.stderr
     with SliceFile(seg) as a, SliceFile(out, kinds=("refined",)) as b:
         idx = b.index
         before, after = a.read("pred"), b.read("pred")
@@ -86,6 +88,7 @@ def test_morph_refine_through_eval_baseline(seg_file_factory, tmp_path):
     res = invoke("eval", out, "--baseline", seg, "-o", report, "--json", "--no-plots")
     assert res.exit_code == 0, res.output
     c = json.loads(res.stdout)["comparison"]
+    assert f"invalid slices {c['invalid_before']} → {c['invalid_after']}" in refine_log  # same counts as eval
     # morph can pick the wrong component (a stray blob bigger than a tiny apical LV), so it is
     # not harmless everywhere; on these masks it must still help far more than it hurts
     assert c["invalid_after"] < c["invalid_before"] and c["improved"] > 3 * c["deteriorated"]

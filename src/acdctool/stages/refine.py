@@ -92,15 +92,15 @@ def refine(
                 rows = slice(start, min(start + config.batch_size, len(f)))
                 masks = f.read("pred", rows)
                 context = f.read("context", rows) if config.context == "3gram" else None
-                refined, reasons = gate(masks, context, spacing[rows], propose, config)
+                refined, reasons, valid_in, valid_out = gate(masks, context, spacing[rows], propose, config)
                 agreement = overlap.dice_batch(refined, masks)[0].mean(axis=1)
                 records = index.iloc[rows].to_dict("records")
                 for rec, reason, agree, changed in zip(records, reasons, agreement,
                                                        (refined != masks).any(axis=(1, 2))):
                     rec.update(refine_changed=int(changed), refine_reason=reason, refine_agreement=float(agree))
                     result.counts[reason] += 1
-                result.invalid_before += int((~anatomy.evaluate_batch(masks, spacing[rows])[1]).sum())
-                result.invalid_after += int((~anatomy.evaluate_batch(refined, spacing[rows])[1]).sum())
+                result.invalid_before += int((~valid_in).sum())
+                result.invalid_after += int((~valid_out).sum())
                 writer.append(records, **{n: f.read(n, rows) for n in keep}, pred=refined)
                 result.rows += len(records)
                 if on_rows is not None:
@@ -110,16 +110,22 @@ def refine(
 
 def gate(
     masks: np.ndarray, context: np.ndarray | None, spacing: np.ndarray, propose: Proposer, config: RefineConfig
-) -> tuple[np.ndarray, list[str]]:
-    """Apply the gate to one batch: (refined (B, H, W) uint8, reason per row)."""
-    if config.gate == "none":
-        return propose(masks, context)[0].astype(np.uint8), ["ungated"] * len(masks)
+) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """Apply the gate to one batch.
+
+    Returns:
+        (refined (B, H, W) uint8, reason per row, input valid (B,) bool, output valid (B,) bool).
+    """
     _, valid = anatomy.evaluate_batch(masks, spacing)
+    if config.gate == "none":
+        out = propose(masks, context)[0].astype(np.uint8)
+        return out, ["ungated"] * len(masks), valid, anatomy.evaluate_batch(out, spacing)[1]
     out = masks.copy()
+    valid_out = valid.copy()
     reasons = ["valid-kept" if v else "no-valid-candidate" for v in valid]
     todo = np.flatnonzero(~valid)
     if todo.size == 0:
-        return out, reasons
+        return out, reasons, valid, valid_out
     candidates = propose(masks[todo], None if context is None else context[todo])
     best_score = np.full(todo.size, -1.0)
     for cand in candidates:
@@ -131,7 +137,8 @@ def gate(
         best_score[better] = score[better]
     for i in todo[best_score >= 0]:
         reasons[i] = "corrected"
-    return out, reasons
+    valid_out[todo[best_score >= 0]] = True
+    return out, reasons, valid, valid_out
 
 
 def _proposer(config: RefineConfig, nvae: Path | None, f: SliceFile) -> tuple[Proposer, dict[str, Any] | None]:
