@@ -13,6 +13,9 @@ nvae_epochs=${NVAE_EPOCHS:-40}
 patients=${PATIENTS:-20}
 mkdir -p "$out/runs"
 start=$SECONDS
+# Every acdctool command prints its output path on stdout; here only the final report path
+# goes to stdout, the intermediate ones join the logs on stderr.
+exec 3>&1 1>&2
 say() { printf '\n== %s (%ds)\n' "$*" $((SECONDS - start)) >&2; }
 
 say "synthetic ACDC phantoms"
@@ -47,4 +50,4 @@ acdctool eval "$out/morph.h5" --baseline "$out/seg.h5" -o "$out/report-morph" --
 
 say "done"
 echo "report: $out/report/ (summary.json, slices.csv, volumes.csv, clinical.csv, comparison.csv, *.png)" >&2
-echo "$out/report"
+echo "$out/report" >&3

@@ -40,6 +40,17 @@ def prepped(synth_root, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny nets run fastest on one torch thread; two crawl when other jobs load the CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def real_acdc() -> Path:
     if not (REAL_ACDC / "patient001" / "Info.cfg").is_file():

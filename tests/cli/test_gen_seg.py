@@ -23,11 +23,8 @@ def invoke(*args):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Tiny nets on one thread (fixture in tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")

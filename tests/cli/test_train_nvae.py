@@ -15,12 +15,9 @@ TINY = ["--stem-channels", "4", "--scales", "2", "--groups-per-scale", "1,1", "-
         "--beta", "1,1", "--warmup-steps", "10", "--batch-size", "16", "--device", "cpu", "-q"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny nets: threads only add contention on a shared 2-core box
-    yield
-    torch.set_num_threads(n)
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_thread):
+    """Tiny nets on one thread (fixture in tests/conftest.py)."""
 
 
 def invoke(*args):

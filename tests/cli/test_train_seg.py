@@ -42,12 +42,8 @@ def prepped_synth(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny nets run fastest on one thread; two threads crawl when other jobs load the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Tiny nets on one thread (fixture in tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")

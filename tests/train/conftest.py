@@ -68,11 +68,5 @@ TINY_NET = ("channels=4,8,16",)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny nets run fastest on one thread; two threads crawl when other jobs load the CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _tiny_nets_one_thread(one_thread):
+    """Every test under tests/train runs its tiny nets on one thread (see tests/conftest.py)."""

@@ -20,6 +20,8 @@ out_console = Console(highlight=False)
 
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress or log lines on stderr (errors still show).")
 FORCE = typer.Option(False, "--force", "-f", help="Overwrite an existing output.")
+RESUME = typer.Option(False, "--resume", help="Continue RUN_DIR/last.pt exactly where it stopped (start if absent).")
+TENSORBOARD = typer.Option(False, "--tensorboard", help="Also log to RUN_DIR/tb (needs tensorboard).")
 
 
 def fail(message: str, code: int) -> None:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from acdctool.cli.common import FORCE, QUIET, finish_training, log, make_config, progress, run
+from acdctool.cli.common import FORCE, QUIET, RESUME, TENSORBOARD, finish_training, log, make_config, progress, run
 from acdctool.config import TrainNvaeConfig
 
 _D = TrainNvaeConfig()
@@ -44,9 +44,9 @@ def train_nvae(
     device: str = typer.Option(_D.device, "--device", help="auto, cpu or cuda."),
     amp: bool = typer.Option(_D.amp, "--amp/--no-amp", help="bf16 autocast on CUDA."),
     workers: int = typer.Option(_D.workers, "--workers", help="DataLoader worker processes."),
-    tensorboard: bool = typer.Option(_D.tensorboard, "--tensorboard", help="Also log to RUN_DIR/tb (needs tensorboard)."),
+    tensorboard: bool = TENSORBOARD,
     grad_clip: float = typer.Option(_D.grad_clip, "--grad-clip", help="Clip the gradient norm (0: off)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue RUN_DIR/last.pt exactly where it stopped (start if absent)."),
+    resume: bool = RESUME,
     force: bool = FORCE,
     quiet: bool = QUIET,
 ) -> None:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from acdctool.cli.common import FORCE, QUIET, finish_training, log, make_config, progress, run
+from acdctool.cli.common import FORCE, QUIET, RESUME, TENSORBOARD, finish_training, log, make_config, progress, run
 from acdctool.config import TrainSegConfig
 
 _D = TrainSegConfig()
@@ -30,9 +30,9 @@ def train_seg(
     amp: bool = typer.Option(_D.amp, "--amp/--no-amp", help="bf16 autocast on CUDA (never on CPU)."),
     workers: int = typer.Option(_D.workers, "--workers", help="DataLoader worker processes."),
     cache: bool = typer.Option(_D.cache, "--cache/--no-cache", help="Hold the selected slices in memory."),
-    tensorboard: bool = typer.Option(_D.tensorboard, "--tensorboard", help="Also log to RUN_DIR/tb (needs tensorboard)."),
+    tensorboard: bool = TENSORBOARD,
     grad_clip: float = typer.Option(_D.grad_clip, "--grad-clip", help="Clip the gradient norm (0: off)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue RUN_DIR/last.pt exactly where it stopped (start if absent)."),
+    resume: bool = RESUME,
     force: bool = FORCE,
     quiet: bool = QUIET,
 ) -> None:
