@@ -36,7 +36,7 @@ class Predictions:
     index: pd.DataFrame
     pred: np.ndarray
     gt: np.ndarray
-    image: np.ndarray
+    image: np.ndarray | None
     source: str
     """What was compared: e.g. ``pred vs gt``, ``gt vs gt (self-check)``, ``pred vs gt of X``."""
 
@@ -47,8 +47,10 @@ class EvalResult:
     summary: dict[str, Any]
 
 
-def load_predictions(path: Path, gt_path: Path | None = None) -> Predictions:
+def load_predictions(path: Path, gt_path: Path | None = None, with_image: bool = True) -> Predictions:
     """Read the masks to evaluate and align ground truth with them by (patient, phase, slice).
+
+    ``with_image=False`` skips the image array (a baseline's masks need no pictures).
 
     A ``prep`` file (no ``pred`` array) is its ground truth evaluated against itself.
 
@@ -61,7 +63,8 @@ def load_predictions(path: Path, gt_path: Path | None = None) -> Predictions:
         name = "pred" if f.has("pred") else "gt"
         if name == "gt" and not f.has("gt"):
             raise BadInputError(f"{path}: neither predictions ('pred') nor ground truth ('gt') to evaluate")
-        pred, image = f.read(name), f.read("image")
+        pred = f.read(name)
+        image = f.read("image") if with_image else None
         own_gt = f.read("gt") if f.has("gt") and gt_path is None else None
     _check_labels(path, name, pred)
     _check_spacing(path, index)
@@ -156,10 +159,10 @@ def evaluate(
     after = load_predictions(pred_path, gt_path)
     before = None
     if baseline_path is not None:
-        before = load_predictions(baseline_path, gt_path)
+        before = load_predictions(baseline_path, gt_path, with_image=False)
         rows = match_rows(after.index, before.index, ROW_KEY, Path(pred_path), Path(baseline_path))
         before = Predictions(before.path, before.index.iloc[rows].reset_index(drop=True), before.pred[rows],
-                             before.gt[rows], before.image[rows], before.source)
+                             before.gt[rows], None, before.source)
         if not np.array_equal(before.gt, after.gt):
             raise BadInputError(f"{baseline_path}: its ground truth differs from that of {pred_path}")
     with atomic_dir(out_dir, force) as tmp:
@@ -173,15 +176,16 @@ def evaluate(
         summary.update(source=after.source, pred_file=str(Path(pred_path).resolve()),
                        gt_file=str(Path(gt_path).resolve()) if gt_path else None)
         figures = {}
-        comparison = None
+        compared = None
         if before is not None:
             base_table = slice_metrics(before.index, before.pred, before.gt, hausdorff=False, workers=config.workers)
             deltas, comparison = compare(base_table, table, config.threshold, config.top_k)
             deltas.to_csv(tmp / "comparison.csv", index=False, float_format="%.6g")
             comparison["baseline_file"] = str(Path(baseline_path).resolve())  # type: ignore[arg-type]
             summary["comparison"] = comparison
+            compared = Compared(before, base_table, deltas, comparison)
         if config.plots:
-            figures = _figures(tmp, after, before, table, comparison, config, base_table if before is not None else None)
+            figures = _figures(tmp, after, table, compared, config)
         summary["figures"] = sorted(figures)
         summary["config"] = config_to_dict(config)
         summary["provenance"] = provenance or make_provenance([p for p in (pred_path, gt_path, baseline_path) if p])
@@ -236,25 +240,36 @@ def _mean(series: pd.Series) -> float | None:
     return None if pd.isna(value) else float(value)
 
 
-def _figures(tmp: Path, after: Predictions, before: Predictions | None, table: pd.DataFrame,
-             comparison: dict | None, config: EvalConfig, base_table: pd.DataFrame | None) -> dict[str, Path]:
+@dataclass
+class Compared:
+    """A baseline's masks, its per-slice table, the per-row deltas and the comparison summary."""
+
+    before: Predictions
+    table: pd.DataFrame
+    deltas: pd.DataFrame
+    summary: dict[str, Any]
+
+
+def _figures(tmp: Path, after: Predictions, table: pd.DataFrame, compared: Compared | None,
+             config: EvalConfig) -> dict[str, Path]:
     figs: dict[str, Path] = {}
-    if before is None or comparison is None or base_table is None:
+    assert after.image is not None
+    if compared is None:
         figs["dice_violin.png"] = plots.violin({"prediction": table}, tmp / "dice_violin.png")
         worst = table.sort_values("dice_mean", kind="stable").index[: config.top_k].to_numpy()
         figs["montage_worst.png"] = plots.montage(
             after.image[worst], {"ground truth": after.gt[worst], "prediction": after.pred[worst]},
             [_caption(table, i, f"Dice {table.dice_mean[i]:.3f}") for i in worst], tmp / "montage_worst.png")
         return figs
-    deltas = pd.read_csv(tmp / "comparison.csv")
-    figs["dice_violin.png"] = plots.violin({"before": base_table, "after": table}, tmp / "dice_violin.png")
+    deltas = compared.deltas
+    figs["dice_violin.png"] = plots.violin({"before": compared.table, "after": table}, tmp / "dice_violin.png")
     figs["dice_delta_hist.png"] = plots.delta_histogram(deltas, config.threshold, tmp / "dice_delta_hist.png")
     figs["dice_scatter.png"] = plots.scatter(deltas, tmp / "dice_scatter.png")
     for kind in ("improved", "deteriorated"):
-        rows = np.array([r["row"] for r in comparison[f"top_{kind}"]], dtype=np.int64)
+        rows = np.array([r["row"] for r in compared.summary[f"top_{kind}"]], dtype=np.int64)
         figs[f"montage_{kind}.png"] = plots.montage(
             after.image[rows],
-            {"ground truth": after.gt[rows], "before": before.pred[rows], "after": after.pred[rows]},
+            {"ground truth": after.gt[rows], "before": compared.before.pred[rows], "after": after.pred[rows]},
             [_caption(table, i, f"{deltas.dice_mean_before[i]:.3f} → {deltas.dice_mean_after[i]:.3f}") for i in rows],
             tmp / f"montage_{kind}.png")
     return figs
