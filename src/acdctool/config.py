@@ -148,6 +148,10 @@ class RefineConfig:
     gate: str = "anatomy"
     """``anatomy``: keep anatomically valid slices bit-identical, replace invalid ones by the
     valid candidate closest (Dice) to the input; ``none``: replace every slice."""
+    partial: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5)
+    """Partial edits offered to the gate: per threshold t, the input with only the pixels whose
+    input label the NVAE gives a probability below t replaced by the NVAE's label (small t:
+    small edits). Empty: whole reconstructions only."""
     samples: int = 0
     """Extra candidates decoded by sampling the posterior (on top of its mean), for the gate."""
     temperature: float = 0.7
@@ -174,6 +178,8 @@ class RefineConfig:
             raise ConfigError(f"--temperature must be > 0, got {self.temperature}")
         if not 0 <= self.min_agreement <= 1:
             raise ConfigError(f"--min-agreement must be within [0, 1], got {self.min_agreement}")
+        if any(not 0 < t <= 1 for t in self.partial):
+            raise ConfigError(f"--partial thresholds must be within (0, 1], got {','.join(map(str, self.partial))}")
         if self.method == "morph" and (self.context != "none" or self.samples):
             raise ConfigError("--method morph takes no --context or --samples (they are NVAE options)")
 

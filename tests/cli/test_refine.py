@@ -149,3 +149,109 @@ def test_3gram_context_refine(seg_file_factory, tmp_path):
     assert res.exit_code == 0, res.output
     with SliceFile(tmp_path / "r.h5") as f:
         assert len(f) == len(SliceFile(seg)) and "context" not in f.arrays
+
+
+def _disc(size=32, myo=10, lv=6):
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size // 2, xx - size // 2)
+    m = np.zeros((size, size), np.uint8)
+    m[r < myo] = 2
+    m[r < lv] = 3
+    return m
+
+
+def test_partial_edits_go_from_input_to_reconstruction():
+    import torch
+
+    from acdctool.stages.nvae_proposer import partial_edits
+
+    rng = np.random.default_rng(0)
+    masks = torch.from_numpy(rng.integers(0, 4, (3, 16, 16)))
+    probs = torch.from_numpy(rng.dirichlet(np.ones(4), (3, 16, 16))).permute(0, 3, 1, 2).float()
+    recon = probs.argmax(1)
+    edits = partial_edits(masks, probs, (1e-6, 0.1, 0.3, 0.6, 1.0))
+    p_input = probs.gather(1, masks.unsqueeze(1)).squeeze(1)
+    changed = [int((e != masks).sum()) for e in edits]
+    assert changed == sorted(changed) and changed[0] == 0  # more confidence needed to keep → more edits
+    assert torch.equal(edits[-1], torch.where(p_input >= 1.0, masks, recon))
+    for e, t in zip(edits, (1e-6, 0.1, 0.3, 0.6, 1.0)):
+        edited = e != masks
+        assert (p_input[edited] < t).all()  # only pixels the NVAE gives the input label < t
+        assert torch.equal(e[edited], recon[edited])  # ... and they take the NVAE's label
+
+
+def test_argmax_labels_matches_torch_argmax_with_ties():
+    import torch
+
+    from acdctool.data.loader import argmax_labels
+
+    scores = torch.randint(0, 3, (4, 4, 9, 7)).float()  # many ties: the first maximum wins in both
+    assert torch.equal(argmax_labels(scores), scores.argmax(1))
+
+
+def test_closest_valid_equals_exhaustive_search():
+    from acdctool.stages.refine import closest_valid
+
+    rng = np.random.default_rng(1)
+    good = _disc()
+    masks = np.stack([good] * 6)
+    for i in range(6):  # invalid inputs: a stray LV blob
+        masks[i, 1 + i:4 + i, 1:4] = 3
+    spacing = np.ones((6, 2))
+    candidates = [masks.copy()]  # identical to the input: never taken
+    for _ in range(5):
+        c = np.stack([good] * 6)
+        for i in range(6):
+            if rng.random() < 0.5:  # half the rows keep a stray blob: invalid candidate
+                y, x = rng.integers(0, 27, 2)
+                c[i, y:y + 3, x:x + 3] = 3 if rng.random() < 0.5 else 1
+            if rng.random() < 0.5:  # shrink the ring: valid, less agreement
+                c[i] = _disc(lv=int(rng.integers(3, 6)))
+        candidates.append(c)
+    from acdctool.metrics import anatomy, overlap
+
+    for min_agreement in (0.0, 0.9, 0.99):
+        choice = closest_valid(masks, candidates, spacing, min_agreement)
+        for i in range(6):
+            scored = [(overlap.dice_batch(c[i:i + 1], masks[i:i + 1])[0].mean(), k) for k, c in enumerate(candidates)
+                      if anatomy.evaluate_batch(c[i:i + 1], spacing[:1])[1][0] and not (c[i] == masks[i]).all()]
+            scored = [(a, k) for a, k in scored if a >= min_agreement]
+            want = min(scored, key=lambda s: (-s[0], s[1]))[1] if scored else -1
+            assert choice[i] == want, (min_agreement, i)
+    assert (closest_valid(masks, candidates, spacing, 0.0) > 0).all()
+
+
+def test_clean_slice_at_image_border():
+    m = np.zeros((12, 12), np.uint8)
+    m[0:6, 0:6] = 2  # touches the top-left corner
+    m[2, 2] = 0  # a hole: filled
+    m[0, 3] = 0  # a notch open to the image edge: not a hole
+    m[10, 10] = 2  # a stray fragment: removed
+    out = clean_slice(m)
+    assert out[2, 2] == 2 and out[0, 3] == 0 and out[10, 10] == 0
+    assert (out[1:6, 0:6] == 2).all()
+
+
+def test_partial_option_parsing(seg_file_factory, tmp_path):
+    seg = seg_file_factory(_add_stray_blobs())
+    ckpt = _tiny_nvae_checkpoint(tmp_path / "nvae.pt")
+    res = invoke("refine", seg, "--nvae", ckpt, "-o", tmp_path / "x.h5", "--partial", "0.1,abc")
+    assert res.exit_code == 2 and "--partial" in res.stderr and not (tmp_path / "x.h5").exists()
+    res = invoke("refine", seg, "--nvae", ckpt, "-o", tmp_path / "x.h5", "--partial", "0.1,1.5")
+    assert res.exit_code == 2 and "(0, 1]" in res.stderr
+    for value, stored in (("none", []), ("0.05,0.2", [0.05, 0.2])):
+        out = tmp_path / f"{value}.h5"
+        res = invoke("refine", seg, "--nvae", ckpt, "-o", out, "--partial", value, "--device", "cpu")
+        assert res.exit_code == 0, res.output
+        with SliceFile(out) as f:
+            assert json.loads(f.attrs["config"])["partial"] == stored
+
+
+def test_output_that_is_the_input_is_refused(seg_file_factory, tmp_path):
+    seg = seg_file_factory(_add_stray_blobs())
+    before = seg.read_bytes()
+    res = invoke("refine", seg, "-o", seg, "--method", "morph", "--force")
+    assert res.exit_code == 73 and "also an input" in res.stderr
+    res = invoke("make-3gram", seg, "-o", seg, "--force")
+    assert res.exit_code == 73 and "also an input" in res.stderr
+    assert seg.read_bytes() == before

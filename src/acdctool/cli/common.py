@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
-from acdctool.errors import EX_INTERRUPTED, EX_SOFTWARE, AcdcToolError
+from acdctool.errors import EX_INTERRUPTED, EX_SOFTWARE, EX_USAGE, AcdcToolError
 
 T = TypeVar("T")
 
@@ -53,6 +53,20 @@ def _escape(text: str) -> str:
     from rich.markup import escape
 
     return escape(text).replace("\n", " ")
+
+
+def parse_numbers(text: str, option: str, kind: type = float) -> tuple[Any, ...]:
+    """``"8,10,11"`` → ``(8.0, 10.0, 11.0)`` for comma-separated options; ``""`` or ``none`` → ``()``.
+
+    A malformed list is a usage error (exit 2) naming the option.
+    """
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        fail(_escape(f"{option} takes comma-separated {kind.__name__}s, got {text!r}"), EX_USAGE)
+    raise AssertionError("unreachable")
 
 
 def make_config(cls: type[T], **kwargs: Any) -> T:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from acdctool.cli.common import FORCE, QUIET, log, make_config, print_path, progress, run
+from acdctool.cli.common import FORCE, QUIET, log, make_config, parse_numbers, print_path, progress, run
 from acdctool.config import RefineConfig
 
 _D = RefineConfig()
@@ -20,6 +20,8 @@ def refine(
     method: str = typer.Option(_D.method, "--method", help="nvae, or morph (largest component + fill holes: the baseline)."),
     context: str = typer.Option(_D.context, "--context", help="none (single mask) or 3gram (previous/current/next)."),
     gate: str = typer.Option(_D.gate, "--gate", help="anatomy: only replace anatomically invalid slices; none: replace all."),
+    partial: str = typer.Option(",".join(f"{t:g}" for t in _D.partial), "--partial",
+                                help="Partial-edit thresholds (comma-separated; none: whole reconstructions only)."),
     samples: int = typer.Option(_D.samples, "--samples", help="Extra sampled NVAE candidates per invalid slice."),
     temperature: float = typer.Option(_D.temperature, "--temperature", help="Posterior std scale when sampling."),
     min_agreement: float = typer.Option(_D.min_agreement, "--min-agreement", help="Least Dice with the input for a replacement."),
@@ -32,15 +34,17 @@ def refine(
 ) -> None:
     """Correct segmentations with the NVAE, gated by anatomy.
 
-    Anatomically invalid slices are replaced by the closest valid candidate (NVAE posterior
-    mean and samples, or the morphological clean-up); valid slices are kept bit-identical.
+    Anatomically invalid slices are replaced by the closest valid candidate (partial edits
+    towards the NVAE reconstruction, the reconstruction itself and samples, or the
+    morphological clean-up); valid slices are kept bit-identical.
 
     Example: acdctool refine seg.h5 --nvae runs/nvae/best.pt -o refined.h5 --samples 8
     """
     from acdctool.io.slices import SliceFile
     from acdctool.stages.refine import refine as run_refine
 
-    config = make_config(RefineConfig, method=method, context=context, gate=gate, samples=samples,
+    config = make_config(RefineConfig, method=method, context=context, gate=gate,
+                         partial=parse_numbers(partial, "--partial"), samples=samples,
                          temperature=temperature, min_agreement=min_agreement, polish=polish, batch_size=batch_size,
                          device=device, seed=seed)
     def count() -> int:

@@ -7,14 +7,10 @@ from typing import Optional
 
 import typer
 
-from acdctool.cli.common import FORCE, QUIET, RESUME, TENSORBOARD, finish_training, log, make_config, progress, run
+from acdctool.cli.common import FORCE, QUIET, RESUME, TENSORBOARD, finish_training, log, make_config, parse_numbers, progress, run
 from acdctool.config import TrainNvaeConfig
 
 _D = TrainNvaeConfig()
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.split(",") if v.strip())
 
 
 def train_nvae(
@@ -64,11 +60,11 @@ def train_nvae(
     from acdctool.train.loop import Hooks
     from acdctool.train.nvae_task import train_nvae as train_fn
 
-    groups = run(lambda: tuple(int(v) for v in groups_per_scale.split(",") if v.strip()))
+    groups = parse_numbers(groups_per_scale, "--groups-per-scale", int)
     config = make_config(
         TrainNvaeConfig, input=input, context=context, stem_channels=stem_channels, scales=scales,
         groups_per_scale=groups, latent_channels=latent_channels, se_reduction=se_reduction,
-        betas=run(_floats, beta), warmup_steps=warmup_steps, kl_balance=kl_balance, dice_weight=dice_weight,
+        betas=parse_numbers(beta, "--beta"), warmup_steps=warmup_steps, kl_balance=kl_balance, dice_weight=dice_weight,
         sr_weight=sr_weight, fold=fold, epochs=epochs, batch_size=batch_size, lr=lr, lr_min=lr_min,
         lr_warmup_steps=lr_warmup_steps, weight_decay=weight_decay, augment=augment, seed=seed, device=device,
         amp=amp, workers=workers, tensorboard=tensorboard, grad_clip=grad_clip)

@@ -185,6 +185,15 @@ def one_hot(labels: torch.Tensor, n_classes: int = N_CLASSES) -> torch.Tensor:
     return oh.flatten(1, 2) if labels.ndim == 4 else oh
 
 
+def argmax_labels(scores: torch.Tensor) -> torch.Tensor:
+    """Class scores (B, C, H, W) → int64 label maps (B, H, W); same values as ``scores.argmax(1)``.
+
+    Torch's CPU argmax over the strided channel axis is ~14× slower than over a contiguous last
+    axis (0.21 s vs 0.015 s for 64×4×128², 2 threads), so the channels are moved last first.
+    """
+    return scores.movedim(1, -1).contiguous().argmax(-1)
+
+
 @dataclass(frozen=True)
 class Augment:
     """Random flips, small rotation and scaling, intensity gamma/scale, on a batch, seeded.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from acdctool.errors import OutputError
@@ -21,14 +21,17 @@ def _umask() -> int:
     return mask
 
 
-def check_output(path: Path, force: bool) -> Path:
+def check_output(path: Path, force: bool, inputs: Iterable[Path | str | None] = ()) -> Path:
     """Check that ``path`` may be written and that its folder exists (created if needed).
 
     Raises:
-        OutputError: ``path`` exists and ``force`` is false, is a folder, or its folder
-            cannot be created.
+        OutputError: ``path`` exists and ``force`` is false, is a folder, is one of ``inputs``
+            (``--force`` would replace the file being read), or its folder cannot be created.
     """
     path = Path(path)
+    for src in inputs:
+        if src is not None and path.exists() and Path(src).exists() and os.path.samefile(path, src):
+            raise OutputError(f"{path}: is also an input of this command; write the output to another path")
     if path.is_dir():
         raise OutputError(f"{path}: is a folder, expected a file path")
     if path.exists() and not force:
@@ -41,7 +44,7 @@ def check_output(path: Path, force: bool) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path, force: bool = False) -> Iterator[Path]:
+def atomic_path(path: Path, force: bool = False, inputs: Iterable[Path | str | None] = ()) -> Iterator[Path]:
     """Yield a temp path in ``path``'s folder; on success move it onto ``path``.
 
     The temp file is removed if the body raises (including KeyboardInterrupt).
@@ -53,7 +56,7 @@ def atomic_path(path: Path, force: bool = False) -> Iterator[Path]:
         >>> with atomic_path(Path("out.h5"), force=True) as tmp:  # doctest: +SKIP
         ...     write_everything(tmp)
     """
-    path = check_output(Path(path), force)
+    path = check_output(Path(path), force, inputs)
     try:
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:

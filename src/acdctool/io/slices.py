@@ -98,13 +98,14 @@ class SliceWriter:
         force: bool = False,
         attrs: Mapping[str, Any] | None = None,
         columns: Mapping[str, str] | None = None,
+        inputs: Sequence[Path | str | None] = (),
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}")
         self.path = Path(path)
         self._kind, self._config, self._provenance = kind, dict(config), dict(provenance)
         self._shape, self._specs, self._attrs = tuple(shape), dict(arrays), dict(attrs or {})
-        self._force = force
+        self._force, self._inputs = force, tuple(inputs)
         self._columns = {**INDEX_COLUMNS, **(columns or {})}
         self._rows: dict[str, list[Any]] = {c: [] for c in self._columns}
         self._n = 0
@@ -112,7 +113,7 @@ class SliceWriter:
         self._h5: h5py.File | None = None
 
     def __enter__(self) -> SliceWriter:
-        self._ctx = atomic_path(self.path, self._force)
+        self._ctx = atomic_path(self.path, self._force, self._inputs)
         tmp = self._ctx.__enter__()
         self._h5 = h5py.File(tmp, "w")
         for name, (dtype, extra) in self._specs.items():

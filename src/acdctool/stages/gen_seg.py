@@ -135,7 +135,7 @@ def run_gen_seg(plan: GenSegPlan, output: Path | str, config: GenSegConfig, *, f
     from acdctool.train.dist import resolve_device
 
     output = Path(output)
-    check_output(output, force)
+    check_output(output, force, [plan.path])
     device = resolve_device(config.device)
     nets = {(g.name, fold): _load_net(ck, device) for g in plan.groups for fold, ck in g.by_fold.items()}
     with SliceFile(plan.path, kinds=("prep",)) as f:
@@ -146,7 +146,8 @@ def run_gen_seg(plan: GenSegPlan, output: Path | str, config: GenSegConfig, *, f
         attrs = {"checkpoints": [_describe(ck) for g in plan.groups for ck in g.by_fold.values()],
                  "assignment": {g.name: _assignment(g, index) for g in plan.groups}, "test_policy": TEST_POLICY}
         with SliceWriter(output, kind="seg", config=config_to_dict(config), provenance=provenance or {},
-                         shape=f.shape, arrays=arrays, force=force, attrs=attrs) as writer:
+                         shape=f.shape, arrays=arrays, force=force, attrs=attrs,
+                         inputs=[plan.path]) as writer:
             for group in plan.groups:
                 for start in range(0, len(group.rows), plan.batch_size):
                     rows = group.rows[start:start + plan.batch_size]

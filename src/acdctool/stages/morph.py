@@ -30,18 +30,26 @@ def clean_slice(mask: np.ndarray) -> np.ndarray:
         (3, 0)
     """
     out = mask.copy()
+    rows, cols = np.flatnonzero(out.any(axis=1)), np.flatnonzero(out.any(axis=0))
+    if rows.size == 0:
+        return out
+    # Work on the foreground's bounding box with a 1-pixel background border: the same result
+    # (background outside the box is one region touching the border), ~10× less to scan.
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    crop = np.pad(out[box], 1)
     for label in (3, 2, 1):
-        region = out == label
+        region = crop == label
         if not region.any():
             continue
         comps, n = ndimage.label(region, structure=_CROSS)
         if n > 1:
             sizes = np.bincount(comps.ravel())
             sizes[0] = 0
-            out[region & (comps != sizes.argmax())] = 0
+            crop[region & (comps != sizes.argmax())] = 0
             region = comps == sizes.argmax()
-        holes = ndimage.binary_fill_holes(region) & ~region & (out == 0)
-        out[holes] = label
+        holes = ndimage.binary_fill_holes(region) & ~region & (crop == 0)
+        crop[holes] = label
+    out[box] = crop[1:-1, 1:-1]
     return out
 
 

@@ -85,7 +85,7 @@ def make_3gram(
     specs["context"] = ("uint8", (3,))
     with SliceWriter(out, kind="3gram", config={**config_to_dict(config), "input_config": source_config},
                      provenance=provenance or make_provenance([src]), shape=shape, arrays=specs,
-                     force=force, columns=extra) as w:
+                     force=force, columns=extra, inputs=[src]) as w:
         w.append(index, **arrays)
     return len(index)
 

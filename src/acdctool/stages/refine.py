@@ -87,7 +87,7 @@ def refine(
         stored = {**config_to_dict(config), "nvae": model_info, "input_config": f.config, "input_kind": f.kind}
         with SliceWriter(out, kind="refined", config=stored, provenance=provenance or make_provenance(
                 [p for p in (src, nvae) if p]), shape=f.shape, arrays=specs, force=force,
-                columns={**extra, **COLUMNS}) as writer:
+                columns={**extra, **COLUMNS}, inputs=[src, nvae]) as writer:
             for start in range(0, len(f), config.batch_size):
                 rows = slice(start, min(start + config.batch_size, len(f)))
                 masks = f.read("pred", rows)
@@ -127,18 +127,62 @@ def gate(
     if todo.size == 0:
         return out, reasons, valid, valid_out
     candidates = propose(masks[todo], None if context is None else context[todo])
-    best_score = np.full(todo.size, -1.0)
-    for cand in candidates:
-        cand = cand.astype(np.uint8)
-        ok = anatomy.evaluate_batch(cand, spacing[todo])[1]
-        score = overlap.dice_batch(cand, masks[todo])[0].mean(axis=1)
-        better = ok & (score >= config.min_agreement) & (score > best_score)
-        out[todo[better]] = cand[better]
-        best_score[better] = score[better]
-    for i in todo[best_score >= 0]:
-        reasons[i] = "corrected"
-    valid_out[todo[best_score >= 0]] = True
+    choice = closest_valid(masks[todo], candidates, spacing[todo], config.min_agreement)
+    for j, (i, k) in enumerate(zip(todo, choice)):
+        if k >= 0:
+            out[i] = candidates[k][j]
+            reasons[i] = "corrected"
+            valid_out[i] = True
     return out, reasons, valid, valid_out
+
+
+def closest_valid(
+    masks: np.ndarray, candidates: list[np.ndarray], spacing: np.ndarray, min_agreement: float = 0.0
+) -> np.ndarray:
+    """Per row, the anatomically valid candidate that agrees best (mean Dice) with the input.
+
+    Candidates are checked lazily, best agreement first, so a row costs as many anatomy
+    checks as candidates it rejects (usually one or two), not one per candidate; the result
+    is the same as checking all. Ties go to the earlier candidate. A candidate identical to
+    the (invalid) input is never taken.
+
+    Args:
+        masks: (B, H, W) input label maps, all anatomically invalid.
+        candidates: K arrays (B, H, W), candidate label maps.
+        spacing: (B, 2) pixel spacing, mm.
+        min_agreement: least mean Dice with the input for a candidate to be taken.
+
+    Returns:
+        (B,) int64: index into ``candidates`` of the chosen one, −1 where none qualifies.
+
+    Example:
+        >>> m = np.zeros((1, 8, 8), np.uint8); m[0, 2:6, 2:6] = 3; m[0, 3, 3] = 0  # LV with a hole
+        >>> empty = np.zeros_like(m)  # valid, mean Dice 2/3 with m (RV, MYO both empty)
+        >>> closest_valid(m, [m.copy(), empty], np.ones((1, 2))).tolist()
+        [1]
+        >>> closest_valid(m, [m.copy(), empty], np.ones((1, 2)), min_agreement=0.9).tolist()
+        [-1]
+    """
+    n = len(masks)
+    choice = np.full(n, -1, dtype=np.int64)
+    if n == 0 or not candidates:
+        return choice
+    agreement = np.stack([overlap.dice_batch(c, masks)[0].mean(axis=1) for c in candidates], axis=1)
+    unchanged = np.stack([(c == masks).all(axis=(1, 2)) for c in candidates], axis=1)
+    agreement[unchanged | (agreement < min_agreement)] = -np.inf
+    order = np.argsort(-agreement, axis=1, kind="stable")
+    pending = np.arange(n)
+    for rank in range(len(candidates)):
+        k = order[pending, rank]
+        admissible = np.isfinite(agreement[pending, k])
+        pending, k = pending[admissible], k[admissible]  # the rest have no candidate left
+        if pending.size == 0:
+            break
+        cand = np.stack([candidates[j][i] for i, j in zip(pending, k)])
+        ok = anatomy.evaluate_batch(cand, spacing[pending])[1]
+        choice[pending[ok]] = k[ok]
+        pending = pending[~ok]
+    return choice
 
 
 def _proposer(config: RefineConfig, nvae: Path | None, f: SliceFile) -> tuple[Proposer, dict[str, Any] | None]:

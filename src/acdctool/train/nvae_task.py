@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from acdctool.config import TrainNvaeConfig, config_to_dict
-from acdctool.data.loader import Augment, SliceDataset, one_hot, patient_folds, select_rows
+from acdctool.data.loader import Augment, SliceDataset, argmax_labels, one_hot, patient_folds, select_rows
 from acdctool.errors import BadInputError, FileKindError
 from acdctool.io.checkpoint import file_sha256
 from acdctool.io.slices import SliceFile
@@ -114,7 +114,7 @@ class NvaeTask:
         x, target = self._inputs(batch)
         out = model(x)
         _, terms = self.loss(out, target, self.config.warmup_steps)
-        pred = model.reconstruct(x, mode="mean").argmax(1)
+        pred = argmax_labels(model.reconstruct(x, mode="mean"))
         n = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device)
         dice = torch.zeros(3, dtype=torch.float64, device=x.device)
         for i, label in enumerate((1, 2, 3)):

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from acdctool.config import TrainSegConfig, config_to_dict
-from acdctool.data.loader import Augment, SliceDataset, patient_folds, select_rows
+from acdctool.data.loader import Augment, SliceDataset, argmax_labels, patient_folds, select_rows
 from acdctool.errors import BadInputError, ConfigError
 from acdctool.io.checkpoint import file_sha256
 from acdctool.io.slices import SliceFile
@@ -76,7 +76,7 @@ class SegTask:
         logits = model(batch["image"]).float()
         gt, n = batch["gt"], batch["gt"].shape[0]
         loss = self.loss(logits, gt[:, None])
-        pred = logits.argmax(1)
+        pred = argmax_labels(logits)
         vol = batch["volume"]
         inter = torch.zeros(self.n_val_volumes, 3, dtype=torch.float64, device=gt.device)
         size = torch.zeros_like(inter)
