@@ -65,9 +65,14 @@ def _bench(path: Path, workers: int, tmp: Path) -> None:
     total = time.perf_counter() - t
     print(f"{'all metrics':24s}: {total:6.2f} s  ({n / total:7.0f} slices/s, {workers} workers, {n} slices)")
     t = time.perf_counter()
-    subprocess.run(["acdctool", "eval", str(path), "-o", str(tmp / "report"), "-q", "--force", "--workers", str(workers)],
-                   check=True, stdout=subprocess.DEVNULL)
-    print(f"{'acdctool eval (CLI)':24s}: {time.perf_counter() - t:6.2f} s  (imports, CSVs, summary and figures included)")
+    subprocess.run(
+        ["acdctool", "eval", str(path), "-o", str(tmp / "report"), "-q", "--force", "--workers", str(workers)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    print(
+        f"{'acdctool eval (CLI)':24s}: {time.perf_counter() - t:6.2f} s  (imports, CSVs, summary and figures included)"
+    )
 
 
 if __name__ == "__main__":

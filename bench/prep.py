@@ -36,12 +36,15 @@ def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared/acdc/training")
     if not root.is_dir():
         sys.exit(f"no ACDC folder at {root}")
-    n_files, floor = subprocess.run([sys.executable, "-c", FLOOR, str(root)], check=True,
-                                    capture_output=True, text=True).stdout.split()
+    n_files, floor = subprocess.run(
+        [sys.executable, "-c", FLOOR, str(root)], check=True, capture_output=True, text=True
+    ).stdout.split()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "acdc.h5"
         t = time.perf_counter()
-        subprocess.run(["acdctool", "prep", str(root), "-o", str(out), "--quiet"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["acdctool", "prep", str(root), "-o", str(out), "--quiet"], check=True, stdout=subprocess.DEVNULL
+        )
         wall = time.perf_counter() - t
         size_mb = out.stat().st_size / 2**20
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

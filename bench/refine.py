@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("seg", nargs="?")
@@ -46,8 +45,14 @@ def _make_seg(tmp: Path) -> Path:
     pred[::3, 2:6, 2:6] = 3  # a stray LV blob on every third slice: invalid anatomy
     index["model"] = "bench"
     seg = tmp / "seg.h5"
-    with SliceWriter(seg, kind="seg", config={}, provenance={}, shape=gt.shape[1:],
-                     arrays={"image": ("float32", ()), "gt": ("uint8", ()), "pred": ("uint8", ())}) as w:
+    with SliceWriter(
+        seg,
+        kind="seg",
+        config={},
+        provenance={},
+        shape=gt.shape[1:],
+        arrays={"image": ("float32", ()), "gt": ("uint8", ()), "pred": ("uint8", ())},
+    ) as w:
         w.append(index, image=image, gt=gt, pred=pred)
     return seg
 
@@ -60,8 +65,15 @@ def _untrained_nvae(path: Path) -> Path:
 
     torch.manual_seed(0)
     model = NVAE()  # report configuration: stem 4, scales 3, groups (4, 2, 1), latent 20, 128²
-    save_checkpoint(path, kind="nvae-model", model_name="nvae", model_args=model.args,
-                    state_dict=model.state_dict(), config={}, data={})
+    save_checkpoint(
+        path,
+        kind="nvae-model",
+        model_name="nvae",
+        model_args=model.args,
+        state_dict=model.state_dict(),
+        config={},
+        data={},
+    )
     return path
 
 
@@ -74,7 +86,11 @@ def _bench(seg: Path, ckpt: Path, args, tmp: Path) -> None:
 
     with SliceFile(seg) as f:
         n = len(f)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    device = (
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     print(f"{n} slices, device {device}, torch threads {torch.get_num_threads()}, batch {args.batch_size}")
     runs = [
         ("morph, gate anatomy", RefineConfig(method="morph", device=device), None),
@@ -88,8 +104,10 @@ def _bench(seg: Path, ckpt: Path, args, tmp: Path) -> None:
         t = time.perf_counter()
         result = refine(seg, out, config, nvae=nvae, force=True)
         sec = time.perf_counter() - t
-        print(f"{name:32s}: {n / sec:8.1f} slices/s  ({sec:6.2f} s; invalid {result.invalid_before} → "
-              f"{result.invalid_after})")
+        print(
+            f"{name:32s}: {n / sec:8.1f} slices/s  ({sec:6.2f} s; invalid {result.invalid_before} → "
+            f"{result.invalid_after})"
+        )
 
 
 if __name__ == "__main__":

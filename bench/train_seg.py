@@ -53,17 +53,42 @@ def synthetic_file(path: Path, n: int, size: int) -> Path:
     rows = []
     for i in range(n):
         row = {c: 0 for c in INDEX_COLUMNS}
-        row.update(patient=f"patient{i // 6:03d}", group="NOR", phase="ED", slice=i % 6, n_slices=6,
-                   spacing_row=1.5, spacing_col=1.5, thickness=10.0, split="train", fold=0, model="")
+        row.update(
+            patient=f"patient{i // 6:03d}",
+            group="NOR",
+            phase="ED",
+            slice=i % 6,
+            n_slices=6,
+            spacing_row=1.5,
+            spacing_col=1.5,
+            thickness=10.0,
+            split="train",
+            fold=0,
+            model="",
+        )
         rows.append(row)
-    with SliceWriter(path, kind="prep", config={}, provenance={}, shape=(size, size),
-                     arrays={"image": ("float32", ()), "gt": ("uint8", ())}) as w:
+    with SliceWriter(
+        path,
+        kind="prep",
+        config={},
+        provenance={},
+        shape=(size, size),
+        arrays={"image": ("float32", ()), "gt": ("uint8", ())},
+    ) as w:
         w.append(rows, image=image, gt=gt)
     return path
 
 
-def bare_loop(arch: str, args: dict, images: torch.Tensor, gt: torch.Tensor, batch: int, epochs: int,
-              device: torch.device, seed: int) -> float:
+def bare_loop(
+    arch: str,
+    args: dict,
+    images: torch.Tensor,
+    gt: torch.Tensor,
+    batch: int,
+    epochs: int,
+    device: torch.device,
+    seed: int,
+) -> float:
     """Best epoch time (s) after the first, of a minimal loop over in-memory tensors."""
     from monai.losses import DiceCELoss
 
@@ -80,7 +105,7 @@ def bare_loop(arch: str, args: dict, images: torch.Tensor, gt: torch.Tensor, bat
         t0 = time.perf_counter()
         perm = torch.randperm(len(images), device=device)
         for s in range(steps):
-            idx = perm[s * batch:(s + 1) * batch]
+            idx = perm[s * batch : (s + 1) * batch]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(x_all[idx])
             loss = loss_fn(logits.float(), y_all[idx][:, None])
@@ -92,15 +117,25 @@ def bare_loop(arch: str, args: dict, images: torch.Tensor, gt: torch.Tensor, bat
     return min(times[1:])
 
 
-def trainer_loop(arch: str, args: dict, data: Path, rows: np.ndarray, val_rows: np.ndarray, batch: int,
-                 epochs: int, device: str, seed: int) -> float:
+def trainer_loop(
+    arch: str,
+    args: dict,
+    data: Path,
+    rows: np.ndarray,
+    val_rows: np.ndarray,
+    batch: int,
+    epochs: int,
+    device: str,
+    seed: int,
+) -> float:
     """Best training-phase epoch time (s) after the first, of the acdctool Trainer."""
     cfg = TrainSegConfig(arch=arch, epochs=epochs, batch_size=batch, augment=False, seed=seed, device=device)
     train_ds, val_ds = SliceDataset(data, rows), SliceDataset(data, val_rows)
     task = SegTask(arch, args, lr=cfg.lr, n_val_volumes=val_ds.n_volumes)
     with tempfile.TemporaryDirectory() as tmp:
-        result = Trainer(task, LoopSettings.from_config(cfg), Path(tmp) / "run", config=config_to_dict(cfg),
-                         data={"sha256": "bench"}).fit(train_ds, val_ds)
+        result = Trainer(
+            task, LoopSettings.from_config(cfg), Path(tmp) / "run", config=config_to_dict(cfg), data={"sha256": "bench"}
+        ).fit(train_ds, val_ds)
         del result
         import acdctool.io.checkpoint as ck
 
@@ -122,7 +157,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--epochs", type=int, default=3, help="epochs per side (first is warm-up)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--swin-args", default=";".join(SMALL_SWIN), help="';'-separated --net-arg list for swinunetr ('': defaults)")
+    p.add_argument(
+        "--swin-args", default=";".join(SMALL_SWIN), help="';'-separated --net-arg list for swinunetr ('': defaults)"
+    )
     a = p.parse_args()
     device = resolve_device(a.device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,16 +168,20 @@ def main() -> None:
         rows = np.arange(min(a.slices, len(ds) - 8))
         val_rows = np.arange(len(ds) - 8, len(ds))
         images, gt = ds.__getitems__(rows)["image"], ds.__getitems__(rows)["gt"]
-        print(f"device {device}, torch threads {torch.get_num_threads()}, {len(rows)} slices of "
-              f"{tuple(images.shape[-2:])} px, batch {a.batch_size}, best of {a.epochs - 1} epochs")
+        print(
+            f"device {device}, torch threads {torch.get_num_threads()}, {len(rows)} slices of "
+            f"{tuple(images.shape[-2:])} px, batch {a.batch_size}, best of {a.epochs - 1} epochs"
+        )
         for arch in a.archs.split(","):
             over = parse_net_args([s for s in a.swin_args.split(";") if s]) if arch == "swinunetr" else {}
             args = resolve_args(arch, over)
             n = (len(rows) // a.batch_size) * a.batch_size
             bare = bare_loop(arch, args, images, gt, a.batch_size, a.epochs, device, 0)
             ours = trainer_loop(arch, args, data, rows, val_rows, a.batch_size, a.epochs, a.device, 0)
-            print(f"{arch:10s} trainer {n / ours:8.1f} slices/s   bare {n / bare:8.1f} slices/s   "
-                  f"ratio {ours / bare:5.3f}" + (f"   ({', '.join(f'{k}={v}' for k, v in over.items())})" if over else ""))
+            print(
+                f"{arch:10s} trainer {n / ours:8.1f} slices/s   bare {n / bare:8.1f} slices/s   "
+                f"ratio {ours / bare:5.3f}" + (f"   ({', '.join(f'{k}={v}' for k, v in over.items())})" if over else "")
+            )
 
 
 if __name__ == "__main__":

@@ -66,8 +66,14 @@ def write_seg_file(src: Path, out: Path, pred_fn, model: str = "unet", kind: str
         index, image, gt = f.index.copy(), f.read("image"), f.read("gt")
     index["model"] = model
     pred = pred_fn(gt.copy(), index)
-    with SliceWriter(out, kind=kind, config={"test": True}, provenance={"command": "test"}, shape=gt.shape[1:],
-                     arrays={"image": ("float32", ()), "gt": ("uint8", ()), "pred": ("uint8", ())}) as w:
+    with SliceWriter(
+        out,
+        kind=kind,
+        config={"test": True},
+        provenance={"command": "test"},
+        shape=gt.shape[1:],
+        arrays={"image": ("float32", ()), "gt": ("uint8", ()), "pred": ("uint8", ())},
+    ) as w:
         w.append(index, image=image, gt=gt, pred=pred)
     return out
 

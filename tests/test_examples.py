@@ -26,5 +26,10 @@ def test_shellcheck(script):
 
 def test_examples_present():
     names = {p.name for p in SCRIPTS}
-    assert {"pipeline.sh", "demo.sh", "train_seg_array.sbatch", "train_nvae_ddp.sbatch",
-            "refine_eval_chain.sh"} <= names
+    assert {
+        "pipeline.sh",
+        "demo.sh",
+        "train_seg_array.sbatch",
+        "train_nvae_ddp.sbatch",
+        "refine_eval_chain.sh",
+    } <= names

@@ -98,7 +98,6 @@ class PrepConfig:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
 
 
-
 @dataclass(frozen=True)
 class EvalConfig:
     """Evaluation of predicted masks against ground truth (``acdctool eval``)."""
@@ -166,10 +165,12 @@ class RefineConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (("method", self.method, ("nvae", "morph")),
-                                     ("context", self.context, ("none", "3gram")),
-                                     ("gate", self.gate, ("anatomy", "none")),
-                                     ("device", self.device, ("auto", "cpu", "cuda"))):
+        for name, value, allowed in (
+            ("method", self.method, ("nvae", "morph")),
+            ("context", self.context, ("none", "3gram")),
+            ("gate", self.gate, ("anatomy", "none")),
+            ("device", self.device, ("auto", "cpu", "cuda")),
+        ):
             if value not in allowed:
                 raise ConfigError(f"--{name} must be one of {', '.join(allowed)}; got {value!r}")
         if self.samples < 0 or self.batch_size < 1:
@@ -182,6 +183,7 @@ class RefineConfig:
             raise ConfigError(f"--partial thresholds must be within (0, 1], got {','.join(map(str, self.partial))}")
         if self.method == "morph" and (self.context != "none" or self.samples):
             raise ConfigError("--method morph takes no --context or --samples (they are NVAE options)")
+
 
 C = TypeVar("C")
 

@@ -21,10 +21,12 @@ def invoke(*args):
 
 def _erase_lv(slices):
     """pred_fn: remove the LV (label 3 → 2) on the given row numbers."""
+
     def fn(gt, index):
         for r in slices:
             gt[r][gt[r] == 3] = 2
         return gt
+
     return fn
 
 
@@ -37,8 +39,9 @@ def test_ground_truth_against_itself(prepped, tmp_path):
     assert all(v == 1.0 for v in s["slices"]["dice"].values())
     assert all(v == 0.0 for v in s["slices"]["hd_mm"].values() if v is not None)
     assert all(v == 1.0 for v in s["volumes"]["dice"].values())
-    assert {"slices.csv", "volumes.csv", "clinical.csv", "summary.json", "dice_violin.png",
-            "montage_worst.png"} <= {p.name for p in out.iterdir()}
+    assert {"slices.csv", "volumes.csv", "clinical.csv", "summary.json", "dice_violin.png", "montage_worst.png"} <= {
+        p.name for p in out.iterdir()
+    }
     table = pd.read_csv(out / "slices.csv")
     assert len(table) == s["slices"]["n"] and set(table.position) <= {"base", "mid", "apex"}
     assert set(s["by"]["position"]) == {"base", "mid", "apex"}
@@ -89,8 +92,14 @@ def test_gt_from_other_file_matches_by_key_not_position(prepped, tmp_path):
     order = np.arange(len(index))[::-1]  # same rows, reversed: position matching would fail
     shuffled = tmp_path / "pred.h5"
     idx = index.iloc[order].reset_index(drop=True)
-    with SliceWriter(shuffled, kind="seg", config={}, provenance={}, shape=gt.shape[1:],
-                     arrays={"image": ("float32", ()), "pred": ("uint8", ())}) as w:
+    with SliceWriter(
+        shuffled,
+        kind="seg",
+        config={},
+        provenance={},
+        shape=gt.shape[1:],
+        arrays={"image": ("float32", ()), "pred": ("uint8", ())},
+    ) as w:
         w.append(idx, image=image[order], pred=gt[order])
     res = invoke("eval", shuffled, "--gt", prepped, "-o", tmp_path / "r", "--json", "--no-plots")
     assert res.exit_code == 0, res.output
@@ -103,8 +112,14 @@ def test_no_ground_truth(prepped, tmp_path):
     with SliceFile(prepped) as f:
         index, image, gt = f.index, f.read("image"), f.read("gt")
     pred_only = tmp_path / "p.h5"
-    with SliceWriter(pred_only, kind="seg", config={}, provenance={}, shape=gt.shape[1:],
-                     arrays={"image": ("float32", ()), "pred": ("uint8", ())}) as w:
+    with SliceWriter(
+        pred_only,
+        kind="seg",
+        config={},
+        provenance={},
+        shape=gt.shape[1:],
+        arrays={"image": ("float32", ()), "pred": ("uint8", ())},
+    ) as w:
         w.append(index, image=image, pred=gt)
     res = invoke("eval", pred_only, "-o", tmp_path / "r")
     assert res.exit_code == 65 and "--gt" in res.stderr
@@ -118,19 +133,28 @@ def test_unmatched_rows_named(prepped, tmp_path):
         index, image, gt = f.index.copy(), f.read("image"), f.read("gt")
     index.loc[0, "patient"] = "patient999"
     odd = tmp_path / "odd.h5"
-    with SliceWriter(odd, kind="seg", config={}, provenance={}, shape=gt.shape[1:],
-                     arrays={"image": ("float32", ()), "pred": ("uint8", ())}) as w:
+    with SliceWriter(
+        odd,
+        kind="seg",
+        config={},
+        provenance={},
+        shape=gt.shape[1:],
+        arrays={"image": ("float32", ()), "pred": ("uint8", ())},
+    ) as w:
         w.append(index, image=image, pred=gt)
     res = invoke("eval", odd, "--gt", prepped, "-o", tmp_path / "r")
     assert res.exit_code == 65 and "patient999" in res.stderr
     assert not (tmp_path / "r").exists() and list(tmp_path.glob(".r.*")) == []
 
 
-@pytest.mark.parametrize("corruption, code, needle", [
-    ("labels", 65, "outside 0..3"),
-    ("spacing", 65, "spacing"),
-    ("version", 65, "schema version"),
-])
+@pytest.mark.parametrize(
+    "corruption, code, needle",
+    [
+        ("labels", 65, "outside 0..3"),
+        ("spacing", 65, "spacing"),
+        ("version", 65, "schema version"),
+    ],
+)
 def test_bad_files(seg_file_factory, tmp_path, corruption, code, needle):
     seg = seg_file_factory(lambda gt, idx: gt)
     with h5py.File(seg, "r+") as h5:

@@ -28,7 +28,10 @@ def test_export_ground_truth_round_trip(synth_root, tmp_path):
         a, b = nib.load(f), nib.load(original)
         assert a.shape == b.shape and np.array_equal(a.affine, b.affine)
         assert a.header.get_zooms() == b.header.get_zooms()
-        assert (int(a.header["sform_code"]), int(a.header["qform_code"])) == (int(b.header["sform_code"]), int(b.header["qform_code"]))
+        assert (int(a.header["sform_code"]), int(a.header["qform_code"])) == (
+            int(b.header["sform_code"]),
+            int(b.header["qform_code"]),
+        )
         scores = dice(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj))
         assert min(s.value for s in scores.values()) >= 0.95, (f.name, scores)
 

@@ -7,13 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_train_seg import TINY, prepped_synth  # noqa: E402  (same directory; shared session data)
 from typer.testing import CliRunner
 
 from acdctool.cli.app import app
 from acdctool.io.checkpoint import load_checkpoint, save_checkpoint
 from acdctool.io.slices import SliceFile
-
-from test_train_seg import TINY, prepped_synth  # noqa: E402  (same directory; shared session data)
 
 runner = CliRunner()
 
@@ -68,7 +67,7 @@ def test_out_of_fold_segmentation_of_every_slice(slices, ckpts, tmp_path):
         assert (probs.argmax(1) == pred).mean() > 0.99  # float16 rounding may flip near-ties
         assignment = json.loads(seg.attrs["assignment"])
         assert seg.config["_config"] == "GenSegConfig"
-    folds = dict(zip(idx_in.patient, idx_in.fold))
+    folds = dict(zip(idx_in.patient, idx_in.fold, strict=False))
     trained = {key: set(load_checkpoint(p).data["train_patients"]) for key, p in ckpts.items()}
     for name in ("attunet", "unet"):
         assert set(assignment[name]) == set(folds)
@@ -89,22 +88,33 @@ def test_only_fold0_model_skips_fold1_patients(slices, ckpts, tmp_path):
 
 def _tamper(src, dst, **changes):
     ck = load_checkpoint(src)
-    fields = dict(kind=ck.kind, model_name=ck.model_name, model_args=ck.model_args, state_dict=ck.state_dict,
-                  config=ck.config, data=ck.data, metrics=ck.metrics, train=None)
+    fields = dict(
+        kind=ck.kind,
+        model_name=ck.model_name,
+        model_args=ck.model_args,
+        state_dict=ck.state_dict,
+        config=ck.config,
+        data=ck.data,
+        metrics=ck.metrics,
+        train=None,
+    )
     fields.update(changes)
     return save_checkpoint(dst, **fields)
 
 
-@pytest.mark.parametrize("case, code, message", [
-    ("truncated", 65, "truncated or corrupt"),
-    ("nvae", 65, "'nvae-model' checkpoint, expected 'seg-model'"),
-    ("version", 65, "schema version 99"),
-    ("fold-map", 65, "out-of-fold predictions are not guaranteed"),
-    ("duplicate", 65, "two unet checkpoints for fold 0"),
-    ("weights", 65, "weights do not fit"),
-    ("exists", 73, "already exists"),
-    ("cuda", 2, "no CUDA device"),
-])
+@pytest.mark.parametrize(
+    "case, code, message",
+    [
+        ("truncated", 65, "truncated or corrupt"),
+        ("nvae", 65, "'nvae-model' checkpoint, expected 'seg-model'"),
+        ("version", 65, "schema version 99"),
+        ("fold-map", 65, "out-of-fold predictions are not guaranteed"),
+        ("duplicate", 65, "two unet checkpoints for fold 0"),
+        ("weights", 65, "weights do not fit"),
+        ("exists", 73, "already exists"),
+        ("cuda", 2, "no CUDA device"),
+    ],
+)
 def test_bad_checkpoints_write_nothing(slices, ckpts, tmp_path, case, code, message):
     good = ckpts["unet", 0]
     models, out, extra = [good], tmp_path / "seg.h5", []

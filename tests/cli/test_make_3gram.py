@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from acdctool.cli.app import app
 from acdctool.errors import BadInputError
-from acdctool.io.slices import INDEX_COLUMNS, SliceFile, SliceWriter
+from acdctool.io.slices import INDEX_COLUMNS, SliceFile
 from acdctool.stages.ngram import neighbour_rows, stack_context
 
 runner = CliRunner()
@@ -19,16 +19,32 @@ def _index(volumes):
     for patient, phase, model, n, order in volumes:
         for z in order:
             r = {c: 0 for c in INDEX_COLUMNS}
-            r.update(patient=patient, phase=phase, model=model, slice=z, n_slices=n, group="NOR", split="train",
-                     spacing_row=1.0, spacing_col=1.0, thickness=8.0)
+            r.update(
+                patient=patient,
+                phase=phase,
+                model=model,
+                slice=z,
+                n_slices=n,
+                group="NOR",
+                split="train",
+                spacing_row=1.0,
+                spacing_col=1.0,
+                thickness=8.0,
+            )
             rows.append(r)
     return pd.DataFrame(rows)
 
 
 def test_hand_made_volumes_order_eos_and_no_crossing():
     # two patients, two phases, two models, slices stored out of order
-    idx = _index([("p1", "ED", "unet", 3, [2, 0, 1]), ("p1", "ES", "unet", 2, [0, 1]),
-                  ("p1", "ED", "attunet", 3, [0, 1, 2]), ("p2", "ED", "unet", 1, [0])])
+    idx = _index(
+        [
+            ("p1", "ED", "unet", 3, [2, 0, 1]),
+            ("p1", "ES", "unet", 2, [0, 1]),
+            ("p1", "ED", "attunet", 3, [0, 1, 2]),
+            ("p2", "ED", "unet", 1, [0]),
+        ]
+    )
     n = len(idx)
     masks = np.stack([np.full((2, 2), i + 1, np.uint8) for i in range(n)])  # row i holds value i+1
     ctx = stack_context(masks, neighbour_rows(idx))

@@ -94,8 +94,15 @@ def _break_labels(d):
     return 65, "labels outside 0..3"
 
 
-BREAKERS = [_break_missing_info, _break_malformed_info, _break_missing_frame, _break_truncated,
-            _break_not_gzip, _break_shape_mismatch, _break_labels]
+BREAKERS = [
+    _break_missing_info,
+    _break_malformed_info,
+    _break_missing_frame,
+    _break_truncated,
+    _break_not_gzip,
+    _break_shape_mismatch,
+    _break_labels,
+]
 
 
 @pytest.mark.parametrize("breaker", BREAKERS, ids=lambda f: f.__name__[7:])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from acdctool.cli.app import app
@@ -24,11 +23,13 @@ def invoke(*args):
 
 def _add_stray_blobs(every=3):
     """pred_fn: a stray LV blob in a corner of every `every`-th non-empty slice (invalid anatomy)."""
+
     def fn(gt, index):
         for i in range(0, len(gt), every):
             if gt[i].any():
                 gt[i, 1:4, 1:4] = 3
         return gt
+
     return fn
 
 
@@ -98,10 +99,18 @@ def _tiny_nvae_checkpoint(path, in_channels=4, size=64):
     from acdctool.io.checkpoint import save_checkpoint
     from acdctool.models.nvae import NVAE
 
-    model = NVAE(in_channels=in_channels, image_size=size, stem_channels=4, scales=2, groups_per_scale=(1, 1),
-                 latent_channels=4)
-    save_checkpoint(path, kind="nvae-model", model_name="nvae", model_args=model.args, state_dict=model.state_dict(),
-                    config={}, data={"input": "gt"})
+    model = NVAE(
+        in_channels=in_channels, image_size=size, stem_channels=4, scales=2, groups_per_scale=(1, 1), latent_channels=4
+    )
+    save_checkpoint(
+        path,
+        kind="nvae-model",
+        model_name="nvae",
+        model_args=model.args,
+        state_dict=model.state_dict(),
+        config={},
+        data={"input": "gt"},
+    )
     return path
 
 
@@ -174,7 +183,7 @@ def test_partial_edits_go_from_input_to_reconstruction():
     changed = [int((e != masks).sum()) for e in edits]
     assert changed == sorted(changed) and changed[0] == 0  # more confidence needed to keep → more edits
     assert torch.equal(edits[-1], torch.where(p_input >= 1.0, masks, recon))
-    for e, t in zip(edits, (1e-6, 0.1, 0.3, 0.6, 1.0)):
+    for e, t in zip(edits, (1e-6, 0.1, 0.3, 0.6, 1.0), strict=False):
         edited = e != masks
         assert (p_input[edited] < t).all()  # only pixels the NVAE gives the input label < t
         assert torch.equal(e[edited], recon[edited])  # ... and they take the NVAE's label
@@ -196,7 +205,7 @@ def test_closest_valid_equals_exhaustive_search():
     good = _disc()
     masks = np.stack([good] * 6)
     for i in range(6):  # invalid inputs: a stray LV blob
-        masks[i, 1 + i:4 + i, 1:4] = 3
+        masks[i, 1 + i : 4 + i, 1:4] = 3
     spacing = np.ones((6, 2))
     candidates = [masks.copy()]  # identical to the input: never taken
     for _ in range(5):
@@ -204,7 +213,7 @@ def test_closest_valid_equals_exhaustive_search():
         for i in range(6):
             if rng.random() < 0.5:  # half the rows keep a stray blob: invalid candidate
                 y, x = rng.integers(0, 27, 2)
-                c[i, y:y + 3, x:x + 3] = 3 if rng.random() < 0.5 else 1
+                c[i, y : y + 3, x : x + 3] = 3 if rng.random() < 0.5 else 1
             if rng.random() < 0.5:  # shrink the ring: valid, less agreement
                 c[i] = _disc(lv=int(rng.integers(3, 6)))
         candidates.append(c)
@@ -213,8 +222,11 @@ def test_closest_valid_equals_exhaustive_search():
     for min_agreement in (0.0, 0.9, 0.99):
         choice = closest_valid(masks, candidates, spacing, min_agreement)
         for i in range(6):
-            scored = [(overlap.dice_batch(c[i:i + 1], masks[i:i + 1])[0].mean(), k) for k, c in enumerate(candidates)
-                      if anatomy.evaluate_batch(c[i:i + 1], spacing[:1])[1][0] and not (c[i] == masks[i]).all()]
+            scored = [
+                (overlap.dice_batch(c[i : i + 1], masks[i : i + 1])[0].mean(), k)
+                for k, c in enumerate(candidates)
+                if anatomy.evaluate_batch(c[i : i + 1], spacing[:1])[1][0] and not (c[i] == masks[i]).all()
+            ]
             scored = [(a, k) for a, k in scored if a >= min_agreement]
             want = min(scored, key=lambda s: (-s[0], s[1]))[1] if scored else -1
             assert choice[i] == want, (min_agreement, i)

@@ -11,8 +11,25 @@ from acdctool.cli.app import app
 from acdctool.io.checkpoint import load_checkpoint
 
 runner = CliRunner()
-TINY = ["--stem-channels", "4", "--scales", "2", "--groups-per-scale", "1,1", "--latent-channels", "4",
-        "--beta", "1,1", "--warmup-steps", "10", "--batch-size", "16", "--device", "cpu", "-q"]
+TINY = [
+    "--stem-channels",
+    "4",
+    "--scales",
+    "2",
+    "--groups-per-scale",
+    "1,1",
+    "--latent-channels",
+    "4",
+    "--beta",
+    "1,1",
+    "--warmup-steps",
+    "10",
+    "--batch-size",
+    "16",
+    "--device",
+    "cpu",
+    "-q",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,8 +71,18 @@ def test_seg_and_3gram_modes(seg_file_factory, tmp_path):
     ck = load_checkpoint(tmp_path / "g3" / "last.pt")
     assert ck.model_args["in_channels"] == 12
     # the 3-gram checkpoint plugs into refine with the matching context
-    res = invoke("refine", seg3, "--context", "3gram", "--nvae", tmp_path / "g3" / "best.pt", "-o", tmp_path / "r.h5",
-                 "--device", "cpu")
+    res = invoke(
+        "refine",
+        seg3,
+        "--context",
+        "3gram",
+        "--nvae",
+        tmp_path / "g3" / "best.pt",
+        "-o",
+        tmp_path / "r.h5",
+        "--device",
+        "cpu",
+    )
     assert res.exit_code == 0, res.output
 
 

@@ -69,7 +69,7 @@ def test_train_writes_self_describing_checkpoints(slices, fold0_run):
     with SliceFile(slices) as f:
         idx = f.index
     folds = ck.data["folds"]
-    assert folds == {p: int(k) for p, k in zip(idx.patient, idx.fold)}
+    assert folds == {p: int(k) for p, k in zip(idx.patient, idx.fold, strict=False)}
     assert all(folds[p] == 1 for p in ck.data["train_patients"])  # trained only on the other fold
     assert all(folds[p] == 0 for p in ck.data["val_patients"])
     assert set(ck.versions) >= {"acdctool", "torch", "monai", "python"}
@@ -108,23 +108,32 @@ def _without(slices: Path, out: Path, drop: str = "", nan_row: int | None = None
         image[nan_row] = np.nan
     data = {"image": image, "gt": gt}
     data.pop(drop, None)
-    with SliceWriter(out, kind="prep", config={}, provenance={}, shape=image.shape[1:],
-                     arrays={k: (str(v.dtype), ()) for k, v in data.items()}) as w:
+    with SliceWriter(
+        out,
+        kind="prep",
+        config={},
+        provenance={},
+        shape=image.shape[1:],
+        arrays={k: (str(v.dtype), ()) for k, v in data.items()},
+    ) as w:
         w.append(idx, **data)
     return out
 
 
-@pytest.mark.parametrize("case, code, message", [
-    ("no-gt", 65, "no ground-truth masks"),
-    ("bad-fold", 65, "--fold 7 is not a fold"),
-    ("cuda", 2, "no CUDA device"),
-    ("tensorboard", 2, "tensorboard package"),
-    ("nan", 1, "training diverged"),
-    ("arch", 2, "--arch must be"),
-    ("net-arg", 2, "not an argument of unet"),
-    ("missing", 66, "no such file"),
-    ("seg-file", 65, "a 'seg' file"),
-])
+@pytest.mark.parametrize(
+    "case, code, message",
+    [
+        ("no-gt", 65, "no ground-truth masks"),
+        ("bad-fold", 65, "--fold 7 is not a fold"),
+        ("cuda", 2, "no CUDA device"),
+        ("tensorboard", 2, "tensorboard package"),
+        ("nan", 1, "training diverged"),
+        ("arch", 2, "--arch must be"),
+        ("net-arg", 2, "not an argument of unet"),
+        ("missing", 66, "no such file"),
+        ("seg-file", 65, "a 'seg' file"),
+    ],
+)
 def test_bad_inputs_leave_nothing(slices, tmp_path, case, code, message):
     run, src, extra = tmp_path / "run", slices, ["--fold", 0]
     if case == "no-gt":
@@ -153,8 +162,14 @@ def test_bad_inputs_leave_nothing(slices, tmp_path, case, code, message):
         with SliceFile(slices) as f:
             idx, image, gt = f.index, f.read("image"), f.read("gt")
         src = tmp_path / "seg.h5"
-        with SliceWriter(src, kind="seg", config={}, provenance={}, shape=image.shape[1:],
-                         arrays={"image": ("float32", ()), "gt": ("uint8", ())}) as w:
+        with SliceWriter(
+            src,
+            kind="seg",
+            config={},
+            provenance={},
+            shape=image.shape[1:],
+            arrays={"image": ("float32", ()), "gt": ("uint8", ())},
+        ) as w:
             w.append(idx, image=image, gt=gt)
     res = invoke("train-seg", src, "-o", run, "--epochs", 1, *TINY, *extra)
     assert res.exit_code == code, res.output
@@ -169,8 +184,9 @@ def test_sigterm_saves_last_and_exits_130(slices, tmp_path):
         pytest.skip("acdctool entry point not on PATH")
     run = tmp_path / "run"
     cmd = [acdctool, "train-seg", str(slices), "-o", str(run), "--fold", "0", "--epochs", "500", *TINY]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
     deadline = time.time() + 120
     while not (run / "metrics.csv").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)

@@ -53,8 +53,7 @@ def cohort() -> list[Phantom]:
 def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path], list[str]]:
     out = tmp_path_factory.mktemp("synth") / "ACDC"
     seen: list[str] = []
-    paths = write_phantoms(SynthConfig(patients=3, test_patients=2, seed=7), out,
-                           on_patient=seen.append)
+    paths = write_phantoms(SynthConfig(patients=3, test_patients=2, seed=7), out, on_patient=seen.append)
     return out, paths, seen
 
 
@@ -92,16 +91,14 @@ def test_info_cfg_exact_format(written: tuple[Path, list[Path], list[str]]) -> N
 
 
 def test_info_cfg_matches_real_file_style() -> None:
-    text = info_cfg_text({"ED": 1, "ES": 12, "Group": "DCM", "Height": 184.0, "NbFrame": 30,
-                          "Weight": 95.0})
+    text = info_cfg_text({"ED": 1, "ES": 12, "Group": "DCM", "Height": 184.0, "NbFrame": 30, "Weight": 95.0})
     assert text == "ED: 1\nES: 12\nGroup: DCM\nHeight: 184.0\nNbFrame: 30\nWeight: 95.0\n"
     real = REAL_ACDC / "training" / "patient001" / "Info.cfg"
     if real.exists():
         assert text == real.read_text()
 
 
-def test_header_trap_true_spacing_only_in_pixdim(
-        written: tuple[Path, list[Path], list[str]]) -> None:
+def test_header_trap_true_spacing_only_in_pixdim(written: tuple[Path, list[Path], list[str]]) -> None:
     _, paths, _ = written
     for folder in paths:
         es = int(_parse_info(folder / "Info.cfg")["ES"])
@@ -192,12 +189,11 @@ def test_group_sizes_and_wall_thickness(cohort: list[Phantom]) -> None:
     lv_ed = {g: [_volume_ml(p.masks[p.ed], 3, p.spacing) for p in ps] for g, ps in by.items()}
     assert min(lv_ed["DCM"]) > max(lv_ed["HCM"])
     # HCM: thick wall around a small cavity; DCM: thin wall around a big one.
-    ratio = {g: [(p.masks[p.ed] == 2).sum() / (p.masks[p.ed] == 3).sum() for p in ps]
-             for g, ps in by.items()}
+    ratio = {g: [(p.masks[p.ed] == 2).sum() / (p.masks[p.ed] == 3).sum() for p in ps] for g, ps in by.items()}
     assert min(ratio["HCM"]) > 2 * max(ratio["DCM"])
     rv_ed = {g: [_volume_ml(p.masks[p.ed], 1, p.spacing) for p in ps] for g, ps in by.items()}
     assert min(rv_ed["RV"]) > max(rv_ed["NOR"])
-    assert all(rv > lv for rv, lv in zip(rv_ed["RV"], lv_ed["RV"]))
+    assert all(rv > lv for rv, lv in zip(rv_ed["RV"], lv_ed["RV"], strict=False))
 
 
 def test_physical_size_independent_of_spacing(cohort: list[Phantom]) -> None:
@@ -318,7 +314,7 @@ def test_ground_truth_anatomically_valid(tmp_path: Path) -> None:
     with SliceFile(out) as f:
         masks, spacing, idx = f.read("gt"), f.spacing(), f.index
     values, valid = evaluate_batch(masks, spacing)
-    failures = dict(zip(CRITERIA_NAMES, (~criteria_passed(values)).sum(axis=0).tolist()))
+    failures = dict(zip(CRITERIA_NAMES, (~criteria_passed(values)).sum(axis=0).tolist(), strict=False))
     assert valid.mean() >= 0.93, failures
     assert failures["rv_concavity"] == 0  # the RV hugs the septum, it does not wrap the LV
     frontier = values[:, CRITERIA_NAMES.index("frontier_between_lv_and_background")] > 0

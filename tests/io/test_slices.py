@@ -10,8 +10,18 @@ from acdctool.io.slices import INDEX_COLUMNS, SCHEMA_VERSION, SliceFile, SliceWr
 
 def _rows(n, patient="patient001"):
     base = {c: 0 for c in INDEX_COLUMNS}
-    base.update(patient=patient, group="NOR", phase="ED", split="train", model="", n_slices=n,
-                spacing_row=1.5, spacing_col=1.25, thickness=10.0, crop_size=100)
+    base.update(
+        patient=patient,
+        group="NOR",
+        phase="ED",
+        split="train",
+        model="",
+        n_slices=n,
+        spacing_row=1.5,
+        spacing_col=1.25,
+        thickness=10.0,
+        crop_size=100,
+    )
     return [dict(base, slice=i) for i in range(n)]
 
 
@@ -19,8 +29,15 @@ def _write(path, n=3, force=False, kind="prep"):
     rng = np.random.default_rng(0)
     img = rng.random((n, 8, 8), dtype=np.float32)
     gt = rng.integers(0, 4, (n, 8, 8), dtype=np.uint8)
-    with SliceWriter(path, kind=kind, config={"size": 8}, provenance={"command": "test"}, shape=(8, 8),
-                     arrays={"image": ("float32", ()), "gt": ("uint8", ())}, force=force) as w:
+    with SliceWriter(
+        path,
+        kind=kind,
+        config={"size": 8},
+        provenance={"command": "test"},
+        shape=(8, 8),
+        arrays={"image": ("float32", ()), "gt": ("uint8", ())},
+        force=force,
+    ) as w:
         w.append(_rows(n), image=img, gt=gt)
     return img, gt
 
@@ -45,8 +62,9 @@ def test_round_trip_arrays_index_and_attrs(tmp_path):
 def test_failed_write_leaves_nothing(tmp_path):
     path = tmp_path / "a.h5"
     with pytest.raises(RuntimeError):
-        with SliceWriter(path, kind="prep", config={}, provenance={}, shape=(8, 8),
-                         arrays={"image": ("float32", ())}) as w:
+        with SliceWriter(
+            path, kind="prep", config={}, provenance={}, shape=(8, 8), arrays={"image": ("float32", ())}
+        ) as w:
             w.append(_rows(1), image=np.zeros((1, 8, 8), np.float32))
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
@@ -98,8 +116,15 @@ def test_inconsistent_rows_rejected(tmp_path):
 def test_extra_index_columns_round_trip(tmp_path):
     path = tmp_path / "r.h5"
     rows = [dict(r, changed=i % 2, reason="invalid" if i % 2 else "") for i, r in enumerate(_rows(3))]
-    with SliceWriter(path, kind="refined", config={}, provenance={}, shape=(8, 8),
-                     arrays={"image": ("float32", ())}, columns={"changed": "int8", "reason": "str"}) as w:
+    with SliceWriter(
+        path,
+        kind="refined",
+        config={},
+        provenance={},
+        shape=(8, 8),
+        arrays={"image": ("float32", ())},
+        columns={"changed": "int8", "reason": "str"},
+    ) as w:
         w.append(rows, image=np.zeros((3, 8, 8), np.float32))
     with SliceFile(path) as f:
         assert list(f.index.columns)[-2:] == ["changed", "reason"]

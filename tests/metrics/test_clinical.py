@@ -57,8 +57,9 @@ def test_clinical_indices_by_hand():
 
 def test_ejection_fraction_and_mass():
     assert np.isnan(ejection_fraction(0.0, 0.0))
-    np.testing.assert_allclose(ejection_fraction(np.array([100.0, 0.0, 80.0]), np.array([40.0, 0.0, 20.0])),
-                               [60.0, np.nan, 75.0])
+    np.testing.assert_allclose(
+        ejection_fraction(np.array([100.0, 0.0, 80.0]), np.array([40.0, 0.0, 20.0])), [60.0, np.nan, 75.0]
+    )
     assert myocardial_mass(100.0) == pytest.approx(105.0)
     no_lv = clinical_indices(np.zeros((2, 4, 4), np.uint8), np.zeros((2, 4, 4), np.uint8), (1.0, 1.0), 5.0)
     assert np.isnan(no_lv["lv_ef"])

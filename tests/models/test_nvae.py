@@ -20,6 +20,7 @@ from acdctool.models.nvae_loss import (
     kl_coefficient,
 )
 
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny tensors gain nothing from 2 threads, and OpenMP threads stall badly when other
@@ -201,9 +202,7 @@ def test_warmup_and_balance_coefficients() -> None:
 def test_few_adamax_steps_reduce_the_loss() -> None:
     torch.manual_seed(0)
     model = NVAE(**{**SMALL, "scales": 2, "groups_per_scale": (2, 1), "image_size": 32})
-    loss_fn = NVAELoss(
-        model, NVAELossConfig(betas=(1.0, 1.0), warmup_steps=50, sr_weight=1e-3, dice_weight=10)
-    )
+    loss_fn = NVAELoss(model, NVAELossConfig(betas=(1.0, 1.0), warmup_steps=50, sr_weight=1e-3, dice_weight=10))
     opt = torch.optim.Adamax(model.parameters(), lr=1e-2, eps=1e-3, weight_decay=3e-4)
     x = blobs(8, seed=1)
     losses = []

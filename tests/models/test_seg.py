@@ -7,7 +7,13 @@ import torch
 
 from acdctool.errors import BadInputError, ConfigError
 from acdctool.models.seg import (
-    ARCHS, build_seg_model, check_input_size, default_args, parse_net_args, resolve_args, size_divisor,
+    ARCHS,
+    build_seg_model,
+    check_input_size,
+    default_args,
+    parse_net_args,
+    resolve_args,
+    size_divisor,
 )
 
 SMALL = {
@@ -57,7 +63,11 @@ def test_resolve_args_derives_strides_and_rejects_typos():
 
 def test_parse_net_args():
     assert parse_net_args(["channels=4,8,16", "dropout=0.1", "norm=batch", "use_v2=true"]) == {
-        "channels": (4, 8, 16), "dropout": 0.1, "norm": "batch", "use_v2": True}
+        "channels": (4, 8, 16),
+        "dropout": 0.1,
+        "norm": "batch",
+        "use_v2": True,
+    }
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_net_args(["channels"])
 

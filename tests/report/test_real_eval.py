@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from acdctool.config import EvalConfig, PrepConfig
@@ -42,9 +41,13 @@ def test_patient001_volumes_match_nifti(real_acdc, real_prepped, tmp_path):
         f = load_frame(p, frame)
         assert f.spacing == pytest.approx((1.5625, 1.5625, 10.0))
         native[phase] = clinical.volumes_ml(f.mask.transpose(2, 0, 1), f.spacing[:2], f.spacing[2])
-    for ours, ref in [(table.lv_edv_gt, native["ed"]["lv"]), (table.lv_esv_gt, native["es"]["lv"]),
-                      (table.rv_edv_gt, native["ed"]["rv"]), (table.rv_esv_gt, native["es"]["rv"]),
-                      (table.myo_mass_gt, 1.05 * native["ed"]["myo"])]:
+    for ours, ref in [
+        (table.lv_edv_gt, native["ed"]["lv"]),
+        (table.lv_esv_gt, native["es"]["lv"]),
+        (table.rv_edv_gt, native["ed"]["rv"]),
+        (table.rv_esv_gt, native["es"]["rv"]),
+        (table.myo_mass_gt, 1.05 * native["ed"]["myo"]),
+    ]:
         assert ours == pytest.approx(ref, rel=0.05)
     # a DCM patient: LV EDV is large in mL (a 1 mm affine would give ~40× less)
     assert native["ed"]["lv"] > 250

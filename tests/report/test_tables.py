@@ -13,9 +13,20 @@ def _index(n_slices=4, spacing=(1.5, 1.25), thickness=8.0):
     for phase in ("ED", "ES"):
         for z in range(n_slices):
             r = {c: 0 for c in INDEX_COLUMNS}
-            r.update(patient="patient001", group="NOR", phase=phase, frame=1 if phase == "ED" else 10, slice=z,
-                     n_slices=n_slices, spacing_row=spacing[0], spacing_col=spacing[1], thickness=thickness,
-                     split="val", fold=0, model="m")
+            r.update(
+                patient="patient001",
+                group="NOR",
+                phase=phase,
+                frame=1 if phase == "ED" else 10,
+                slice=z,
+                n_slices=n_slices,
+                spacing_row=spacing[0],
+                spacing_col=spacing[1],
+                thickness=thickness,
+                split="val",
+                fold=0,
+                model="m",
+            )
             rows.append(r)
     return pd.DataFrame(rows)
 

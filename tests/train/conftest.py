@@ -11,8 +11,13 @@ from acdctool.io.slices import INDEX_COLUMNS, SliceWriter
 
 # patient -> (split, fold): folds 0 and 1 each hold two train and one val patient; one test patient.
 PATIENTS = {
-    "patient001": ("train", 0), "patient002": ("train", 1), "patient003": ("train", 0),
-    "patient004": ("train", 1), "patient005": ("val", 0), "patient006": ("val", 1), "patient007": ("test", -1),
+    "patient001": ("train", 0),
+    "patient002": ("train", 1),
+    "patient003": ("train", 0),
+    "patient004": ("train", 1),
+    "patient005": ("val", 0),
+    "patient006": ("val", 1),
+    "patient007": ("test", -1),
 }
 SLICES = 3  # per volume; ED and ES → 6 rows per patient
 
@@ -39,22 +44,39 @@ def make_slices(path: Path, *, size: int = 64, with_gt: bool = True, nan_row: in
     for p, (split, fold) in PATIENTS.items():
         for phase in ("ED", "ES"):
             gt = blob_masks(rng, SLICES, size)
-            img = np.choose(gt, [0.1, 0.5, 0.7, 0.9]).astype(np.float32) + rng.normal(0, 0.05, gt.shape).astype(np.float32)
+            img = np.choose(gt, [0.1, 0.5, 0.7, 0.9]).astype(np.float32) + rng.normal(0, 0.05, gt.shape).astype(
+                np.float32
+            )
             images.append(np.clip(img, 0, 1))
             masks.append(gt)
             for s in range(SLICES):
                 row = {c: 0 for c in INDEX_COLUMNS}
-                row.update(patient=p, group="NOR", phase=phase, frame=1 if phase == "ED" else 5, slice=s,
-                           n_slices=SLICES, spacing_row=1.5, spacing_col=1.5, thickness=10.0, crop_size=size,
-                           orig_rows=size, orig_cols=size, split=split, fold=fold, model="")
+                row.update(
+                    patient=p,
+                    group="NOR",
+                    phase=phase,
+                    frame=1 if phase == "ED" else 5,
+                    slice=s,
+                    n_slices=SLICES,
+                    spacing_row=1.5,
+                    spacing_col=1.5,
+                    thickness=10.0,
+                    crop_size=size,
+                    orig_rows=size,
+                    orig_cols=size,
+                    split=split,
+                    fold=fold,
+                    model="",
+                )
                 rows.append(row)
     image, gt = np.concatenate(images), np.concatenate(masks)
     if nan_row is not None:
         image[nan_row] = np.nan
     arrays = {"image": ("float32", ()), **({"gt": ("uint8", ())} if with_gt else {})}
     data = {"image": image, **({"gt": gt} if with_gt else {})}
-    with SliceWriter(path, kind="prep", config={"size": size}, provenance={"command": "test"}, shape=(size, size),
-                     arrays=arrays) as w:
+    with SliceWriter(
+        path, kind="prep", config={"size": size}, provenance={"command": "test"}, shape=(size, size), arrays=arrays
+    ) as w:
         w.append(rows, **data)
     return path
 

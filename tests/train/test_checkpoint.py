@@ -12,9 +12,17 @@ from acdctool.io.checkpoint import SCHEMA_VERSION, file_sha256, load_checkpoint,
 
 
 def _save(path, kind="seg-model"):
-    return save_checkpoint(path, kind=kind, model_name="unet", model_args={"channels": (4, 8)},
-                           state_dict={"w": torch.arange(3.0)}, config={"lr": 1e-3}, data={"fold": 1, "sha256": "x"},
-                           metrics={"epoch": 2}, train={"epoch": 2, "rng": {"torch": torch.get_rng_state()}})
+    return save_checkpoint(
+        path,
+        kind=kind,
+        model_name="unet",
+        model_args={"channels": (4, 8)},
+        state_dict={"w": torch.arange(3.0)},
+        config={"lr": 1e-3},
+        data={"fold": 1, "sha256": "x"},
+        metrics={"epoch": 2},
+        train={"epoch": 2, "rng": {"torch": torch.get_rng_state()}},
+    )
 
 
 def test_round_trip(tmp_path):
@@ -22,7 +30,9 @@ def test_round_trip(tmp_path):
     ck = load_checkpoint(path, kinds=["seg-model"])
     assert ck.kind == "seg-model" and ck.model_name == "unet" and tuple(ck.model_args["channels"]) == (4, 8)
     assert torch.equal(ck.state_dict["w"], torch.arange(3.0)) and ck.fold == 1 and ck.metrics["epoch"] == 2
-    assert ck.versions["torch"] == torch.__version__.split("+")[0] or ck.versions["torch"].startswith(torch.__version__[:4])
+    assert ck.versions["torch"] == torch.__version__.split("+")[0] or ck.versions["torch"].startswith(
+        torch.__version__[:4]
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]  # no temp file left
 
 

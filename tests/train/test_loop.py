@@ -37,9 +37,13 @@ def test_resume_mid_epoch_is_bit_identical(tiny_h5, tmp_path):
     part = train_seg(tiny_h5, tmp_path / "part", CFG, hooks=Hooks(should_stop=lambda e, s: (e, s) == (0, 2)))
     assert (part.status, part.epoch, part.step) == ("interrupted", 0, 2)
     assert load_checkpoint(tmp_path / "part" / "last.pt").train["step"] == 2
-    part = train_seg(tiny_h5, tmp_path / "part", CFG, resume=True, hooks=Hooks(should_stop=lambda e, s: (e, s) == (1, 0)))
+    part = train_seg(
+        tiny_h5, tmp_path / "part", CFG, resume=True, hooks=Hooks(should_stop=lambda e, s: (e, s) == (1, 0))
+    )
     assert (part.status, part.epoch, part.step) == ("interrupted", 1, 0) and part.resumed_from == 0
-    part = train_seg(tiny_h5, tmp_path / "part", CFG, resume=True, hooks=Hooks(should_stop=lambda e, s: (e, s) == (1, 1)))
+    part = train_seg(
+        tiny_h5, tmp_path / "part", CFG, resume=True, hooks=Hooks(should_stop=lambda e, s: (e, s) == (1, 1))
+    )
     assert (part.status, part.epoch, part.step) == ("interrupted", 1, 1) and part.resumed_from == 1
     part = train_seg(tiny_h5, tmp_path / "part", CFG, resume=True)
     assert part.status == "completed" and part.epoch == 2
@@ -86,11 +90,17 @@ def test_divergence_keeps_last_good_checkpoint(tiny_h5, tmp_path):
     with SliceFile(tiny_h5) as f:
         train_rows, val_rows = select_rows(f.index, 0)
     train_ds, val_ds = SliceDataset(tiny_h5, train_rows), SliceDataset(tiny_h5, val_rows)
-    task = _NanAtEpoch(1, arch="unet", model_args=resolve_args("unet", {"channels": (4, 8, 16)}), lr=1e-3,
-                       n_val_volumes=val_ds.n_volumes)
+    task = _NanAtEpoch(
+        1,
+        arch="unet",
+        model_args=resolve_args("unet", {"channels": (4, 8, 16)}),
+        lr=1e-3,
+        n_val_volumes=val_ds.n_volumes,
+    )
     run = tmp_path / "run"
-    trainer = Trainer(task, LoopSettings.from_config(CFG), run, config=config_to_dict(CFG),
-                      data={"sha256": file_sha256(tiny_h5)})
+    trainer = Trainer(
+        task, LoopSettings.from_config(CFG), run, config=config_to_dict(CFG), data={"sha256": file_sha256(tiny_h5)}
+    )
     with pytest.raises(TrainingDivergedError, match="diverged at epoch 2.*last good checkpoint kept"):
         trainer.fit(train_ds, val_ds)
     last = load_checkpoint(run / "last.pt")
@@ -98,8 +108,9 @@ def test_divergence_keeps_last_good_checkpoint(tiny_h5, tmp_path):
     # From scratch, a NaN in the first epoch leaves no run folder behind.
     task.bad_epoch = 0
     with pytest.raises(TrainingDivergedError, match="no checkpoint was written"):
-        Trainer(task, LoopSettings.from_config(CFG), tmp_path / "run2", config=config_to_dict(CFG),
-                data={"sha256": "x"}).fit(train_ds, val_ds)
+        Trainer(
+            task, LoopSettings.from_config(CFG), tmp_path / "run2", config=config_to_dict(CFG), data={"sha256": "x"}
+        ).fit(train_ds, val_ds)
     assert not (tmp_path / "run2").exists()
 
 
@@ -111,11 +122,28 @@ def test_ddp_two_processes_gloo(tiny_h5, tmp_path):
         pytest.skip("torchrun or the acdctool entry point is not on PATH")
     run = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [torchrun, "--standalone", "--nproc-per-node=2", "--no-python", acdctool, "train-seg", str(tiny_h5),
-           "-o", str(run), "--fold", "0", "--epochs", "2", "--batch-size", "2", "--device", "cpu"]
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc-per-node=2",
+        "--no-python",
+        acdctool,
+        "train-seg",
+        str(tiny_h5),
+        "-o",
+        str(run),
+        "--fold",
+        "0",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+    ]
     for a in TINY_NET:
         cmd += ["--net-arg", a]
-    for attempt in range(2):
+    for _attempt in range(2):
         shutil.rmtree(run, ignore_errors=True)
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
         # --standalone picks a free port that another job on the machine may grab first: retry that only.

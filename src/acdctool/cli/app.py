@@ -9,7 +9,8 @@ from __future__ import annotations
 import typer
 
 from acdctool import __version__
-from acdctool.cli import eval as eval_, export, gen_seg, info, make_3gram, prep, refine, synth, train_nvae, train_seg
+from acdctool.cli import eval as eval_
+from acdctool.cli import export, gen_seg, info, make_3gram, prep, refine, synth, train_nvae, train_seg
 
 app = typer.Typer(
     name="acdctool",
@@ -40,7 +41,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Cardiac MRI segmentation research on ACDC: preprocess, segment, correct with an NVAE shape model, evaluate.
 

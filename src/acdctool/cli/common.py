@@ -91,10 +91,23 @@ def progress(description: str, total: int | None, quiet: bool) -> Iterator[Calla
     if not show_progress(quiet):
         yield lambda *_, **__: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=err_console, transient=False) as bar:
         task = bar.add_task(description, total=total)
         yield lambda *_, advance=1, **__: bar.advance(task, advance)
@@ -115,13 +128,19 @@ def finish_training(result: Any, output: Any, main: bool, quiet: bool) -> None:
     for note in result.notes:
         log(f"[yellow]note:[/] {note}", quiet)
     if result.status == "interrupted":
-        log(f"stopped at epoch {result.epoch + 1}, step {result.step}; saved {output / 'last.pt'}; "
-            "rerun the same command with --resume to continue", quiet=not main)
+        log(
+            f"stopped at epoch {result.epoch + 1}, step {result.step}; saved {output / 'last.pt'}; "
+            "rerun the same command with --resume to continue",
+            quiet=not main,
+        )
         raise typer.Exit(EX_INTERRUPTED)
     if result.status == "up-to-date":
         log(f"{output}: already trained for {result.epoch} epochs (raise --epochs to continue)", quiet)
     elif result.best_epoch is not None:
-        log(f"done: {result.epoch} epochs; best val Dice {result.best_value:.4f} at epoch {result.best_epoch} "
-            f"({output / 'best.pt'})", quiet)
+        log(
+            f"done: {result.epoch} epochs; best val Dice {result.best_value:.4f} at epoch {result.best_epoch} "
+            f"({output / 'best.pt'})",
+            quiet,
+        )
     if main:
         print_path(output)

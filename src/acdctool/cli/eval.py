@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,9 +16,15 @@ _D = EvalConfig()
 def eval_cmd(
     pred: Path = typer.Argument(..., help="Slice file to evaluate (prep, gen-seg, make-3gram or refine output)."),
     output: Path = typer.Option(..., "--output", "-o", help="Report folder to create."),
-    gt: Optional[Path] = typer.Option(None, "--gt", help="Take ground truth from this file (rows matched by patient/phase/slice)."),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Masks before the correction, e.g. the gen-seg file given to refine."),
-    threshold: float = typer.Option(_D.threshold, "--threshold", help="|Δ mean Dice| above which a row counts as improved/deteriorated."),
+    gt: Path | None = typer.Option(
+        None, "--gt", help="Take ground truth from this file (rows matched by patient/phase/slice)."
+    ),
+    baseline: Path | None = typer.Option(
+        None, "--baseline", help="Masks before the correction, e.g. the gen-seg file given to refine."
+    ),
+    threshold: float = typer.Option(
+        _D.threshold, "--threshold", help="|Δ mean Dice| above which a row counts as improved/deteriorated."
+    ),
     top_k: int = typer.Option(_D.top_k, "--top-k", help="Rows shown in each montage."),
     plots: bool = typer.Option(_D.plots, "--plots/--no-plots", help="Write the PNG figures."),
     hausdorff: bool = typer.Option(_D.hausdorff, "--hausdorff/--no-hausdorff", help="Compute HD and HD95 (mm)."),
@@ -40,7 +45,9 @@ def eval_cmd(
     """
     from acdctool.stages.evaluate import evaluate
 
-    config = make_config(EvalConfig, threshold=threshold, top_k=top_k, plots=plots, hausdorff=hausdorff, workers=workers)
+    config = make_config(
+        EvalConfig, threshold=threshold, top_k=top_k, plots=plots, hausdorff=hausdorff, workers=workers
+    )
     if not quiet:
         err_console.print(f"evaluating {pred} ...")
     result = run(evaluate, pred, output, config, gt_path=gt, baseline_path=baseline, force=force)
@@ -57,7 +64,9 @@ def print_summary(s: dict) -> None:
     from rich.table import Table
 
     fmt = lambda v, p=4: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
-    table = Table(title=f"{s['source']}  ({s['slices']['n']} slices, {s['volumes']['n']} volumes)", title_justify="left")
+    table = Table(
+        title=f"{s['source']}  ({s['slices']['n']} slices, {s['volumes']['n']} volumes)", title_justify="left"
+    )
     for col in ("", "RV", "MYO", "LV", "mean"):
         table.add_column(col, justify="right" if col else "left")
     d, v = s["slices"], s["volumes"]
@@ -67,10 +76,13 @@ def print_summary(s: dict) -> None:
     table.add_row("HD mm (volume)", *(fmt(v["hd_mm"].get(k), 2) for k in ("rv", "myo", "lv")), "")
     a = s["anatomy"]
     err_console.print(table)
-    err_console.print(f"anatomically valid: {a['valid']}/{a['valid'] + a['invalid']} slices ({100 * (a['valid_fraction'] or 0):.1f}%)")
+    err_console.print(
+        f"anatomically valid: {a['valid']}/{a['valid'] + a['invalid']} slices ({100 * (a['valid_fraction'] or 0):.1f}%)"
+    )
     c = s.get("comparison")
     if c:
         err_console.print(
             f"vs baseline: {c['improved']} improved, {c['unchanged']} unchanged, {c['deteriorated']} deteriorated "
             f"(|Δ| > {c['threshold']}); mean Dice {c['dice_before']['mean']:.4f} → {c['dice_after']['mean']:.4f}; "
-            f"invalid slices {c['invalid_before']} → {c['invalid_after']}")
+            f"invalid slices {c['invalid_before']} → {c['invalid_after']}"
+        )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,7 +13,7 @@ def export(
     file: Path = typer.Argument(..., help="Slice file from any stage (prep, gen-seg, refine, ...)."),
     like: Path = typer.Option(..., "--like", help="The ACDC folder the file was prepped from (headers, affines)."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder to create for the .nii.gz masks."),
-    array: Optional[str] = typer.Option(None, "--array", help="pred or gt (default: pred when present)."),
+    array: str | None = typer.Option(None, "--array", help="pred or gt (default: pred when present)."),
     force: bool = FORCE,
     quiet: bool = QUIET,
 ) -> None:

@@ -14,12 +14,16 @@ _D = GenSegConfig()
 
 def gen_seg(
     slices: Path = typer.Argument(..., help="Slice file from `acdctool prep` (the one the models trained on)."),
-    model: list[Path] = typer.Option(..., "--model", "-m", help="train-seg checkpoint (best.pt), repeatable: several archs and/or one per fold."),
+    model: list[Path] = typer.Option(
+        ..., "--model", "-m", help="train-seg checkpoint (best.pt), repeatable: several archs and/or one per fold."
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="Output slice file (.h5), kind 'seg'."),
     batch_size: int = typer.Option(_D.batch_size, "--batch-size", help="Slices per forward pass."),
     device: str = typer.Option(_D.device, "--device", help="auto, cpu or cuda."),
     amp: bool = typer.Option(_D.amp, "--amp/--no-amp", help="bf16 autocast on CUDA (never on CPU)."),
-    save_probs: bool = typer.Option(_D.save_probs, "--save-probs", help="Also store float16 softmax 'probs' (N, 4, H, W)."),
+    save_probs: bool = typer.Option(
+        _D.save_probs, "--save-probs", help="Also store float16 softmax 'probs' (N, 4, H, W)."
+    ),
     force: bool = FORCE,
     quiet: bool = QUIET,
 ) -> None:
@@ -40,10 +44,20 @@ def gen_seg(
     for warning in plan.warnings:
         log(f"[yellow]warning:[/] {warning}", quiet=False)
     with progress("gen-seg", plan.n_batches, quiet) as advance:
-        result = run(run_gen_seg, plan, output, config, force=force, on_batch=advance,
-                     provenance=make_provenance([slices, *model]))
+        result = run(
+            run_gen_seg,
+            plan,
+            output,
+            config,
+            force=force,
+            on_batch=advance,
+            provenance=make_provenance([slices, *model]),
+        )
     for name, patients in result.skipped.items():
-        log(f"{name}: skipped {len(patients)} patients whose fold has no checkpoint ({', '.join(patients[:5])}"
-            f"{', ...' if len(patients) > 5 else ''})", quiet)
+        log(
+            f"{name}: skipped {len(patients)} patients whose fold has no checkpoint ({', '.join(patients[:5])}"
+            f"{', ...' if len(patients) > 5 else ''})",
+            quiet,
+        )
     log(f"wrote {result.rows} rows ({', '.join(result.models)}) to {output}", quiet)
     print_path(output)

@@ -36,8 +36,11 @@ def info(
 def _print_summary(s: dict) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{s['path']}  ({s['kind']}, schema v{s['schema_version']}, acdctool {s['tool_version']})",
-                  show_header=False, title_justify="left")
+    table = Table(
+        title=f"{s['path']}  ({s['kind']}, schema v{s['schema_version']}, acdctool {s['tool_version']})",
+        show_header=False,
+        title_justify="left",
+    )
     table.add_column(style="bold")
     table.add_column()
     fmt = lambda d: ", ".join(f"{k} {v}" for k, v in d.items()) or "-"  # noqa: E731

@@ -48,24 +48,39 @@ def render_all(version: str) -> dict[str, str]:
 
 
 def _header(name: str, version: str, summary: str) -> list[str]:
-    return [f'.TH "{name.upper()}" "1" "" "acdctool {version}" "acdctool manual"', ".SH NAME",
-            f"{_esc(name)} \\- {_esc(summary)}"]
+    return [
+        f'.TH "{name.upper()}" "1" "" "acdctool {version}" "acdctool manual"',
+        ".SH NAME",
+        f"{_esc(name)} \\- {_esc(summary)}",
+    ]
 
 
 def _main_page(group: Any, version: str) -> str:
     lines = _header("acdctool", version, "cardiac MRI segmentation research toolkit for ACDC")
-    lines += [".SH SYNOPSIS", "\\fBacdctool\\fR [\\fIOPTIONS\\fR] \\fICOMMAND\\fR [\\fIARGS\\fR]...",
-              ".SH DESCRIPTION", _esc(group.help or ""), ".SH COMMANDS"]
+    lines += [
+        ".SH SYNOPSIS",
+        "\\fBacdctool\\fR [\\fIOPTIONS\\fR] \\fICOMMAND\\fR [\\fIARGS\\fR]...",
+        ".SH DESCRIPTION",
+        _esc(group.help or ""),
+        ".SH COMMANDS",
+    ]
     for name, cmd in sorted(group.commands.items()):
         lines += [".TP", f"\\fB{_esc(name)}\\fR", _esc(cmd.get_short_help_str(limit=200))]
     lines += [".SH OPTIONS"] + _options(group)
     lines += _exit_codes()
-    lines += [".SH EXAMPLES", ".nf", _esc(
-        "acdctool synth demo/ACDC --patients 20\n"
-        "acdctool prep demo/ACDC -o slices.h5\n"
-        "acdctool info slices.h5 --json\n"
-        "acdctool eval slices.h5 -o report/"), ".fi",
-        ".SH SEE ALSO", ", ".join(f"\\fBacdctool\\-{_esc(n)}\\fR(1)" for n in sorted(group.commands))]
+    lines += [
+        ".SH EXAMPLES",
+        ".nf",
+        _esc(
+            "acdctool synth demo/ACDC --patients 20\n"
+            "acdctool prep demo/ACDC -o slices.h5\n"
+            "acdctool info slices.h5 --json\n"
+            "acdctool eval slices.h5 -o report/"
+        ),
+        ".fi",
+        ".SH SEE ALSO",
+        ", ".join(f"\\fBacdctool\\-{_esc(n)}\\fR(1)" for n in sorted(group.commands)),
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -31,8 +31,9 @@ def synth(
     """
     from acdctool.data.synth import write_phantoms
 
-    config = make_config(SynthConfig, patients=patients, test_patients=test_patients, seed=seed,
-                         frames=frames, write_4d=write_4d)
+    config = make_config(
+        SynthConfig, patients=patients, test_patients=test_patients, seed=seed, frames=frames, write_4d=write_4d
+    )
     with progress("synth", config.patients + config.test_patients, quiet) as advance:
         written = run(write_phantoms, config, out_dir, force=force, on_patient=advance)
     log(f"wrote {len(written)} phantom patients to {out_dir}", quiet)

@@ -3,37 +3,67 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from acdctool.cli.common import FORCE, QUIET, RESUME, TENSORBOARD, finish_training, log, make_config, parse_numbers, progress, run
+from acdctool.cli.common import (
+    FORCE,
+    QUIET,
+    RESUME,
+    TENSORBOARD,
+    finish_training,
+    log,
+    make_config,
+    parse_numbers,
+    progress,
+    run,
+)
 from acdctool.config import TrainNvaeConfig
 
 _D = TrainNvaeConfig()
 
 
 def train_nvae(
-    data: Path = typer.Argument(..., help="prep file (--input gt), gen-seg file (--input seg) or make-3gram file (--context 3gram)."),
+    data: Path = typer.Argument(
+        ..., help="prep file (--input gt), gen-seg file (--input seg) or make-3gram file (--context 3gram)."
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="Run folder: best.pt, last.pt, metrics.csv (tb/)."),
-    input: str = typer.Option(_D.input, "--input", help="gt: auto-encode ground truth; seg: gen-seg masks in, ground truth out."),
+    input: str = typer.Option(
+        _D.input, "--input", help="gt: auto-encode ground truth; seg: gen-seg masks in, ground truth out."
+    ),
     context: str = typer.Option(_D.context, "--context", help="none, or 3gram (previous/current/next masks in)."),
     stem_channels: int = typer.Option(_D.stem_channels, "--stem-channels", help="Channels after the stem conv."),
     scales: int = typer.Option(_D.scales, "--scales", help="Latent scales."),
-    groups_per_scale: str = typer.Option(",".join(map(str, _D.groups_per_scale)), "--groups-per-scale", help="Latent groups per scale, top first (e.g. 4,2,1)."),
+    groups_per_scale: str = typer.Option(
+        ",".join(map(str, _D.groups_per_scale)),
+        "--groups-per-scale",
+        help="Latent groups per scale, top first (e.g. 4,2,1).",
+    ),
     latent_channels: int = typer.Option(_D.latent_channels, "--latent-channels", help="Channels of each latent group."),
-    se_reduction: int = typer.Option(_D.se_reduction, "--se-reduction", help="Squeeze-excitation channel reduction factor."),
-    beta: str = typer.Option(",".join(f"{b:g}" for b in _D.betas), "--beta", help="KL weight per scale, top first (e.g. 8,10,11)."),
+    se_reduction: int = typer.Option(
+        _D.se_reduction, "--se-reduction", help="Squeeze-excitation channel reduction factor."
+    ),
+    beta: str = typer.Option(
+        ",".join(f"{b:g}" for b in _D.betas), "--beta", help="KL weight per scale, top first (e.g. 8,10,11)."
+    ),
     warmup_steps: int = typer.Option(_D.warmup_steps, "--warmup-steps", help="KL warm-up, optimiser steps."),
-    kl_balance: bool = typer.Option(_D.kl_balance, "--kl-balance/--no-kl-balance", help="Balance KL across groups during warm-up."),
-    dice_weight: float = typer.Option(_D.dice_weight, "--dice-weight", help="Weight of a soft-Dice reconstruction term."),
+    kl_balance: bool = typer.Option(
+        _D.kl_balance, "--kl-balance/--no-kl-balance", help="Balance KL across groups during warm-up."
+    ),
+    dice_weight: float = typer.Option(
+        _D.dice_weight, "--dice-weight", help="Weight of a soft-Dice reconstruction term."
+    ),
     sr_weight: float = typer.Option(_D.sr_weight, "--sr-weight", help="Spectral regularisation weight (0: off)."),
-    fold: Optional[int] = typer.Option(_D.fold, "--fold", help="Hold out this fold for validation (default: the file's train/val split)."),
+    fold: int | None = typer.Option(
+        _D.fold, "--fold", help="Hold out this fold for validation (default: the file's train/val split)."
+    ),
     epochs: int = typer.Option(_D.epochs, "--epochs", help="Total epochs (a resumed run continues up to it)."),
     batch_size: int = typer.Option(_D.batch_size, "--batch-size", help="Slices per step, per process."),
     lr: float = typer.Option(_D.lr, "--lr", help="Adamax learning rate (after warm-up)."),
     lr_min: float = typer.Option(_D.lr_min, "--lr-min", help="Learning rate at the end of the cosine."),
-    lr_warmup_steps: int = typer.Option(_D.lr_warmup_steps, "--lr-warmup-steps", help="Linear learning-rate warm-up steps."),
+    lr_warmup_steps: int = typer.Option(
+        _D.lr_warmup_steps, "--lr-warmup-steps", help="Linear learning-rate warm-up steps."
+    ),
     weight_decay: float = typer.Option(_D.weight_decay, "--weight-decay", help="Adamax weight decay."),
     augment: bool = typer.Option(_D.augment, "--augment/--no-augment", help="Small rotations and zooms of the masks."),
     seed: int = typer.Option(_D.seed, "--seed", help="Seed of weights, data order, augmentation, latents."),
@@ -62,12 +92,34 @@ def train_nvae(
 
     groups = parse_numbers(groups_per_scale, "--groups-per-scale", int)
     config = make_config(
-        TrainNvaeConfig, input=input, context=context, stem_channels=stem_channels, scales=scales,
-        groups_per_scale=groups, latent_channels=latent_channels, se_reduction=se_reduction,
-        betas=parse_numbers(beta, "--beta"), warmup_steps=warmup_steps, kl_balance=kl_balance, dice_weight=dice_weight,
-        sr_weight=sr_weight, fold=fold, epochs=epochs, batch_size=batch_size, lr=lr, lr_min=lr_min,
-        lr_warmup_steps=lr_warmup_steps, weight_decay=weight_decay, augment=augment, seed=seed, device=device,
-        amp=amp, workers=workers, tensorboard=tensorboard, grad_clip=grad_clip)
+        TrainNvaeConfig,
+        input=input,
+        context=context,
+        stem_channels=stem_channels,
+        scales=scales,
+        groups_per_scale=groups,
+        latent_channels=latent_channels,
+        se_reduction=se_reduction,
+        betas=parse_numbers(beta, "--beta"),
+        warmup_steps=warmup_steps,
+        kl_balance=kl_balance,
+        dice_weight=dice_weight,
+        sr_weight=sr_weight,
+        fold=fold,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        lr_min=lr_min,
+        lr_warmup_steps=lr_warmup_steps,
+        weight_decay=weight_decay,
+        augment=augment,
+        seed=seed,
+        device=device,
+        amp=amp,
+        workers=workers,
+        tensorboard=tensorboard,
+        grad_clip=grad_clip,
+    )
     main = env_rank() == 0
     quiet = quiet or not main
 
@@ -75,11 +127,15 @@ def train_nvae(
         dice = " ".join(f"{k[9:].upper()} {rec[k]:.3f}" for k in ("val_dice_rv", "val_dice_myo", "val_dice_lv"))
         kl = " ".join(f"{rec[k]:.1f}" for k in sorted(rec) if k.startswith("val_kl_scale"))
         best = " (best)" if rec.get("best") else ""
-        log(f"epoch {rec['epoch']}/{epochs}  recon {rec['val_recon']:.1f}  KL/scale {kl}  Dice {dice}  "
-            f"valid {100 * rec['val_valid_fraction']:.1f}%{best}  {rec['time_s']:.1f} s", quiet)
+        log(
+            f"epoch {rec['epoch']}/{epochs}  recon {rec['val_recon']:.1f}  KL/scale {kl}  Dice {dice}  "
+            f"valid {100 * rec['val_valid_fraction']:.1f}%{best}  {rec['time_s']:.1f} s",
+            quiet,
+        )
 
     with progress("train-nvae", epochs, quiet) as advance:
         hooks = Hooks(on_epoch=lambda rec: (on_epoch(rec), advance()))
-        result = run(train_fn, data, output, config, resume=resume, force=force, hooks=hooks,
-                     provenance=make_provenance([data]))
+        result = run(
+            train_fn, data, output, config, resume=resume, force=force, hooks=hooks, provenance=make_provenance([data])
+        )
     finish_training(result, output, main, quiet)

@@ -68,7 +68,7 @@ def select_rows(index: pd.DataFrame, fold: int | None, source: str = "input") ->
 def patient_folds(index: pd.DataFrame) -> dict[str, int]:
     """patient → fold id (-1 for test patients), as stored in checkpoints."""
     first = index.drop_duplicates("patient")
-    return {str(p): int(f) for p, f in zip(first["patient"], first["fold"])}
+    return {str(p): int(f) for p, f in zip(first["patient"], first["fold"], strict=False)}
 
 
 class SliceDataset(torch.utils.data.Dataset):

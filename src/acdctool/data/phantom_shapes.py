@@ -26,16 +26,56 @@ from scipy import ndimage
 # R (1 - cos a) deep, which must stay well under the 30 mm RV concavity limit of the anatomical
 # criteria (measured: <= 25 mm) -- a wider wrap is what real RVs do not do.
 GROUP_RANGES: dict[str, dict[str, tuple[float, float]]] = {
-    "NOR": dict(r_lv=(24, 28), length=(80, 95), wall=(7, 10), ef=(0.56, 0.66), rv_h=(25, 32),
-                rv_span=(1.0, 1.2), rv_ef=(0.45, 0.6), shorten=(0.06, 0.10)),
-    "MINF": dict(r_lv=(26, 31), length=(85, 100), wall=(6.5, 9), ef=(0.34, 0.48), rv_h=(25, 32),
-                 rv_span=(1.0, 1.2), rv_ef=(0.35, 0.5), shorten=(0.04, 0.07)),
-    "DCM": dict(r_lv=(32, 38), length=(95, 112), wall=(5.5, 7.5), ef=(0.12, 0.26), rv_h=(27, 35),
-                rv_span=(0.95, 1.1), rv_ef=(0.25, 0.4), shorten=(0.02, 0.04)),
-    "HCM": dict(r_lv=(19, 23), length=(70, 84), wall=(13, 19), ef=(0.70, 0.80), rv_h=(21, 28),
-                rv_span=(1.0, 1.2), rv_ef=(0.5, 0.65), shorten=(0.06, 0.10)),
-    "RV": dict(r_lv=(22, 26), length=(78, 92), wall=(7, 9.5), ef=(0.52, 0.64), rv_h=(40, 50),
-               rv_span=(1.15, 1.35), rv_ef=(0.2, 0.35), shorten=(0.05, 0.08)),
+    "NOR": dict(
+        r_lv=(24, 28),
+        length=(80, 95),
+        wall=(7, 10),
+        ef=(0.56, 0.66),
+        rv_h=(25, 32),
+        rv_span=(1.0, 1.2),
+        rv_ef=(0.45, 0.6),
+        shorten=(0.06, 0.10),
+    ),
+    "MINF": dict(
+        r_lv=(26, 31),
+        length=(85, 100),
+        wall=(6.5, 9),
+        ef=(0.34, 0.48),
+        rv_h=(25, 32),
+        rv_span=(1.0, 1.2),
+        rv_ef=(0.35, 0.5),
+        shorten=(0.04, 0.07),
+    ),
+    "DCM": dict(
+        r_lv=(32, 38),
+        length=(95, 112),
+        wall=(5.5, 7.5),
+        ef=(0.12, 0.26),
+        rv_h=(27, 35),
+        rv_span=(0.95, 1.1),
+        rv_ef=(0.25, 0.4),
+        shorten=(0.02, 0.04),
+    ),
+    "HCM": dict(
+        r_lv=(19, 23),
+        length=(70, 84),
+        wall=(13, 19),
+        ef=(0.70, 0.80),
+        rv_h=(21, 28),
+        rv_span=(1.0, 1.2),
+        rv_ef=(0.5, 0.65),
+        shorten=(0.06, 0.10),
+    ),
+    "RV": dict(
+        r_lv=(22, 26),
+        length=(78, 92),
+        wall=(7, 9.5),
+        ef=(0.52, 0.64),
+        rv_h=(40, 50),
+        rv_span=(1.15, 1.35),
+        rv_ef=(0.2, 0.35),
+        shorten=(0.05, 0.08),
+    ),
 }
 
 OPEN_BASE_FRACTION = 0.1
@@ -63,8 +103,7 @@ def _rbf_basis(n: int, cells: int) -> np.ndarray:
     return np.exp(-0.5 * ((np.arange(n)[:, None] - knots[None, :]) / step) ** 2).astype(np.float32)
 
 
-def smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int],
-                 cells: tuple[int, int, int]) -> np.ndarray:
+def smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], cells: tuple[int, int, int]) -> np.ndarray:
     """Smooth random field of unit standard deviation, shape ``shape``: a coarse normal grid
     with ``cells`` knots per axis (fewer cells = larger blobs) spread by Gaussian kernels.
 
@@ -72,14 +111,13 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int],
     """
     cells = tuple(max(3, int(c)) for c in cells)  # type: ignore[assignment]
     coarse = rng.standard_normal(cells, dtype=np.float32)
-    bx, by, bz = (_rbf_basis(n, c) for n, c in zip(shape, cells))
+    bx, by, bz = (_rbf_basis(n, c) for n, c in zip(shape, cells, strict=False))
     field = (bx @ coarse.reshape(cells[0], -1)).reshape(shape[0], cells[1], cells[2])
     field = np.matmul(by, field) @ bz.T  # (X, gy, gz) -> (X, Y, gz) -> (X, Y, Z)
     return (field - field.mean()) / max(float(field.std()), 1e-6)
 
 
-def _perturbation(rng: np.random.Generator, phi: np.ndarray, nz: int,
-                  amps: dict[int, float]) -> np.ndarray:
+def _perturbation(rng: np.random.Generator, phi: np.ndarray, nz: int, amps: dict[int, float]) -> np.ndarray:
     """Smooth radial perturbation sum_k a_k cos(k phi - psi_k) (relative, shape of ``phi``).
 
     Amplitudes and phases drift slowly from slice to slice so neighbouring slices look alike but
@@ -94,8 +132,7 @@ def _perturbation(rng: np.random.Generator, phi: np.ndarray, nz: int,
     return out
 
 
-def _ellipse(x: np.ndarray, y: np.ndarray, cx: Any, cy: Any, a: Any, b: Any, rot: float,
-             px_mm: float) -> np.ndarray:
+def _ellipse(x: np.ndarray, y: np.ndarray, cx: Any, cy: Any, a: Any, b: Any, rot: float, px_mm: float) -> np.ndarray:
     """Soft occupancy of an ellipse (centre, semi-axes in mm; may vary per slice as (Z,))."""
     dx, dy = x - cx, y - cy
     cr, sr = np.cos(rot), np.sin(rot)
@@ -110,9 +147,19 @@ def _paint(img: np.ndarray, occ: np.ndarray, value: Any) -> None:
     img += occ * (value - img)
 
 
-def _paint_ellipse(img: np.ndarray, x: np.ndarray, y: np.ndarray, cx: float, cy: float, a: Any,
-                   b: Any, rot: float, px_mm: float, value: Any,
-                   weight: np.ndarray | None = None) -> None:
+def _paint_ellipse(
+    img: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    cx: float,
+    cy: float,
+    a: Any,
+    b: Any,
+    rot: float,
+    px_mm: float,
+    value: Any,
+    weight: np.ndarray | None = None,
+) -> None:
     """Paint a soft ellipse (see :func:`_ellipse`) into ``img`` (X, Y, Z), optionally weighted
     by ``weight`` (X, Y, 1); only its bounding box is computed, which keeps organs cheap."""
     reach = float(np.max(np.maximum(a, b))) + 2 * px_mm
@@ -191,9 +238,14 @@ class HeartModel:
         atrium_len = 0.35 * length
         atrium = 0.8 * p["r_lv"] * np.sqrt(np.clip(1 - (z_ed / atrium_len) ** 2, 0, 1)) * (z_ed < 0)
         return dict(
-            te=te, f_r=float(f_r), endo_ed=endo_ed, wall_ed=epi_ed - endo_ed,
-            wall_c=epi_c - endo_c, rv_h=p["rv_h"] * rv_prof * (1 - c * (1 - g_rv)),
-            rv_span=p["rv_span"] * (0.55 + 0.45 * rv_prof), atrium=atrium,
+            te=te,
+            f_r=float(f_r),
+            endo_ed=endo_ed,
+            wall_ed=epi_ed - endo_ed,
+            wall_c=epi_c - endo_c,
+            rv_h=p["rv_h"] * rv_prof * (1 - c * (1 - g_rv)),
+            rv_span=p["rv_span"] * (0.55 + 0.45 * rv_prof),
+            atrium=atrium,
         )
 
     def render(self, c: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -351,24 +403,38 @@ def build_model(rng: np.random.Generator, group: str) -> HeartModel:
     open_ang = float(rng.choice([-1.0, 1.0])) * _u(rng, 1.0, 2.0)
     open_sector = np.abs(_wrap(phi - open_ang)) < _u(rng, 0.3, 0.6)
     p["open"] = float(rng.random() < OPEN_BASE_FRACTION)
-    p.update(pap1=np.pi + _u(rng, 0.5, 0.9), pap2=np.pi - _u(rng, 0.5, 0.9),
-             pap_r=_u(rng, 2.0, 3.5))
-    p.update(myo=_u(rng, 0.28, 0.4), fat=_u(rng, 0.8, 1.1), fat_w=_u(rng, 1.0, 5.0),
-             rv_blood=_u(rng, 0.9, 1.0), blur=_u(rng, 0.3, 0.7), noise=_u(rng, 0.02, 0.05),
-             scale=_u(rng, 250, 700))
+    p.update(pap1=np.pi + _u(rng, 0.5, 0.9), pap2=np.pi - _u(rng, 0.5, 0.9), pap_r=_u(rng, 2.0, 3.5))
+    p.update(
+        myo=_u(rng, 0.28, 0.4),
+        fat=_u(rng, 0.8, 1.1),
+        fat_w=_u(rng, 1.0, 5.0),
+        rv_blood=_u(rng, 0.9, 1.0),
+        blur=_u(rng, 0.3, 0.7),
+        noise=_u(rng, 0.02, 0.05),
+        scale=_u(rng, 250, 700),
+    )
 
     shape = (nx, ny, nz)
     cells_fine = (int(r.shape[0] * sp / 6), int(r.shape[1] * sp / 6), nz)
     tex = smooth_noise(rng, r.shape, cells_fine)
     background = _background(rng, x, y, z, centre, p, (fov_x, fov_y), sp, shape)
     bias = np.exp(_u(rng, 0.1, 0.3) * smooth_noise(rng, shape, (4, 4, 4))).astype(np.float32)
-    return HeartModel((sp, sp, float(dz)), shape, p, z, box, r, phi, dx, dy, pert, bump,
-                      open_sector, tex, background, bias)
+    return HeartModel(
+        (sp, sp, float(dz)), shape, p, z, box, r, phi, dx, dy, pert, bump, open_sector, tex, background, bias
+    )
 
 
-def _background(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, z: np.ndarray,
-                centre: np.ndarray, p: dict[str, float], fov: tuple[float, float], sp: float,
-                shape: tuple[int, int, int]) -> np.ndarray:
+def _background(
+    rng: np.random.Generator,
+    x: np.ndarray,
+    y: np.ndarray,
+    z: np.ndarray,
+    centre: np.ndarray,
+    p: dict[str, float],
+    fov: tuple[float, float],
+    sp: float,
+    shape: tuple[int, int, int],
+) -> np.ndarray:
     """Static surroundings (X, Y, Z): air, body with a bright fat rim and textured soft tissue,
     dark lungs beside the heart, liver towards the apex, a bright aorta and random blobs."""
     nz = shape[2]
@@ -379,37 +445,47 @@ def _background(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, z: np.nd
     _paint_ellipse(img, x, y, bx, by, ax, ay, 0.0, sp, p["fat"])
     rim = _u(rng, 4, 14)
     body = _ellipse(x, y, bx, by, ax - rim, ay - rim, 0.0, sp)
-    tissue = _u(rng, 0.2, 0.4) * (1 + 0.25 * smooth_noise(rng, shape, (int(fov[0] / 25),
-                                                                        int(fov[1] / 25), 4)))
+    tissue = _u(rng, 0.2, 0.4) * (1 + 0.25 * smooth_noise(rng, shape, (int(fov[0] / 25), int(fov[1] / 25), 4)))
     tissue = tissue * (1 + 0.1 * smooth_noise(rng, shape, (int(fov[0] / 8), int(fov[1] / 8), nz)))
     _paint(img, body, np.clip(tissue, 0.05, None))
 
     c0 = [float(v) for v in centre.mean(axis=0)]
     heart_r = p["r_lv"] + p["wall"]
 
-    def organ(angle: float, dist: float, a: float, b: float, scale_z: np.ndarray,
-              value: Any) -> None:
+    def organ(angle: float, dist: float, a: float, b: float, scale_z: np.ndarray, value: Any) -> None:
         cx, cy = c0[0] + dist * np.cos(angle), c0[1] + dist * np.sin(angle)
-        _paint_ellipse(img, x, y, cx, cy, a * scale_z, b * scale_z, _u(rng, 0, np.pi), sp, value,
-                       body)
+        _paint_ellipse(img, x, y, cx, cy, a * scale_z, b * scale_z, _u(rng, 0, np.pi), sp, value, body)
 
     th = p["theta_rv"]
     lung = _u(rng, 0.03, 0.1)
     a1 = _u(rng, 35, 65)
-    organ(th + np.pi + _u(rng, -0.6, 0.6), heart_r + _u(rng, 10, 25) + a1, a1, _u(rng, 25, 45),
-          1.15 - 0.5 * zf, lung)
+    organ(th + np.pi + _u(rng, -0.6, 0.6), heart_r + _u(rng, 10, 25) + a1, a1, _u(rng, 25, 45), 1.15 - 0.5 * zf, lung)
     a2 = _u(rng, 20, 40)
-    organ(th + _u(rng, -0.4, 0.4), heart_r + p["rv_h"] + _u(rng, 15, 35) + a2, a2, _u(rng, 15, 30),
-          1.1 - 0.5 * zf, lung)
-    organ(th + np.pi / 2 + _u(rng, -0.5, 0.5), _u(rng, 70, 110), _u(rng, 50, 80), _u(rng, 35, 55),
-          0.3 + 0.9 * zf, _u(rng, 0.3, 0.45))
+    organ(
+        th + _u(rng, -0.4, 0.4), heart_r + p["rv_h"] + _u(rng, 15, 35) + a2, a2, _u(rng, 15, 30), 1.1 - 0.5 * zf, lung
+    )
+    organ(
+        th + np.pi / 2 + _u(rng, -0.5, 0.5),
+        _u(rng, 70, 110),
+        _u(rng, 50, 80),
+        _u(rng, 35, 55),
+        0.3 + 0.9 * zf,
+        _u(rng, 0.3, 0.45),
+    )
     ao = _u(rng, 9, 14)
-    organ(th + np.pi + _u(rng, -1.2, 1.2), heart_r + _u(rng, 12, 25) + ao, ao,
-          ao * _u(rng, 0.9, 1.1), np.ones(nz, np.float32), _u(rng, 0.8, 1.0))
+    organ(
+        th + np.pi + _u(rng, -1.2, 1.2),
+        heart_r + _u(rng, 12, 25) + ao,
+        ao,
+        ao * _u(rng, 0.9, 1.1),
+        np.ones(nz, np.float32),
+        _u(rng, 0.8, 1.0),
+    )
     for _ in range(int(rng.integers(3, 8))):
         zc, zl = _u(rng, -0.3, 1.3), _u(rng, 0.3, 1.0)
         sz = np.sqrt(np.clip(1 - ((zf - zc) / zl) ** 2, 0, 1))
         cx, cy = _u(rng, -0.4, 0.4) * fov[0], _u(rng, -0.4, 0.4) * fov[1]
-        _paint_ellipse(img, x, y, cx, cy, _u(rng, 5, 20) * sz, _u(rng, 5, 20) * sz,
-                       _u(rng, 0, np.pi), sp, _u(rng, 0.1, 0.9), body)
+        _paint_ellipse(
+            img, x, y, cx, cy, _u(rng, 5, 20) * sz, _u(rng, 5, 20) * sz, _u(rng, 0, np.pi), sp, _u(rng, 0.1, 0.9), body
+        )
     return img

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,9 +100,13 @@ def prep_acdc(
     if has_gt:
         arrays["gt"] = ("uint8", ())
     with SliceWriter(
-        out, kind="prep", config=config_to_dict(config),
+        out,
+        kind="prep",
+        config=config_to_dict(config),
         provenance=provenance or make_provenance([root]),
-        shape=(config.size, config.size), arrays=arrays, force=force,
+        shape=(config.size, config.size),
+        arrays=arrays,
+        force=force,
     ) as writer:
         work = lambda p: _patient_rows(p, infos[p.name], splits[p.name], config, has_gt)  # noqa: E731
         for p, outcome in ordered_map(work, usable, workers=config.workers):
@@ -154,11 +158,9 @@ def _capture(fn, item):
 
 
 def _ground_truth_present(patients: list[PatientRef], infos: dict[str, PatientInfo]) -> bool:
-    present = [
-        all(frame_paths(p, f)[1].exists() for f in (infos[p.name].ed, infos[p.name].es)) for p in patients
-    ]
+    present = [all(frame_paths(p, f)[1].exists() for f in (infos[p.name].ed, infos[p.name].es)) for p in patients]
     if any(present) and not all(present):
-        lacking = [p.name for p, ok in zip(patients, present) if not ok]
+        lacking = [p.name for p, ok in zip(patients, present, strict=False) if not ok]
         raise BadInputError(
             f"ground truth missing for {', '.join(lacking[:5])}{' ...' if len(lacking) > 5 else ''} "
             "while other patients have it; prep them separately (e.g. training/ and testing/)"
@@ -172,7 +174,9 @@ def _patient_rows(
     frames = {phase: load_frame(patient, f, with_mask=has_gt) for phase, f in (("ED", info.ed), ("ES", info.es))}
     ed, es = frames["ED"], frames["ES"]
     if ed.image.shape[:2] != es.image.shape[:2]:
-        raise BadInputError(f"{es.image_path}: in-plane shape {es.image.shape[:2]} differs from ED {ed.image.shape[:2]}")
+        raise BadInputError(
+            f"{es.image_path}: in-plane shape {es.image.shape[:2]} differs from ED {ed.image.shape[:2]}"
+        )
     box = roi_box(frames, config, patient)
     rows, images, masks = [], [], []
     for phase, frame in frames.items():
@@ -180,14 +184,27 @@ def _patient_rows(
         n = img.shape[0]
         scale = box.size / config.size
         for z in range(n):
-            rows.append({
-                "patient": patient.name, "group": info.group, "phase": phase,
-                "frame": info.ed if phase == "ED" else info.es, "slice": z, "n_slices": n,
-                "spacing_row": frame.spacing[0] * scale, "spacing_col": frame.spacing[1] * scale,
-                "thickness": frame.spacing[2], "crop_r0": box.r0, "crop_c0": box.c0,
-                "crop_size": box.size, "orig_rows": frame.image.shape[0], "orig_cols": frame.image.shape[1],
-                "split": split_fold[0], "fold": split_fold[1], "model": "",
-            })
+            rows.append(
+                {
+                    "patient": patient.name,
+                    "group": info.group,
+                    "phase": phase,
+                    "frame": info.ed if phase == "ED" else info.es,
+                    "slice": z,
+                    "n_slices": n,
+                    "spacing_row": frame.spacing[0] * scale,
+                    "spacing_col": frame.spacing[1] * scale,
+                    "thickness": frame.spacing[2],
+                    "crop_r0": box.r0,
+                    "crop_c0": box.c0,
+                    "crop_size": box.size,
+                    "orig_rows": frame.image.shape[0],
+                    "orig_cols": frame.image.shape[1],
+                    "split": split_fold[0],
+                    "fold": split_fold[1],
+                    "model": "",
+                }
+            )
         images.append(img)
         masks.append(mask)
     return rows, np.concatenate(images), (np.concatenate(masks) if has_gt else None)
@@ -212,7 +229,9 @@ def roi_box(frames: dict[str, Frame], config: PrepConfig, patient: PatientRef) -
         assert frame.mask is not None
         heart |= frame.mask.any(axis=2)
     if not heart.any():
-        raise BadInputError(f"{patient.path}: ground truth is empty in every frame; cannot place --roi gt (try --roi center)")
+        raise BadInputError(
+            f"{patient.path}: ground truth is empty in every frame; cannot place --roi gt (try --roi center)"
+        )
     r_idx, c_idx = np.nonzero(heart.any(axis=1))[0], np.nonzero(heart.any(axis=0))[0]
     r_lo, r_hi, c_lo, c_hi = r_idx[0], r_idx[-1] + 1, c_idx[0], c_idx[-1] + 1
     side = max(MIN_CROP_PX, int(math.ceil(max(r_hi - r_lo, c_hi - c_lo) * (1 + 2 * config.margin))))
@@ -228,7 +247,7 @@ def crop(volume: np.ndarray, box: CropBox, fill: float) -> np.ndarray:
     r_lo, r_hi = max(box.r0, 0), min(box.r0 + box.size, rows)
     c_lo, c_hi = max(box.c0, 0), min(box.c0 + box.size, cols)
     if r_lo < r_hi and c_lo < c_hi:
-        out[r_lo - box.r0:r_hi - box.r0, c_lo - box.c0:c_hi - box.c0] = volume[r_lo:r_hi, c_lo:c_hi]
+        out[r_lo - box.r0 : r_hi - box.r0, c_lo - box.c0 : c_hi - box.c0] = volume[r_lo:r_hi, c_lo:c_hi]
     return out
 
 

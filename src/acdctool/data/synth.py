@@ -72,8 +72,7 @@ class Phantom:
         """
         missing = [f for f in range(1, self.n_frames + 1) if f not in self.images]
         if missing:
-            raise ValueError(
-                f"{self.name}: frames {missing} were not rendered (use all_frames=True)")
+            raise ValueError(f"{self.name}: frames {missing} were not rendered (use all_frames=True)")
         return np.stack([self.images[f] for f in range(1, self.n_frames + 1)], axis=-1)
 
 
@@ -91,8 +90,7 @@ def contraction(frame: int, es: int, n_frames: int) -> float:
     return float(0.5 * (1 + np.cos(np.pi * (frame - es) / (n_frames + 1 - es))))
 
 
-def make_patient(number: int, group: str, config: SynthConfig, *,
-                 all_frames: bool | None = None) -> Phantom:
+def make_patient(number: int, group: str, config: SynthConfig, *, all_frames: bool | None = None) -> Phantom:
     """Build one phantom in memory (nothing is written).
 
     Args:
@@ -125,8 +123,7 @@ def make_patient(number: int, group: str, config: SynthConfig, *,
         images[f] = np.clip(np.rint(img), 0, np.iinfo(np.int16).max).astype(np.int16)
         if f in (1, es):
             masks[f] = labels
-    info = {"ED": 1, "ES": es, "Group": group, "Height": height, "NbFrame": n_frames,
-            "Weight": weight}
+    info = {"ED": 1, "ES": es, "Group": group, "Height": height, "NbFrame": n_frames, "Weight": weight}
     return Phantom(number, group, 1, es, n_frames, model.spacing, images, masks, info)
 
 
@@ -168,8 +165,9 @@ def write_patient(phantom: Phantom, folder: Path, *, write_4d: bool = False) -> 
         save_acdc_nifti(phantom.image, phantom.spacing, folder / f"{name}_4d.nii.gz")
 
 
-def write_phantoms(config: SynthConfig, out_dir: Path, *, force: bool = False,
-                   on_patient: Callable[[str], None] | None = None) -> list[Path]:
+def write_phantoms(
+    config: SynthConfig, out_dir: Path, *, force: bool = False, on_patient: Callable[[str], None] | None = None
+) -> list[Path]:
     """Write config.patients patients under out_dir/training/ and config.test_patients under
     out_dir/testing/ (numbers continue after the training ones).
 

@@ -161,7 +161,9 @@ def load_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...], object]:
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as exc:
-        raise BadInputError(f"{path}: unreadable NIfTI ({type(exc).__name__}: {exc}; truncated or not .nii.gz?)") from None
+        raise BadInputError(
+            f"{path}: unreadable NIfTI ({type(exc).__name__}: {exc}; truncated or not .nii.gz?)"
+        ) from None
     zooms = tuple(float(z) for z in img.header.get_zooms())
     return data, zooms, img.header
 

@@ -155,8 +155,9 @@ def load_checkpoint(path: Path | str, kinds: Iterable[str] | None = None, map_lo
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "global" in str(exc).lower():
-            raise FileKindError(f"{path}: not an acdctool checkpoint (it stores Python objects that "
-                                f"weights_only loading refuses)") from None
+            raise FileKindError(
+                f"{path}: not an acdctool checkpoint (it stores Python objects that weights_only loading refuses)"
+            ) from None
         raise BadInputError(f"{path}: truncated or corrupt checkpoint (copy it again or use another)") from None
     except Exception:  # torch raises RuntimeError/EOFError/ValueError/... depending on the damage
         raise BadInputError(f"{path}: truncated or corrupt checkpoint (copy it again or use another)") from None
@@ -166,8 +167,10 @@ def load_checkpoint(path: Path | str, kinds: Iterable[str] | None = None, map_lo
     version = obj.get("schema_version")
     if version != SCHEMA_VERSION:
         made_by = (obj.get("versions") or {}).get("acdctool", "?")
-        raise SchemaVersionError(f"{path}: checkpoint schema version {version} (acdctool {made_by}); this "
-                                 f"acdctool {__version__} reads version {SCHEMA_VERSION}")
+        raise SchemaVersionError(
+            f"{path}: checkpoint schema version {version} (acdctool {made_by}); this "
+            f"acdctool {__version__} reads version {SCHEMA_VERSION}"
+        )
     missing = [k for k in _REQUIRED if k not in obj]
     if missing:
         raise BadInputError(f"{path}: checkpoint lacks {', '.join(missing)}")
@@ -175,9 +178,17 @@ def load_checkpoint(path: Path | str, kinds: Iterable[str] | None = None, map_lo
         raise FileKindError(f"{path}: a '{obj['kind']}' checkpoint, expected {' or '.join(repr(k) for k in kinds)}")
     model = obj["model"]
     return Checkpoint(
-        path=path, kind=obj["kind"], model_name=str(model["name"]), model_args=dict(model["args"]),
-        state_dict=obj["state_dict"], config=obj["config"], data=obj["data"], metrics=obj.get("metrics") or {},
-        train=obj.get("train"), versions=obj.get("versions") or {}, provenance=obj.get("provenance") or {},
+        path=path,
+        kind=obj["kind"],
+        model_name=str(model["name"]),
+        model_args=dict(model["args"]),
+        state_dict=obj["state_dict"],
+        config=obj["config"],
+        data=obj["data"],
+        metrics=obj.get("metrics") or {},
+        train=obj.get("train"),
+        versions=obj.get("versions") or {},
+        provenance=obj.get("provenance") or {},
     )
 
 

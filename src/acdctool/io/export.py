@@ -46,12 +46,17 @@ def uncrop(labels: np.ndarray, r0: int, c0: int, crop: int, shape: tuple[int, in
     r_lo, r_hi = max(r0, 0), min(r0 + crop, shape[0])
     c_lo, c_hi = max(c0, 0), min(c0 + crop, shape[1])
     if r_lo < r_hi and c_lo < c_hi:
-        out[r_lo:r_hi, c_lo:c_hi] = big[:, r_lo - r0:r_hi - r0, c_lo - c0:c_hi - c0].transpose(1, 2, 0)
+        out[r_lo:r_hi, c_lo:c_hi] = big[:, r_lo - r0 : r_hi - r0, c_lo - c0 : c_hi - c0].transpose(1, 2, 0)
     return out
 
 
 def export_nifti(
-    path: Path, like: Path, out_dir: Path, *, array: str | None = None, force: bool = False,
+    path: Path,
+    like: Path,
+    out_dir: Path,
+    *,
+    array: str | None = None,
+    force: bool = False,
     on_volume: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Write every volume of ``path`` as ``patientNNN_frameYY_<name>.nii.gz`` in ``out_dir``.
@@ -82,8 +87,9 @@ def export_nifti(
             rows = rows[np.argsort(index["slice"].to_numpy()[rows])]
             first = index.iloc[rows[0]]
             if len(rows) != int(first.n_slices):
-                raise BadInputError(f"{path}: {patient} {phase} has {len(rows)} of {first.n_slices} slices; "
-                                    "cannot rebuild the volume")
+                raise BadInputError(
+                    f"{path}: {patient} {phase} has {len(rows)} of {first.n_slices} slices; cannot rebuild the volume"
+                )
             if patient not in patients:
                 raise InputMissingError(f"{like}: no folder for {patient}")
             image_path, _ = frame_paths(patients[patient], int(first.frame))

@@ -119,8 +119,12 @@ class SliceWriter:
         for name, (dtype, extra) in self._specs.items():
             full = (*extra, *self._shape)
             self._h5.create_dataset(
-                name, shape=(0, *full), maxshape=(None, *full), dtype=dtype,
-                chunks=(1, *full), **_COMPRESSION,
+                name,
+                shape=(0, *full),
+                maxshape=(None, *full),
+                dtype=dtype,
+                chunks=(1, *full),
+                **_COMPRESSION,
             )
         return self
 
@@ -136,7 +140,7 @@ class SliceWriter:
             if values.shape != (n, *ds.shape[1:]):
                 raise ValueError(f"{name}: shape {values.shape}, expected {(n, *ds.shape[1:])}")
             ds.resize(self._n + n, axis=0)
-            ds[self._n:] = values
+            ds[self._n :] = values
         for rec in records:
             for col in self._columns:
                 self._rows[col].append(rec[col])
@@ -344,8 +348,7 @@ class SliceFile:
                 "max": float(max(idx.spacing_row.max(), idx.spacing_col.max())) if len(idx) else None,
             },
             "arrays": {
-                name: {"shape": list(self._h5[name].shape), "dtype": str(self._h5[name].dtype)}
-                for name in self.arrays
+                name: {"shape": list(self._h5[name].shape), "dtype": str(self._h5[name].dtype)} for name in self.arrays
             },
             "config": self.config,
             "provenance": self.provenance,

@@ -472,7 +472,7 @@ def evaluate_slice(mask: np.ndarray, spacing: Sequence[float]) -> dict[str, floa
     Raises:
         BadInputError: not 2D, non-integer, labels outside 0..3, or bad spacing.
     """
-    return dict(zip(CRITERIA_NAMES, _evaluate(_Slice(mask, spacing))))
+    return dict(zip(CRITERIA_NAMES, _evaluate(_Slice(mask, spacing)), strict=False))
 
 
 def failed_criteria(values: Mapping[str, float]) -> list[str]:

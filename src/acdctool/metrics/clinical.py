@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import numpy as np
 
 from acdctool.errors import BadInputError
@@ -154,9 +155,7 @@ def clinical_indices(
     }
 
 
-def agreement(
-    pred: Sequence[float] | np.ndarray, ref: Sequence[float] | np.ndarray, ddof: int = 1
-) -> dict[str, float]:
+def agreement(pred: Sequence[float] | np.ndarray, ref: Sequence[float] | np.ndarray, ddof: int = 1) -> dict[str, float]:
     """Correlation, bias, std of differences and MAE between predicted and reference indices.
 
     Pairs with a NaN (or inf) on either side are dropped first, e.g. an EF with EDV 0.

@@ -181,12 +181,10 @@ def dice(pred: np.ndarray, gt: np.ndarray, labels: Sequence[int] = LABELS) -> di
     conf = conf.reshape(_N_CLASSES, _N_CLASSES)  # rows: pred label, columns: gt label
     idx = np.asarray(labels, dtype=np.intp)
     values, codes = _dice_from_counts(conf[idx, idx], conf.sum(1)[idx], conf.sum(0)[idx])
-    return {int(k): Score(float(v), CONVENTION_CODES[c]) for k, v, c in zip(idx, values, codes)}
+    return {int(k): Score(float(v), CONVENTION_CODES[c]) for k, v, c in zip(idx, values, codes, strict=False)}
 
 
-def dice_batch(
-    pred: np.ndarray, gt: np.ndarray, labels: Sequence[int] = LABELS
-) -> tuple[np.ndarray, np.ndarray]:
+def dice_batch(pred: np.ndarray, gt: np.ndarray, labels: Sequence[int] = LABELS) -> tuple[np.ndarray, np.ndarray]:
     """Vectorised Dice over a stack of slices (or volumes) ``(N, ...)``.
 
     One ``bincount`` of ``n*16 + pred*4 + gt`` gives a 4×4 confusion matrix per item, so the
@@ -285,9 +283,7 @@ def _binary_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return pred, gt
 
 
-def surface_distances(
-    pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]
-) -> tuple[np.ndarray, np.ndarray]:
+def surface_distances(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Directed surface distances (mm) between two non-empty binary masks.
 
     The surface of a mask is its voxels with a face-neighbour outside it (6-connectivity in
@@ -368,8 +364,10 @@ def hausdorff_per_class(
     pred, gt = _check_pair(pred, gt, (2, 3))
     sampling = check_spacing(spacing, pred.ndim)
     hd, hd95, codes = _hausdorff_items(pred[None], gt[None], np.asarray([sampling]), labels)
-    return {int(k): SurfaceScore(float(hd[0, j]), float(hd95[0, j]), CONVENTION_CODES[codes[0, j]])
-            for j, k in enumerate(labels)}
+    return {
+        int(k): SurfaceScore(float(hd[0, j]), float(hd95[0, j]), CONVENTION_CODES[codes[0, j]])
+        for j, k in enumerate(labels)
+    }
 
 
 def hausdorff_batch(

@@ -174,9 +174,7 @@ class NVAE(nn.Module):
         self.enc_down = nn.ModuleList()
         for s, n in enumerate(groups_bottom_up):
             for _ in range(n):
-                self.enc_groups.append(
-                    nn.Sequential(*[EncoderCell(c, se, mom) for _ in range(enc_cells)])
-                )
+                self.enc_groups.append(nn.Sequential(*[EncoderCell(c, se, mom) for _ in range(enc_cells)]))
             if s < scales - 1:
                 self.enc_down.append(DownCell(c, se, mom))
                 c *= 2
@@ -205,9 +203,7 @@ class NVAE(nn.Module):
                     self.prior_net.append(nn.Identity())
                     self.enc_combiner.append(nn.Identity())
                 else:
-                    self.dec_groups.append(
-                        nn.Sequential(*[DecoderCell(c, exp, se, mom) for _ in range(dec_cells)])
-                    )
+                    self.dec_groups.append(nn.Sequential(*[DecoderCell(c, exp, se, mom) for _ in range(dec_cells)]))
                     self.prior_net.append(_sampler(c, 2 * zc))
                     self.enc_combiner.append(nn.Conv2d(c, c, 1))
                 self.post_net.append(_sampler(c, 2 * zc))
@@ -300,8 +296,7 @@ class NVAE(nn.Module):
         expected = (a["in_channels"], a["image_size"], a["image_size"])
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise BadInputError(
-                f"NVAE expects input (B, {expected[0]}, {expected[1]}, {expected[2]}), "
-                f"got {tuple(x.shape)}"
+                f"NVAE expects input (B, {expected[0]}, {expected[1]}, {expected[2]}), got {tuple(x.shape)}"
             )
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:

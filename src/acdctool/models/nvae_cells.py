@@ -137,9 +137,7 @@ class DownCell(nn.Module):
         return torch.add(self.skip(x), self.body(x), alpha=RESIDUAL_SCALE)
 
 
-def _inverted_residual(
-    cin: int, cout: int, expansion: int, bn_momentum: float
-) -> list[nn.Module]:
+def _inverted_residual(cin: int, cout: int, expansion: int, bn_momentum: float) -> list[nn.Module]:
     hidden = expansion * cin
     return [
         _bn(cin, bn_momentum),
@@ -167,9 +165,7 @@ class DecoderCell(nn.Module):
         ``(B, C, H, W) -> (B, C, H, W)``.
     """
 
-    def __init__(
-        self, channels: int, expansion: int = 6, se_reduction: int = 8, bn_momentum: float = 0.1
-    ) -> None:
+    def __init__(self, channels: int, expansion: int = 6, se_reduction: int = 8, bn_momentum: float = 0.1) -> None:
         super().__init__()
         self.body = nn.Sequential(
             *_inverted_residual(channels, channels, expansion, bn_momentum),
@@ -193,9 +189,7 @@ class UpCell(nn.Module):
         ``(B, C, H, W) -> (B, C/2, 2H, 2W)``.
     """
 
-    def __init__(
-        self, channels: int, expansion: int = 6, se_reduction: int = 8, bn_momentum: float = 0.1
-    ) -> None:
+    def __init__(self, channels: int, expansion: int = 6, se_reduction: int = 8, bn_momentum: float = 0.1) -> None:
         super().__init__()
         if channels % 2:
             raise ValueError(f"UpCell needs an even channel count, got {channels}")

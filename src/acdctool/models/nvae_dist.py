@@ -44,9 +44,7 @@ def soft_clamp(x: torch.Tensor, bound: float = CLAMP_BOUND) -> torch.Tensor:
     return bound * torch.tanh(x / bound)
 
 
-def randn_like(
-    ref: torch.Tensor, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def randn_like(ref: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Standard normal noise shaped like ``ref``, optionally drawn from a seeded generator.
 
     The generator may live on another device than ``ref`` (a CPU generator for a CUDA model):
@@ -55,9 +53,7 @@ def randn_like(
     """
     if generator is None:
         return torch.randn_like(ref)
-    noise = torch.randn(
-        ref.shape, generator=generator, device=generator.device, dtype=torch.float32
-    )
+    noise = torch.randn(ref.shape, generator=generator, device=generator.device, dtype=torch.float32)
     return noise.to(device=ref.device, dtype=ref.dtype)
 
 
@@ -79,9 +75,7 @@ def kl_normal(
     return 0.5 * (z * z + torch.exp(2.0 * log_ratio)) - 0.5 - log_ratio
 
 
-def kl_residual(
-    delta_mu: torch.Tensor, delta_log_sigma: torch.Tensor, log_sigma_p: torch.Tensor
-) -> torch.Tensor:
+def kl_residual(delta_mu: torch.Tensor, delta_log_sigma: torch.Tensor, log_sigma_p: torch.Tensor) -> torch.Tensor:
     """The NVAE closed form ``1/2 (d_mu²/sigma_p² + d_sigma² − log d_sigma² − 1)`` (float32).
 
     Equal to ``kl_normal(mu_p + d_mu, log_sigma_p + log d_sigma, mu_p, log_sigma_p)`` for any
@@ -139,9 +133,7 @@ class Normal:
     def sigma(self) -> torch.Tensor:
         return torch.exp(self.log_sigma)
 
-    def sample(
-        self, temperature: float = 1.0, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def sample(self, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
         """Reparameterised draw ``mu + temperature * sigma * eps`` (differentiable)."""
         eps = randn_like(self.mu, generator)
         if temperature != 1.0:
@@ -173,9 +165,7 @@ class ResidualNormal(Normal):
 
     __slots__ = ("prior", "delta_mu", "delta_log_sigma")
 
-    def __init__(
-        self, prior: Normal, delta_mu: torch.Tensor, delta_log_sigma: torch.Tensor
-    ) -> None:
+    def __init__(self, prior: Normal, delta_mu: torch.Tensor, delta_log_sigma: torch.Tensor) -> None:
         super().__init__(prior.mu + delta_mu, prior.log_sigma + delta_log_sigma)
         self.prior = prior
         self.delta_mu = delta_mu

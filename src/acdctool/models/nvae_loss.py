@@ -233,8 +233,8 @@ class SpectralNormPenalty(nn.Module):
         """Largest singular value estimate per conv module (floats, for inspection)."""
         est: dict[nn.Conv2d, float] = {}
         with torch.no_grad():
-            for group, sig in zip(self._groups, self.singular_values()):
-                est.update({c: float(s) for c, s in zip(group, sig)})
+            for group, sig in zip(self._groups, self.singular_values(), strict=False):
+                est.update({c: float(s) for c, s in zip(group, sig, strict=False)})
         return est
 
     def forward(self, iterations: int = 1) -> torch.Tensor:
@@ -256,8 +256,7 @@ def _recon(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         ce = -(target.float() * F.log_softmax(logits, dim=1)).sum(dim=1)
     else:
         raise BadInputError(
-            f"target must be labels (B, H, W) or one-hot (B, {logits.shape[1]}, H, W), "
-            f"got {tuple(target.shape)}"
+            f"target must be labels (B, H, W) or one-hot (B, {logits.shape[1]}, H, W), got {tuple(target.shape)}"
         )
     return ce.flatten(1).sum(dim=1)
 
@@ -315,9 +314,7 @@ class NVAELoss(nn.Module):
             torch.tensor([self.config.betas[t] for t in model.group_scales]),
             persistent=False,
         )
-        self.register_buffer(
-            "group_scale", torch.tensor(model.group_scales, dtype=torch.long), persistent=False
-        )
+        self.register_buffer("group_scale", torch.tensor(model.group_scales, dtype=torch.long), persistent=False)
         self.register_buffer(
             "group_size",
             torch.tensor([float(math.prod(s)) for s in model.latent_shapes]),

@@ -41,8 +41,17 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 _ALLOWED: dict[str, set[str]] = {
     "unet": {"channels", "strides", "num_res_units", "kernel_size", "up_kernel_size", "dropout", "norm", "act"},
     "attunet": {"channels", "strides", "kernel_size", "up_kernel_size", "dropout"},
-    "swinunetr": {"feature_size", "depths", "num_heads", "window_size", "drop_rate", "attn_drop_rate",
-                  "dropout_path_rate", "norm_name", "use_v2"},
+    "swinunetr": {
+        "feature_size",
+        "depths",
+        "num_heads",
+        "window_size",
+        "drop_rate",
+        "attn_drop_rate",
+        "dropout_path_rate",
+        "norm_name",
+        "use_v2",
+    },
 }
 _ALLOWED["resunet"] = _ALLOWED["unet"]
 
@@ -57,8 +66,9 @@ def default_args(arch: str, in_channels: int = 1, out_channels: int = 4) -> dict
     return {"spatial_dims": 2, "in_channels": in_channels, "out_channels": out_channels, **_DEFAULTS[arch]}
 
 
-def resolve_args(arch: str, overrides: Mapping[str, Any] | None = None, in_channels: int = 1,
-                 out_channels: int = 4) -> dict[str, Any]:
+def resolve_args(
+    arch: str, overrides: Mapping[str, Any] | None = None, in_channels: int = 1, out_channels: int = 4
+) -> dict[str, Any]:
     """Defaults of ``arch`` updated with ``overrides``, checked before anything is built.
 
     Giving U-Net ``channels`` without ``strides`` uses stride 2 between every level.
@@ -74,15 +84,18 @@ def resolve_args(arch: str, overrides: Mapping[str, Any] | None = None, in_chann
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - _ALLOWED[arch])
     if unknown:
-        raise ConfigError(f"--net-arg {', '.join(unknown)}: not an argument of {arch} "
-                          f"(allowed: {', '.join(sorted(_ALLOWED[arch]))})")
+        raise ConfigError(
+            f"--net-arg {', '.join(unknown)}: not an argument of {arch} (allowed: {', '.join(sorted(_ALLOWED[arch]))})"
+        )
     args.update({k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
     if arch != "swinunetr":
         if "channels" in overrides and "strides" not in overrides:
             args["strides"] = (2,) * (len(args["channels"]) - 1)
         if len(args["strides"]) != len(args["channels"]) - 1:
-            raise ConfigError(f"{arch}: needs len(strides) == len(channels) - 1, got "
-                              f"{len(args['strides'])} strides for {len(args['channels'])} channels")
+            raise ConfigError(
+                f"{arch}: needs len(strides) == len(channels) - 1, got "
+                f"{len(args['strides'])} strides for {len(args['channels'])} channels"
+            )
     else:
         if args["feature_size"] % 12:
             raise ConfigError(f"swinunetr: feature_size must be a multiple of 12, got {args['feature_size']}")
@@ -107,8 +120,10 @@ def check_input_size(arch: str, args: Mapping[str, Any], shape: tuple[int, int],
     """Raise :class:`BadInputError` when ``shape`` (H, W) does not fit the net."""
     div, low = size_divisor(arch, args), min_size(arch, args)
     if any(s % div or s < low for s in shape):
-        raise BadInputError(f"{source}: slices are {shape[0]}×{shape[1]} px; {arch} needs multiples of {div} "
-                            f"and at least {low} px (re-run prep with another --size)")
+        raise BadInputError(
+            f"{source}: slices are {shape[0]}×{shape[1]} px; {arch} needs multiples of {div} "
+            f"and at least {low} px (re-run prep with another --size)"
+        )
 
 
 def build_seg_model(arch: str, args: Mapping[str, Any]):

@@ -12,7 +12,9 @@ from acdctool import CLASS_NAMES as CLASSES
 ROW_KEY = ["patient", "phase", "slice", "model"]
 
 
-def compare(before: pd.DataFrame, after: pd.DataFrame, threshold: float, top_k: int) -> tuple[pd.DataFrame, dict[str, Any]]:
+def compare(
+    before: pd.DataFrame, after: pd.DataFrame, threshold: float, top_k: int
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per-row deltas and the counts the report asks for.
 
     Args:
@@ -60,7 +62,12 @@ def _top(deltas: pd.DataFrame, k: int, ascending: bool) -> list[dict[str, Any]]:
     sign = order.dice_mean_delta < 0 if ascending else order.dice_mean_delta > 0
     rows = order[sign]
     return [
-        {"row": int(i), **{c: (r[c].item() if hasattr(r[c], "item") else r[c]) for c in ROW_KEY},
-         "before": float(r.dice_mean_before), "after": float(r.dice_mean_after), "delta": float(r.dice_mean_delta)}
+        {
+            "row": int(i),
+            **{c: (r[c].item() if hasattr(r[c], "item") else r[c]) for c in ROW_KEY},
+            "before": float(r.dice_mean_before),
+            "after": float(r.dice_mean_after),
+            "delta": float(r.dice_mean_delta),
+        }
         for i, r in rows.iterrows()
     ]

@@ -11,9 +11,9 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pandas as pd
 
+from acdctool import CLASS_NAMES as CLASSES  # noqa: E402
 from acdctool.metrics import anatomy, clinical, overlap
 
-from acdctool import CLASS_NAMES as CLASSES  # noqa: E402
 KEY = ["patient", "group", "phase", "slice", "n_slices", "split", "fold", "model"]
 _CHUNK = 256
 
@@ -85,7 +85,7 @@ def _map(fn, jobs: list[tuple], workers: int) -> list:
     """``[fn(*job) for job in jobs]``, over ``workers`` processes when there is enough work."""
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(fn, *zip(*jobs)))
+            return list(pool.map(fn, *zip(*jobs, strict=False)))
     return [fn(*job) for job in jobs]
 
 
@@ -97,7 +97,7 @@ def volume_metrics(
     step = max(1, -(-len(groups) // (4 * workers)))
     jobs = []
     for start in range(0, len(groups), step):
-        part = groups[start:start + step]
+        part = groups[start : start + step]
         jobs.append(([(key, index.iloc[rows[0]].to_dict(), pred[rows], gt[rows]) for key, rows in part], hausdorff))
     records = [rec for chunk in _map(_volume_chunk, jobs, workers) for rec in chunk]
     return pd.DataFrame.from_records(records)
@@ -107,8 +107,15 @@ def _volume_chunk(volumes: list[tuple], hausdorff: bool) -> list[dict]:
     records = []
     for (patient, phase, model), first, p, g in volumes:
         dice, _ = overlap.dice_batch(p[None], g[None])
-        rec = {"patient": patient, "group": first["group"], "phase": phase, "model": model,
-               "split": first["split"], "fold": int(first["fold"]), "n_slices": len(p)}
+        rec = {
+            "patient": patient,
+            "group": first["group"],
+            "phase": phase,
+            "model": model,
+            "split": first["split"],
+            "fold": int(first["fold"]),
+            "n_slices": len(p),
+        }
         for j, name in enumerate(CLASSES.values()):
             rec[f"dice_{name}"] = float(dice[0, j])
         rec["dice_mean"] = float(dice[0].mean())
@@ -138,7 +145,8 @@ def clinical_table(index: pd.DataFrame, pred: np.ndarray, gt: np.ndarray) -> pd.
         spacing = (float(first["spacing_row"]), float(first["spacing_col"]))
         thickness = float(first["thickness"])
         vols.setdefault((patient, model), {})[phase] = {
-            src: clinical.volumes_ml(masks, spacing, thickness) for src, masks in (("pred", pred[rows]), ("gt", gt[rows]))
+            src: clinical.volumes_ml(masks, spacing, thickness)
+            for src, masks in (("pred", pred[rows]), ("gt", gt[rows]))
         }
     records = []
     for (patient, model), phases in sorted(vols.items()):
@@ -161,6 +169,7 @@ def clinical_agreement(table: pd.DataFrame) -> dict[str, dict[str, dict[str, flo
     """Per model and index: correlation, bias, std of differences, MAE (ACDC challenge style)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for model, part in table.groupby("model") if len(table) else []:
-        out[str(model)] = {name: clinical.agreement(part[f"{name}_pred"].to_numpy(), part[f"{name}_gt"].to_numpy())
-                           for name in INDICES}
+        out[str(model)] = {
+            name: clinical.agreement(part[f"{name}_pred"].to_numpy(), part[f"{name}_gt"].to_numpy()) for name in INDICES
+        }
     return out

@@ -85,8 +85,10 @@ def load_predictions(path: Path, gt_path: Path | None = None, with_image: bool =
         bad = np.flatnonzero(~np.isclose(a, b, rtol=1e-4))
         if bad.size:
             r = index.iloc[bad[0]]
-            raise BadInputError(f"{gt_path}: {col} differs from {path} at {r.patient} {r.phase} slice {r.slice} "
-                                "(different prep settings?)")
+            raise BadInputError(
+                f"{gt_path}: {col} differs from {path} at {r.patient} {r.phase} slice {r.slice} "
+                "(different prep settings?)"
+            )
     gt = ref[rows]
     _check_labels(gt_path, "gt", gt)
     return Predictions(Path(path), index, pred, gt, image, f"{name} vs gt of {Path(gt_path).name}")
@@ -109,8 +111,10 @@ def match_rows(index: pd.DataFrame, ref: pd.DataFrame, key: list[str], path: Pat
     missing = rows.isna().to_numpy()
     if missing.any():
         first = index[key].iloc[int(np.flatnonzero(missing)[0])]
-        raise BadInputError(f"{ref_path}: no row for {' '.join(str(first[k]) for k in key)} of {path} "
-                            f"({int(missing.sum())} of {len(index)} rows unmatched)")
+        raise BadInputError(
+            f"{ref_path}: no row for {' '.join(str(first[k]) for k in key)} of {path} "
+            f"({int(missing.sum())} of {len(index)} rows unmatched)"
+        )
     return rows.to_numpy().astype(np.int64)
 
 
@@ -161,8 +165,14 @@ def evaluate(
     if baseline_path is not None:
         before = load_predictions(baseline_path, gt_path, with_image=False)
         rows = match_rows(after.index, before.index, ROW_KEY, Path(pred_path), Path(baseline_path))
-        before = Predictions(before.path, before.index.iloc[rows].reset_index(drop=True), before.pred[rows],
-                             before.gt[rows], None, before.source)
+        before = Predictions(
+            before.path,
+            before.index.iloc[rows].reset_index(drop=True),
+            before.pred[rows],
+            before.gt[rows],
+            None,
+            before.source,
+        )
         if not np.array_equal(before.gt, after.gt):
             raise BadInputError(f"{baseline_path}: its ground truth differs from that of {pred_path}")
     with atomic_dir(out_dir, force) as tmp:
@@ -173,8 +183,11 @@ def evaluate(
         volumes.to_csv(tmp / "volumes.csv", index=False, float_format="%.6g")
         clinical.to_csv(tmp / "clinical.csv", index=False, float_format="%.6g")
         summary = summarise(table, volumes, clinical)
-        summary.update(source=after.source, pred_file=str(Path(pred_path).resolve()),
-                       gt_file=str(Path(gt_path).resolve()) if gt_path else None)
+        summary.update(
+            source=after.source,
+            pred_file=str(Path(pred_path).resolve()),
+            gt_file=str(Path(gt_path).resolve()) if gt_path else None,
+        )
         figures = {}
         compared = None
         if before is not None:
@@ -202,7 +215,7 @@ def summarise(table: pd.DataFrame, volumes: pd.DataFrame, clinical: pd.DataFrame
         "conventions": {
             "dice": {n: table[f"dice_{n}_conv"].value_counts().to_dict() for n in names},
             "rule": "both masks empty: Dice 1, HD 0; exactly one empty: Dice 0, HD undefined (NaN, "
-                    "excluded from HD means)",
+            "excluded from HD means)",
         },
         "volumes": {
             "n": len(volumes),
@@ -216,10 +229,14 @@ def summarise(table: pd.DataFrame, volumes: pd.DataFrame, clinical: pd.DataFrame
             "valid_fraction": _mean(table["valid"].astype(float)),
             "failures_per_criterion": {k: v for k, v in failed.items() if v},
         },
-        "by": {col: {str(k): _stats(part) for k, part in table.groupby(col, sort=True)}
-               for col in ("model", "group", "phase", "position", "split")},
-        "clinical": {"patients": int(clinical["patient"].nunique()) if len(clinical) else 0,
-                     "agreement": clinical_agreement(clinical)},
+        "by": {
+            col: {str(k): _stats(part) for k, part in table.groupby(col, sort=True)}
+            for col in ("model", "group", "phase", "position", "split")
+        },
+        "clinical": {
+            "patients": int(clinical["patient"].nunique()) if len(clinical) else 0,
+            "agreement": clinical_agreement(clinical),
+        },
     }
     return summary
 
@@ -250,16 +267,20 @@ class Compared:
     summary: dict[str, Any]
 
 
-def _figures(tmp: Path, after: Predictions, table: pd.DataFrame, compared: Compared | None,
-             config: EvalConfig) -> dict[str, Path]:
+def _figures(
+    tmp: Path, after: Predictions, table: pd.DataFrame, compared: Compared | None, config: EvalConfig
+) -> dict[str, Path]:
     figs: dict[str, Path] = {}
     assert after.image is not None
     if compared is None:
         figs["dice_violin.png"] = plots.violin({"prediction": table}, tmp / "dice_violin.png")
         worst = table.sort_values("dice_mean", kind="stable").index[: config.top_k].to_numpy()
         figs["montage_worst.png"] = plots.montage(
-            after.image[worst], {"ground truth": after.gt[worst], "prediction": after.pred[worst]},
-            [_caption(table, i, f"Dice {table.dice_mean[i]:.3f}") for i in worst], tmp / "montage_worst.png")
+            after.image[worst],
+            {"ground truth": after.gt[worst], "prediction": after.pred[worst]},
+            [_caption(table, i, f"Dice {table.dice_mean[i]:.3f}") for i in worst],
+            tmp / "montage_worst.png",
+        )
         return figs
     deltas = compared.deltas
     figs["dice_violin.png"] = plots.violin({"before": compared.table, "after": table}, tmp / "dice_violin.png")
@@ -271,7 +292,8 @@ def _figures(tmp: Path, after: Predictions, table: pd.DataFrame, compared: Compa
             after.image[rows],
             {"ground truth": after.gt[rows], "before": compared.before.pred[rows], "after": after.pred[rows]},
             [_caption(table, i, f"{deltas.dice_mean_before[i]:.3f} → {deltas.dice_mean_after[i]:.3f}") for i in rows],
-            tmp / f"montage_{kind}.png")
+            tmp / f"montage_{kind}.png",
+        )
     return figs
 
 

@@ -95,19 +95,24 @@ def plan_gen_seg(path: Path | str, checkpoints: Sequence[Path | str], config: Ge
     sha = file_sha256(path)
     ckpts = [load_checkpoint(p, kinds=["seg-model"]) for p in checkpoints]
     warnings: list[str] = []
-    file_folds = dict(zip(index.drop_duplicates("patient").patient, index.drop_duplicates("patient").fold))
+    first = index.drop_duplicates("patient")
+    file_folds = dict(zip(first.patient, first.fold, strict=True))
     groups: dict[str, ModelGroup] = {}
     for ck in ckpts:
         check_input_size(ck.model_name, ck.model_args, shape, str(path))
         _check_folds(ck, file_folds, path)
         if ck.data.get("sha256") != sha:
-            warnings.append(f"{ck.path}: trained on {ck.data.get('path')}, not on this file; its fold map agrees, "
-                            f"so predictions stay out-of-fold")
+            warnings.append(
+                f"{ck.path}: trained on {ck.data.get('path')}, not on this file; its fold map agrees, "
+                f"so predictions stay out-of-fold"
+            )
         group = groups.setdefault(ck.model_name, ModelGroup(ck.model_name, {}))
         if ck.fold in group.by_fold:
             what = f"fold {ck.fold}" if ck.fold is not None else "the train/val split"
-            raise BadInputError(f"{ck.path} and {group.by_fold[ck.fold].path}: two {ck.model_name} checkpoints for "
-                                f"{what}; give one per architecture and fold")
+            raise BadInputError(
+                f"{ck.path} and {group.by_fold[ck.fold].path}: two {ck.model_name} checkpoints for "
+                f"{what}; give one per architecture and fold"
+            )
         group.by_fold[ck.fold] = ck
         if None in group.by_fold and len(group.by_fold) > 1:
             raise BadInputError(f"{ck.path}: mixes fold and non-fold {ck.model_name} checkpoints")
@@ -120,8 +125,15 @@ def plan_gen_seg(path: Path | str, checkpoints: Sequence[Path | str], config: Ge
     return plan
 
 
-def run_gen_seg(plan: GenSegPlan, output: Path | str, config: GenSegConfig, *, force: bool = False,
-                on_batch: Callable[..., None] | None = None, provenance: dict[str, Any] | None = None) -> GenSegResult:
+def run_gen_seg(
+    plan: GenSegPlan,
+    output: Path | str,
+    config: GenSegConfig,
+    *,
+    force: bool = False,
+    on_batch: Callable[..., None] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> GenSegResult:
     """Segment the planned rows and write the ``seg`` file (atomically).
 
     Output arrays: ``image``, ``gt`` (when the input has it), ``pred`` uint8 labels, and with
@@ -143,15 +155,26 @@ def run_gen_seg(plan: GenSegPlan, output: Path | str, config: GenSegConfig, *, f
         arrays = {"image": ("float32", ()), **({"gt": ("uint8", ())} if has_gt else {}), "pred": ("uint8", ())}
         if config.save_probs:
             arrays["probs"] = ("float16", (4,))
-        attrs = {"checkpoints": [_describe(ck) for g in plan.groups for ck in g.by_fold.values()],
-                 "assignment": {g.name: _assignment(g, index) for g in plan.groups}, "test_policy": TEST_POLICY}
-        with SliceWriter(output, kind="seg", config=config_to_dict(config), provenance=provenance or {},
-                         shape=f.shape, arrays=arrays, force=force, attrs=attrs,
-                         inputs=[plan.path]) as writer:
+        attrs = {
+            "checkpoints": [_describe(ck) for g in plan.groups for ck in g.by_fold.values()],
+            "assignment": {g.name: _assignment(g, index) for g in plan.groups},
+            "test_policy": TEST_POLICY,
+        }
+        with SliceWriter(
+            output,
+            kind="seg",
+            config=config_to_dict(config),
+            provenance=provenance or {},
+            shape=f.shape,
+            arrays=arrays,
+            force=force,
+            attrs=attrs,
+            inputs=[plan.path],
+        ) as writer:
             for group in plan.groups:
                 for start in range(0, len(group.rows), plan.batch_size):
-                    rows = group.rows[start:start + plan.batch_size]
-                    who = group.predictors[start:start + plan.batch_size]
+                    rows = group.rows[start : start + plan.batch_size]
+                    who = group.predictors[start : start + plan.batch_size]
                     image = f.read("image", rows)
                     probs = _predict(nets, group.name, image, who, device, config.amp and device.type == "cuda")
                     out = {"image": image, "pred": probs.argmax(1).astype(np.uint8)}
@@ -162,20 +185,34 @@ def run_gen_seg(plan: GenSegPlan, output: Path | str, config: GenSegConfig, *, f
                     writer.append(index.iloc[rows].assign(model=group.name), **out)
                     if on_batch:
                         on_batch(len(rows))
-    return GenSegResult(output, plan.rows, [g.name for g in plan.groups],
-                        {g.name: g.skipped for g in plan.groups if g.skipped}, plan.warnings)
+    return GenSegResult(
+        output,
+        plan.rows,
+        [g.name for g in plan.groups],
+        {g.name: g.skipped for g in plan.groups if g.skipped},
+        plan.warnings,
+    )
 
 
-def gen_seg(path: Path | str, checkpoints: Sequence[Path | str], output: Path | str, config: GenSegConfig, *,
-            force: bool = False, on_batch: Callable[..., None] | None = None,
-            provenance: dict[str, Any] | None = None) -> GenSegResult:
+def gen_seg(
+    path: Path | str,
+    checkpoints: Sequence[Path | str],
+    output: Path | str,
+    config: GenSegConfig,
+    *,
+    force: bool = False,
+    on_batch: Callable[..., None] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> GenSegResult:
     """:func:`plan_gen_seg` then :func:`run_gen_seg`.
 
     Example:
-        >>> gen_seg("slices.h5", [f"runs/unet-f{k}/best.pt" for k in range(5)], "seg.h5", GenSegConfig())  # doctest: +SKIP
+        >>> ckpts = [f"runs/unet-f{k}/best.pt" for k in range(5)]
+        >>> gen_seg("slices.h5", ckpts, "seg.h5", GenSegConfig())  # doctest: +SKIP
     """
-    return run_gen_seg(plan_gen_seg(path, checkpoints, config), output, config, force=force, on_batch=on_batch,
-                       provenance=provenance)
+    return run_gen_seg(
+        plan_gen_seg(path, checkpoints, config), output, config, force=force, on_batch=on_batch, provenance=provenance
+    )
 
 
 def _check_folds(ck: Checkpoint, file_folds: dict[str, int], path: Path) -> None:
@@ -183,9 +220,11 @@ def _check_folds(ck: Checkpoint, file_folds: dict[str, int], path: Path) -> None
     wrong = [p for p, f in file_folds.items() if p in stored and int(stored[p]) != int(f)]
     if wrong:
         p = wrong[0]
-        raise BadInputError(f"{ck.path}: trained with {p} in fold {stored[p]}, but {path} puts it in fold "
-                            f"{file_folds[p]} ({len(wrong)} patients differ); out-of-fold predictions are not "
-                            f"guaranteed: use the slice file the model was trained on")
+        raise BadInputError(
+            f"{ck.path}: trained with {p} in fold {stored[p]}, but {path} puts it in fold "
+            f"{file_folds[p]} ({len(wrong)} patients differ); out-of-fold predictions are not "
+            f"guaranteed: use the slice file the model was trained on"
+        )
 
 
 def _assign(group: ModelGroup, patients: np.ndarray, folds: np.ndarray, warnings: list[str]) -> None:
@@ -194,7 +233,7 @@ def _assign(group: ModelGroup, patients: np.ndarray, folds: np.ndarray, warnings
     model_folds = tuple(sorted(k for k in group.by_fold if k is not None))
     in_sample: set[str] = set()
     trained = {k: set(ck.data.get("train_patients", ())) for k, ck in group.by_fold.items()}
-    for r, (patient, fold) in enumerate(zip(patients, folds)):
+    for r, (patient, fold) in enumerate(zip(patients, folds, strict=False)):
         if None in group.by_fold:
             use: tuple[int | None, ...] = (None,)
         elif fold < 0:
@@ -213,8 +252,10 @@ def _assign(group: ModelGroup, patients: np.ndarray, folds: np.ndarray, warnings
         who.append(use)
     group.rows, group.predictors, group.skipped = np.asarray(rows, np.int64), who, sorted(skipped)
     if in_sample:
-        warnings.append(f"{group.name}: {len(in_sample)} patients were in the training set of "
-                        f"{group.by_fold[None].path} (in-sample masks); train with --fold for out-of-fold masks")
+        warnings.append(
+            f"{group.name}: {len(in_sample)} patients were in the training set of "
+            f"{group.by_fold[None].path} (in-sample masks); train with --fold for out-of-fold masks"
+        )
 
 
 def _load_net(ck: Checkpoint, device):
@@ -224,8 +265,9 @@ def _load_net(ck: Checkpoint, device):
     try:
         net.load_state_dict(ck.state_dict)
     except RuntimeError as exc:
-        raise BadInputError(f"{ck.path}: weights do not fit its stored architecture "
-                            f"({str(exc).splitlines()[0]})") from None
+        raise BadInputError(
+            f"{ck.path}: weights do not fit its stored architecture ({str(exc).splitlines()[0]})"
+        ) from None
     return net.to(device).eval()
 
 
@@ -248,13 +290,18 @@ def _predict(nets, name: str, image: np.ndarray, who: list[tuple], device, amp: 
 
 
 def _describe(ck: Checkpoint) -> dict[str, Any]:
-    return {"path": str(Path(ck.path).resolve()), "model": ck.model_name, "fold": ck.fold,
-            "data_sha256": ck.data.get("sha256"), "epoch": ck.metrics.get("epoch"),
-            "val_dice_mean": ck.metrics.get("val_dice_mean")}
+    return {
+        "path": str(Path(ck.path).resolve()),
+        "model": ck.model_name,
+        "fold": ck.fold,
+        "data_sha256": ck.data.get("sha256"),
+        "epoch": ck.metrics.get("epoch"),
+        "val_dice_mean": ck.metrics.get("val_dice_mean"),
+    }
 
 
 def _assignment(group: ModelGroup, index) -> dict[str, list]:
     out: dict[str, list] = {}
-    for r, use in zip(group.rows, group.predictors):
+    for r, use in zip(group.rows, group.predictors, strict=False):
         out.setdefault(str(index.patient.iat[r]), list(use))
     return out

@@ -54,7 +54,11 @@ def stack_context(masks: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
 
 
 def make_3gram(
-    src: Path, out: Path, config: NgramConfig = NgramConfig(), *, force: bool = False,
+    src: Path,
+    out: Path,
+    config: NgramConfig = NgramConfig(),
+    *,
+    force: bool = False,
     provenance: dict[str, Any] | None = None,
 ) -> int:
     """Write ``out`` (kind ``3gram``): the input's rows, arrays and index plus ``context``.
@@ -79,13 +83,24 @@ def make_3gram(
         names = [n for n in f.arrays if n != "context"]
         arrays = {n: f.read(n) for n in names}
         specs = {n: (str(a.dtype), a.shape[1:-2]) for n, a in arrays.items()}
-        extra = {c: ("str" if index[c].dtype == object else str(index[c].dtype)) for c in index.columns if c not in INDEX_COLUMNS}
+        extra = {
+            c: ("str" if index[c].dtype == object else str(index[c].dtype))
+            for c in index.columns
+            if c not in INDEX_COLUMNS
+        }
         source_config, shape = f.config, f.shape
     arrays["context"] = stack_context(arrays[config.source], neighbours)
     specs["context"] = ("uint8", (3,))
-    with SliceWriter(out, kind="3gram", config={**config_to_dict(config), "input_config": source_config},
-                     provenance=provenance or make_provenance([src]), shape=shape, arrays=specs,
-                     force=force, columns=extra, inputs=[src]) as w:
+    with SliceWriter(
+        out,
+        kind="3gram",
+        config={**config_to_dict(config), "input_config": source_config},
+        provenance=provenance or make_provenance([src]),
+        shape=shape,
+        arrays=specs,
+        force=force,
+        columns=extra,
+        inputs=[src],
+    ) as w:
         w.append(index, **arrays)
     return len(index)
-

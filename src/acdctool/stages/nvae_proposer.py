@@ -32,7 +32,9 @@ class NvaeProposer:
         self.model, self.device, self.config, self.info = model, device, config, info
 
     @classmethod
-    def load(cls, path: Path, config: RefineConfig, image_shape: tuple[int, int], path_for_errors: Path) -> NvaeProposer:
+    def load(
+        cls, path: Path, config: RefineConfig, image_shape: tuple[int, int], path_for_errors: Path
+    ) -> NvaeProposer:
         """Load an NVAE checkpoint and check it fits the file and the context.
 
         Raises:
@@ -49,17 +51,24 @@ class NvaeProposer:
             raise BadInputError(
                 f"{path}: {kind} NVAE ({args.get('in_channels')} input channels) but --context {config.context} "
                 f"needs {want}; use {'--context 3gram with a make-3gram file' if want == 4 else '--context none'} "
-                "or the matching checkpoint")
+                "or the matching checkpoint"
+            )
         size = int(args.get("image_size", image_shape[0]))
         if (size, size) != tuple(image_shape):
-            raise BadInputError(f"{path}: NVAE made for {size}×{size} slices, {path_for_errors} has "
-                                f"{image_shape[0]}×{image_shape[1]}")
+            raise BadInputError(
+                f"{path}: NVAE made for {size}×{size} slices, {path_for_errors} has {image_shape[0]}×{image_shape[1]}"
+            )
         device = resolve_device(config.device)
         model = NVAE.from_args(args)
         model.load_state_dict(ckpt.state_dict)
         model.to(device).eval()
-        info = {"path": str(Path(path).resolve()), "sha256": file_sha256(path), "args": args,
-                "trained_on": ckpt.data, "epoch": (ckpt.train or {}).get("epoch")}
+        info = {
+            "path": str(Path(path).resolve()),
+            "sha256": file_sha256(path),
+            "args": args,
+            "trained_on": ckpt.data,
+            "epoch": (ckpt.train or {}).get("epoch"),
+        }
         return cls(model, device, config, info)
 
     @torch.inference_mode()

@@ -80,14 +80,25 @@ def refine(
         index = f.index
         keep = [n for n in ("image", "gt") if f.has(n)]
         specs = {n: (str(f.dataset(n).dtype), ()) for n in [*keep, "pred"]}
-        extra = {c: ("str" if index[c].dtype == object else str(index[c].dtype))
-                 for c in index.columns if c not in INDEX_COLUMNS and c not in COLUMNS}
+        extra = {
+            c: ("str" if index[c].dtype == object else str(index[c].dtype))
+            for c in index.columns
+            if c not in INDEX_COLUMNS and c not in COLUMNS
+        }
         spacing = f.spacing()
         result = RefineResult(Path(out), counts=dict.fromkeys(REASONS, 0))
         stored = {**config_to_dict(config), "nvae": model_info, "input_config": f.config, "input_kind": f.kind}
-        with SliceWriter(out, kind="refined", config=stored, provenance=provenance or make_provenance(
-                [p for p in (src, nvae) if p]), shape=f.shape, arrays=specs, force=force,
-                columns={**extra, **COLUMNS}, inputs=[src, nvae]) as writer:
+        with SliceWriter(
+            out,
+            kind="refined",
+            config=stored,
+            provenance=provenance or make_provenance([p for p in (src, nvae) if p]),
+            shape=f.shape,
+            arrays=specs,
+            force=force,
+            columns={**extra, **COLUMNS},
+            inputs=[src, nvae],
+        ) as writer:
             for start in range(0, len(f), config.batch_size):
                 rows = slice(start, min(start + config.batch_size, len(f)))
                 masks = f.read("pred", rows)
@@ -95,8 +106,9 @@ def refine(
                 refined, reasons, valid_in, valid_out = gate(masks, context, spacing[rows], propose, config)
                 agreement = overlap.dice_batch(refined, masks)[0].mean(axis=1)
                 records = index.iloc[rows].to_dict("records")
-                for rec, reason, agree, changed in zip(records, reasons, agreement,
-                                                       (refined != masks).any(axis=(1, 2))):
+                for rec, reason, agree, changed in zip(
+                    records, reasons, agreement, (refined != masks).any(axis=(1, 2)), strict=False
+                ):
                     rec.update(refine_changed=int(changed), refine_reason=reason, refine_agreement=float(agree))
                     result.counts[reason] += 1
                 result.invalid_before += int((~valid_in).sum())
@@ -128,7 +140,7 @@ def gate(
         return out, reasons, valid, valid_out
     candidates = propose(masks[todo], None if context is None else context[todo])
     choice = closest_valid(masks[todo], candidates, spacing[todo], config.min_agreement)
-    for j, (i, k) in enumerate(zip(todo, choice)):
+    for j, (i, k) in enumerate(zip(todo, choice, strict=False)):
         if k >= 0:
             out[i] = candidates[k][j]
             reasons[i] = "corrected"
@@ -178,7 +190,7 @@ def closest_valid(
         pending, k = pending[admissible], k[admissible]  # the rest have no candidate left
         if pending.size == 0:
             break
-        cand = np.stack([candidates[j][i] for i, j in zip(pending, k)])
+        cand = np.stack([candidates[j][i] for i, j in zip(pending, k, strict=False)])
         ok = anatomy.evaluate_batch(cand, spacing[pending])[1]
         choice[pending[ok]] = k[ok]
         pending = pending[~ok]

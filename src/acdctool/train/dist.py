@@ -66,8 +66,9 @@ def resolve_device(request: str, local_rank: int = 0) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     if request == "cuda":
-        raise ConfigError(f"--device cuda: no CUDA device available (torch {torch.__version__}); "
-                          f"use --device cpu or auto")
+        raise ConfigError(
+            f"--device cuda: no CUDA device available (torch {torch.__version__}); use --device cpu or auto"
+        )
     return torch.device("cpu")
 
 
@@ -152,8 +153,9 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         start: positions of this rank's share to skip.
     """
 
-    def __init__(self, n: int, *, seed: int, epoch: int, rank: int = 0, world: int = 1,
-                 shuffle: bool = True, start: int = 0) -> None:
+    def __init__(
+        self, n: int, *, seed: int, epoch: int, rank: int = 0, world: int = 1, shuffle: bool = True, start: int = 0
+    ) -> None:
         if shuffle:
             g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
             order = torch.randperm(n, generator=g)

@@ -90,8 +90,9 @@ class Task(Protocol):
     def configure_optimizer(self, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
         """Return (optimiser, scheduler); the scheduler needs ``step()`` and ``state_dict()``."""
 
-    def train_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor],
-                   ctx: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def train_step(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Batch (on device) → (scalar loss to backpropagate, detached scalar metrics to average)."""
 
     def val_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -128,9 +129,16 @@ class LoopSettings:
 
     @classmethod
     def from_config(cls, config: Any) -> LoopSettings:
-        return cls(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, device=config.device,
-                   amp=config.amp, workers=config.workers, grad_clip=getattr(config, "grad_clip", 0.0),
-                   tensorboard=getattr(config, "tensorboard", False))
+        return cls(
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            device=config.device,
+            amp=config.amp,
+            workers=config.workers,
+            grad_clip=getattr(config, "grad_clip", 0.0),
+            tensorboard=getattr(config, "tensorboard", False),
+        )
 
 
 @dataclass
@@ -195,9 +203,19 @@ class Trainer:
         ...                  config=config_to_dict(cfg), data={"sha256": h}).fit(train_ds, val_ds)  # doctest: +SKIP
     """
 
-    def __init__(self, task: Task, settings: LoopSettings, run_dir: Path, *, config: Mapping[str, Any],
-                 data: Mapping[str, Any], provenance: Mapping[str, Any] | None = None, resume: bool = False,
-                 force: bool = False, hooks: Hooks | None = None) -> None:
+    def __init__(
+        self,
+        task: Task,
+        settings: LoopSettings,
+        run_dir: Path,
+        *,
+        config: Mapping[str, Any],
+        data: Mapping[str, Any],
+        provenance: Mapping[str, Any] | None = None,
+        resume: bool = False,
+        force: bool = False,
+        hooks: Hooks | None = None,
+    ) -> None:
         self.task, self.settings, self.run_dir = task, settings, Path(run_dir)
         self.config, self.data, self.provenance = dict(config), dict(data), dict(provenance or {})
         self.resume, self.force, self.hooks = resume, force, hooks or Hooks()
@@ -237,7 +255,9 @@ class Trainer:
             return self._result("up-to-date", state, resumed_from, notes)
         net = model
         if ctx.is_distributed:
-            net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
         writer = self._tensorboard(ctx, state)
         try:
             while state.epoch < s.epochs:
@@ -277,10 +297,16 @@ class Trainer:
         # drop_last keeps batch norm away from a 1-sample batch and gives every rank equal steps.
         drop_last = len(sampler.share) >= s.batch_size
         n_steps = len(sampler.share) // s.batch_size if drop_last else 1
-        sampler.indices = sampler.share[state.step * s.batch_size:]
+        sampler.indices = sampler.share[state.step * s.batch_size :]
         loader = torch.utils.data.DataLoader(
-            train_ds, batch_size=s.batch_size, sampler=sampler, drop_last=drop_last, num_workers=s.workers,
-            collate_fn=_collate, pin_memory=device.type == "cuda")
+            train_ds,
+            batch_size=s.batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            num_workers=s.workers,
+            collate_fn=_collate,
+            pin_memory=device.type == "cuda",
+        )
         sums = {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in state.partial.items()}
         net.train()
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.amp and device.type == "cuda")
@@ -326,8 +352,13 @@ class Trainer:
         state.partial = {}
         val = self._validate(ctx, model, val_ds)
         state.epoch, state.step = state.epoch + 1, 0
-        record = {"epoch": state.epoch, **train, **val, "lr": float(optimizer.param_groups[0]["lr"]),
-                  "time_s": round(seconds, 3)}
+        record = {
+            "epoch": state.epoch,
+            **train,
+            **val,
+            "lr": float(optimizer.param_groups[0]["lr"]),
+            "time_s": round(seconds, 3),
+        }
         state.history.append(record)
         return record
 
@@ -336,8 +367,9 @@ class Trainer:
         """Validation on the unwrapped model (no DDP syncs), rows split across ranks without padding."""
         device, s = ctx.device, self.settings
         positions = list(range(ctx.rank, len(val_ds), ctx.world_size))
-        loader = torch.utils.data.DataLoader(val_ds, batch_size=2 * s.batch_size, sampler=positions,
-                                             num_workers=s.workers, collate_fn=_collate)
+        loader = torch.utils.data.DataLoader(
+            val_ds, batch_size=2 * s.batch_size, sampler=positions, num_workers=s.workers, collate_fn=_collate
+        )
         model.eval()
         sums: dict[str, torch.Tensor] = {}
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.amp and device.type == "cuda")
@@ -349,16 +381,16 @@ class Trainer:
                 sums[key] = sums[key] + value.double() if key in sums else value.double()
         for key in sorted(sums):
             dist.all_reduce_sum(ctx, sums[key])
-        return {f"val_{k}" if not k.startswith("val_") else k: float(v)
-                for k, v in self.task.val_summary(sums).items()}
+        return {f"val_{k}" if not k.startswith("val_") else k: float(v) for k, v in self.task.val_summary(sums).items()}
 
     def _update_best(self, state: _State, record: dict[str, Any]) -> bool:
         key = self.task.best_metric
         value = record.get(key, record.get(f"val_{key}"))
         if value is None or not np.isfinite(value):
             return False
-        better = state.best_value is None or (value > state.best_value if self.task.best_mode == "max"
-                                               else value < state.best_value)
+        better = state.best_value is None or (
+            value > state.best_value if self.task.best_mode == "max" else value < state.best_value
+        )
         if better:
             state.best_value, state.best_epoch = float(value), state.epoch
         return better
@@ -368,10 +400,15 @@ class Trainer:
             raise TrainingDivergedError(self._diverged_message(state, "weights became non-finite"))
 
     def _diverged_message(self, state: _State, what: str) -> str:
-        kept = f"last good checkpoint kept: {self.run_dir / 'last.pt'}" if (self.run_dir / "last.pt").exists() \
+        kept = (
+            f"last good checkpoint kept: {self.run_dir / 'last.pt'}"
+            if (self.run_dir / "last.pt").exists()
             else "no checkpoint was written"
-        return (f"training diverged at epoch {state.epoch + 1}, step {state.step}: {what}; {kept} "
-                f"(check the input for NaN/inf, or lower the learning rate)")
+        )
+        return (
+            f"training diverged at epoch {state.epoch + 1}, step {state.step}: {what}; {kept} "
+            f"(check the input for NaN/inf, or lower the learning rate)"
+        )
 
     # ----------------------------------------------------- state and files
     def _stop_requested(self, state: _State) -> bool:
@@ -390,27 +427,47 @@ class Trainer:
             return
         task_state = self.task.state_dict() if hasattr(self.task, "state_dict") else None
         train = {
-            "epoch": state.epoch, "step": state.step, "global_step": state.global_step,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "task": task_state, "rng": {"world_size": ctx.world_size, "ranks": ranks},
-            "history": state.history, "best_value": state.best_value, "best_epoch": state.best_epoch,
+            "epoch": state.epoch,
+            "step": state.step,
+            "global_step": state.global_step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "task": task_state,
+            "rng": {"world_size": ctx.world_size, "ranks": ranks},
+            "history": state.history,
+            "best_value": state.best_value,
+            "best_epoch": state.best_epoch,
         }
         metrics = dict(state.history[-1]) if state.history else {}
-        save_checkpoint(self.run_dir / ("best.pt" if best else "last.pt"), kind=self.task.checkpoint_kind,
-                        model_name=self.task.model_name, model_args=self.task.model_args,
-                        state_dict=model.state_dict(), config=self.config, data=self.data, metrics=metrics,
-                        train=train, provenance=self.provenance)
+        save_checkpoint(
+            self.run_dir / ("best.pt" if best else "last.pt"),
+            kind=self.task.checkpoint_kind,
+            model_name=self.task.model_name,
+            model_args=self.task.model_args,
+            state_dict=model.state_dict(),
+            config=self.config,
+            data=self.data,
+            metrics=metrics,
+            train=train,
+            provenance=self.provenance,
+        )
 
     def _restore(self, ctx, path, model, optimizer, scheduler, scaler, generator, state: _State) -> list[str]:
         ckpt = load_checkpoint(path, kinds=[self.task.checkpoint_kind])
-        diffs = [k for k in set(self.config) | set(ckpt.config) if k not in RESUMABLE
-                 and _norm(self.config.get(k)) != _norm(ckpt.config.get(k))]
+        diffs = [
+            k
+            for k in set(self.config) | set(ckpt.config)
+            if k not in RESUMABLE and _norm(self.config.get(k)) != _norm(ckpt.config.get(k))
+        ]
         if diffs:
             shown = ", ".join(f"{k}={ckpt.config.get(k)!r} (now {self.config.get(k)!r})" for k in sorted(diffs))
             raise ConfigError(f"{path}: cannot resume with other settings: {shown}; use the same options or --force")
         if ckpt.data.get("sha256") != self.data.get("sha256"):
-            raise BadInputError(f"{path}: was trained on another data file ({ckpt.data.get('path')}); resume with "
-                                f"the same file or start over with --force")
+            raise BadInputError(
+                f"{path}: was trained on another data file ({ckpt.data.get('path')}); resume with "
+                f"the same file or start over with --force"
+            )
         if ckpt.train is None:
             raise BadInputError(f"{path}: holds no training state to resume from")
         tr = ckpt.train
@@ -432,8 +489,10 @@ class Trainer:
         if state.step:  # the partial epoch's sums belong to another sharding: restart that epoch
             state.step, state.global_step = 0, state.global_step - state.step
         generator.manual_seed(self.settings.seed * 1009 + ctx.rank + 7919 * state.epoch)
-        return [f"resumed with {ctx.world_size} processes instead of {rng['world_size']}: "
-                f"augmentation and data order continue, but not bit-identically"]
+        return [
+            f"resumed with {ctx.world_size} processes instead of {rng['world_size']}: "
+            f"augmentation and data order continue, but not bit-identically"
+        ]
 
     def _prepare_run_dir(self) -> tuple[Path | None, bool]:
         """(checkpoint to resume from or None, whether the folder was created)."""
@@ -468,8 +527,17 @@ class Trainer:
         return SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=state.epoch + 1)
 
     def _result(self, status: str, state: _State, resumed_from: int | None, notes: list[str]) -> TrainResult:
-        return TrainResult(self.run_dir, status, state.epoch, state.step, state.best_epoch, state.best_value,
-                           dict(state.history[-1]) if state.history else {}, resumed_from, notes)
+        return TrainResult(
+            self.run_dir,
+            status,
+            state.epoch,
+            state.step,
+            state.best_epoch,
+            state.best_value,
+            dict(state.history[-1]) if state.history else {},
+            resumed_from,
+            notes,
+        )
 
 
 def _collate(batch):

@@ -51,8 +51,9 @@ class NvaeTask:
     best_mode = "max"
     scheduler_interval = "step"
 
-    def __init__(self, model_args: dict[str, Any], config: TrainNvaeConfig, steps_per_epoch: int,
-                 val_spacing: np.ndarray) -> None:
+    def __init__(
+        self, model_args: dict[str, Any], config: TrainNvaeConfig, steps_per_epoch: int, val_spacing: np.ndarray
+    ) -> None:
         self.model_args, self.config = dict(model_args), config
         self.input_key, self.target_key = nvae_arrays(config)
         self.total_steps = max(1, config.epochs * steps_per_epoch)
@@ -67,9 +68,16 @@ class NvaeTask:
 
         model = NVAE.from_args(self.model_args)
         c = self.config
-        self.loss = NVAELoss(model, NVAELossConfig(betas=tuple(c.betas), warmup_steps=c.warmup_steps,
-                                                   kl_balance=c.kl_balance, dice_weight=c.dice_weight,
-                                                   sr_weight=c.sr_weight))
+        self.loss = NVAELoss(
+            model,
+            NVAELossConfig(
+                betas=tuple(c.betas),
+                warmup_steps=c.warmup_steps,
+                kl_balance=c.kl_balance,
+                dice_weight=c.dice_weight,
+                sr_weight=c.sr_weight,
+            ),
+        )
         return model
 
     def configure_optimizer(self, model: torch.nn.Module):
@@ -140,8 +148,16 @@ class NvaeTask:
         return out
 
 
-def train_nvae(path: Path | str, run_dir: Path | str, config: TrainNvaeConfig, *, resume: bool = False,
-               force: bool = False, hooks: Hooks | None = None, provenance: dict[str, Any] | None = None) -> TrainResult:
+def train_nvae(
+    path: Path | str,
+    run_dir: Path | str,
+    config: TrainNvaeConfig,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    hooks: Hooks | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> TrainResult:
     """Train the NVAE on a slice file's masks; checkpoints and metrics go to ``run_dir``.
 
     Raises:
@@ -164,14 +180,25 @@ def train_nvae(path: Path | str, run_dir: Path | str, config: TrainNvaeConfig, *
             raise FileKindError(f"{path}: a make-3gram file; train it with --context 3gram")
         for key in dict.fromkeys((input_key, target_key)):
             if not f.has(key):
-                what = {"gt": "ground-truth masks", "pred": "segmentations ('pred': a gen-seg output)",
-                        "context": "3-gram context"}[key]
-                raise BadInputError(f"{path}: has no {what}, needed by --input {config.input} --context {config.context}")
+                what = {
+                    "gt": "ground-truth masks",
+                    "pred": "segmentations ('pred': a gen-seg output)",
+                    "context": "3-gram context",
+                }[key]
+                raise BadInputError(
+                    f"{path}: has no {what}, needed by --input {config.input} --context {config.context}"
+                )
         index, shape, spacing = f.index, f.shape, f.spacing()
-    model_args = {"in_channels": 12 if config.context == "3gram" else 4, "out_channels": 4, "image_size": shape[0],
-                  "stem_channels": config.stem_channels, "scales": config.scales,
-                  "groups_per_scale": list(config.groups_per_scale), "latent_channels": config.latent_channels,
-                  "se_reduction": config.se_reduction}
+    model_args = {
+        "in_channels": 12 if config.context == "3gram" else 4,
+        "out_channels": 4,
+        "image_size": shape[0],
+        "stem_channels": config.stem_channels,
+        "scales": config.scales,
+        "groups_per_scale": list(config.groups_per_scale),
+        "latent_channels": config.latent_channels,
+        "se_reduction": config.se_reduction,
+    }
     NVAE.from_args(model_args)  # validates sizes before any file is written
     if shape[0] != shape[1]:
         raise BadInputError(f"{path}: slices are {shape[0]}×{shape[1]}; the NVAE needs square slices")
@@ -179,11 +206,27 @@ def train_nvae(path: Path | str, run_dir: Path | str, config: TrainNvaeConfig, *
     arrays = tuple(dict.fromkeys((input_key, target_key)))
     train_ds = SliceDataset(path, train_rows, arrays=arrays, labels=("gt", "pred", "context"), in_memory=config.cache)
     val_ds = SliceDataset(path, val_rows, arrays=arrays, labels=("gt", "pred", "context"), in_memory=config.cache)
-    data = {"path": str(path.resolve()), "sha256": file_sha256(path), "kind": "nvae", "input": config.input,
-            "context": config.context, "fold": config.fold, "folds": patient_folds(index),
-            "rows": {"train": int(len(train_rows)), "val": int(len(val_rows))}}
+    data = {
+        "path": str(path.resolve()),
+        "sha256": file_sha256(path),
+        "kind": "nvae",
+        "input": config.input,
+        "context": config.context,
+        "fold": config.fold,
+        "folds": patient_folds(index),
+        "rows": {"train": int(len(train_rows)), "val": int(len(val_rows))},
+    }
     steps = max(1, len(train_ds) // config.batch_size)
     task = NvaeTask(model_args, config, steps, spacing)
-    trainer = Trainer(task, LoopSettings.from_config(config), run_dir, config=config_to_dict(config), data=data,
-                      provenance=provenance, resume=resume, force=force, hooks=hooks)
+    trainer = Trainer(
+        task,
+        LoopSettings.from_config(config),
+        run_dir,
+        config=config_to_dict(config),
+        data=data,
+        provenance=provenance,
+        resume=resume,
+        force=force,
+        hooks=hooks,
+    )
     return trainer.fit(train_ds, val_ds)

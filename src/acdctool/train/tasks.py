@@ -46,9 +46,18 @@ class SegTask:
     best_mode = "max"
     scheduler_interval = "epoch"
 
-    def __init__(self, arch: str, model_args: dict[str, Any], *, lr: float, weight_decay: float = 0.0,
-                 lr_schedule: str = "constant", epochs: int = 1, augment: Augment | None = None,
-                 n_val_volumes: int = 1) -> None:
+    def __init__(
+        self,
+        arch: str,
+        model_args: dict[str, Any],
+        *,
+        lr: float,
+        weight_decay: float = 0.0,
+        lr_schedule: str = "constant",
+        epochs: int = 1,
+        augment: Augment | None = None,
+        n_val_volumes: int = 1,
+    ) -> None:
         from monai.losses import DiceCELoss
 
         self.model_name, self.model_args = arch, dict(model_args)
@@ -84,8 +93,12 @@ class SegTask:
             p, g = pred == label, gt == label
             inter[:, i].index_add_(0, vol, (p & g).sum((1, 2)).double())
             size[:, i].index_add_(0, vol, (p.sum((1, 2)) + g.sum((1, 2))).double())
-        return {"loss_sum": loss.double() * n, "n": torch.tensor(float(n), dtype=torch.float64, device=gt.device),
-                "inter": inter, "size": size}
+        return {
+            "loss_sum": loss.double() * n,
+            "n": torch.tensor(float(n), dtype=torch.float64, device=gt.device),
+            "inter": inter,
+            "size": size,
+        }
 
     def val_summary(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
         inter, size = sums["inter"], sums["size"]
@@ -98,8 +111,16 @@ class SegTask:
         return out
 
 
-def train_seg(path: Path | str, run_dir: Path | str, config: TrainSegConfig, *, resume: bool = False,
-              force: bool = False, hooks: Hooks | None = None, provenance: dict[str, Any] | None = None) -> TrainResult:
+def train_seg(
+    path: Path | str,
+    run_dir: Path | str,
+    config: TrainSegConfig,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    hooks: Hooks | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> TrainResult:
     """Train ``config.arch`` on a prep slice file; checkpoints and metrics go to ``run_dir``.
 
     Args:
@@ -137,8 +158,10 @@ def train_seg(path: Path | str, run_dir: Path | str, config: TrainSegConfig, *, 
             raise ConfigError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
     with SliceFile(path, kinds=("prep",)) as f:
         if not f.has("gt"):
-            raise BadInputError(f"{path}: has no ground-truth masks; train-seg needs a prep file made from "
-                                f"patients with *_gt.nii.gz masks")
+            raise BadInputError(
+                f"{path}: has no ground-truth masks; train-seg needs a prep file made from "
+                f"patients with *_gt.nii.gz masks"
+            )
         check_input_size(config.arch, args, f.shape, str(path))
         index = f.index
     train_rows, val_rows = select_rows(index, config.fold, str(path))
@@ -153,9 +176,25 @@ def train_seg(path: Path | str, run_dir: Path | str, config: TrainSegConfig, *, 
     }
     train_ds = SliceDataset(path, train_rows, arrays=("image", "gt"), in_memory=config.cache)
     val_ds = SliceDataset(path, val_rows, arrays=("image", "gt"), in_memory=config.cache)
-    task = SegTask(config.arch, args, lr=config.lr, weight_decay=config.weight_decay, lr_schedule=config.lr_schedule,
-                   epochs=config.epochs, augment=Augment() if config.augment else None,
-                   n_val_volumes=val_ds.n_volumes)
-    trainer = Trainer(task, LoopSettings.from_config(config), run_dir, config=config_to_dict(config), data=data,
-                      provenance=provenance, resume=resume, force=force, hooks=hooks)
+    task = SegTask(
+        config.arch,
+        args,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        lr_schedule=config.lr_schedule,
+        epochs=config.epochs,
+        augment=Augment() if config.augment else None,
+        n_val_volumes=val_ds.n_volumes,
+    )
+    trainer = Trainer(
+        task,
+        LoopSettings.from_config(config),
+        run_dir,
+        config=config_to_dict(config),
+        data=data,
+        provenance=provenance,
+        resume=resume,
+        force=force,
+        hooks=hooks,
+    )
     return trainer.fit(train_ds, val_ds)
