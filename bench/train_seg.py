@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from acdctool.config import TrainSegConfig, config_to_dict
+from acdctool.conventions import resolve_device
 from acdctool.data.loader import SliceDataset
 from acdctool.io.slices import INDEX_COLUMNS, SliceWriter
 from acdctool.models.seg import ARCHS, build_seg_model, parse_net_args, resolve_args
-from acdctool.train.dist import resolve_device
 from acdctool.train.loop import LoopSettings, Trainer
 from acdctool.train.tasks import SegTask
 

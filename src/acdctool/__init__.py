@@ -1,9 +1,7 @@
 """acdctool: a command-line toolkit for cardiac MRI segmentation research on ACDC."""
 
+# Kept importable from the package root for older code; the home of both is acdctool.conventions.
+from acdctool.conventions import CLASS_NAMES, LABELS
+
+__all__ = ["CLASS_NAMES", "LABELS", "__version__"]
 __version__ = "0.1.0"
-
-LABELS = {0: "background", 1: "RV", 2: "MYO", 3: "LV"}
-"""Label convention shared by every stage: uint8 masks with these values."""
-
-CLASS_NAMES = {1: "rv", 2: "myo", 3: "lv"}
-"""Short names of the foreground labels, used in table columns (``dice_rv``, ...)."""

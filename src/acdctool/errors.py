@@ -1,22 +1,16 @@
 """Typed errors raised by the library; the CLI maps each to a one-line message and an exit code.
 
-Exit codes follow BSD sysexits (see ``man acdctool``):
-
-====  ==========================================================
-0     success
-1     anything unexpected (a bug: please report it)
-2     usage error (Typer's own)
-65    bad input data (``BadInputError`` and subclasses)
-66    input missing (``InputMissingError``)
-73    output cannot be created, or exists without ``--force``
-130   interrupted
-====  ==========================================================
+Exit codes follow BSD sysexits. :data:`EXIT_CODES` is their single source: the man pages,
+``acdctool --help`` and the README's "Exit codes" line are generated from it
+(``python scripts/gen_docs.py``).
 
 Library code never prints or exits: it raises one of these with a message that names the
 file (and patient/row where relevant) and, where possible, what to do about it.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 EX_OK = 0
 EX_SOFTWARE = 1
@@ -25,6 +19,43 @@ EX_DATAERR = 65
 EX_NOINPUT = 66
 EX_CANTCREAT = 73
 EX_INTERRUPTED = 130
+
+
+class ExitCode(NamedTuple):
+    """One exit status: its number, a few words (README, ``--help``) and a one-line meaning (man)."""
+
+    code: int
+    short: str
+    meaning: str
+
+
+EXIT_CODES: tuple[ExitCode, ...] = (
+    ExitCode(EX_OK, "ok", "success"),
+    ExitCode(EX_SOFTWARE, "unexpected error", "unexpected error (set ACDCTOOL_DEBUG=1 for a traceback)"),
+    ExitCode(EX_USAGE, "usage error", "usage error: bad option or inconsistent configuration"),
+    ExitCode(
+        EX_DATAERR,
+        "bad input data",
+        "bad input data: malformed file, wrong file kind or schema version, labels outside 0..3",
+    ),
+    ExitCode(EX_NOINPUT, "input missing", "input missing: a file or folder that does not exist"),
+    ExitCode(
+        EX_CANTCREAT,
+        "output cannot be created or exists",
+        "output cannot be created, or exists and --force was not given",
+    ),
+    ExitCode(EX_INTERRUPTED, "interrupted", "interrupted (SIGINT/SIGTERM); training saves last.pt first"),
+)
+"""Every exit status of ``acdctool``, in increasing order."""
+
+
+def exit_codes_line(sep: str = " · ") -> str:
+    """The exit codes in one line, e.g. ``0 ok · 1 unexpected error · ... · 130 interrupted``.
+
+    >>> exit_codes_line(", ").split(", ")[:2]
+    ['0 ok', '1 unexpected error']
+    """
+    return sep.join(f"{e.code} {e.short}" for e in EXIT_CODES)
 
 
 class AcdcToolError(Exception):

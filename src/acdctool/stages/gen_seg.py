@@ -144,7 +144,7 @@ def run_gen_seg(
         OutputError: ``output`` exists (without ``force``) or cannot be written.
         ConfigError: ``device`` is ``cuda`` without a CUDA device.
     """
-    from acdctool.train.dist import resolve_device
+    from acdctool.conventions import resolve_device
 
     output = Path(output)
     check_output(output, force, [plan.path])

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 
 from acdctool.config import RefineConfig
+from acdctool.conventions import resolve_device
 from acdctool.data.loader import argmax_labels, one_hot
 from acdctool.errors import BadInputError
 from acdctool.io.checkpoint import file_sha256, load_checkpoint
 from acdctool.stages import morph
-from acdctool.train.dist import resolve_device
 
 
 class NvaeProposer:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
-from acdctool.errors import ConfigError
+from acdctool import conventions
 
 T = TypeVar("T")
 
@@ -53,35 +53,16 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def resolve_device(request: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → ``cuda:local_rank`` when CUDA is available, else ``cpu``.
-
-    Raises:
-        ConfigError: unknown request, or ``cuda`` asked on a machine without a CUDA device.
-    """
-    if request not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"--device must be auto, cpu or cuda, got {request!r}")
-    if request == "cpu":
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    if request == "cuda":
-        raise ConfigError(
-            f"--device cuda: no CUDA device available (torch {torch.__version__}); use --device cpu or auto"
-        )
-    return torch.device("cpu")
-
-
 @contextlib.contextmanager
 def distributed(device_request: str) -> Iterator[DistContext]:
     """Join the torchrun process group if there is one; leave it on exit.
 
     Raises:
-        ConfigError: see :func:`resolve_device`.
+        ConfigError: see :func:`acdctool.conventions.resolve_device`.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = env_rank(), int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_request, local_rank)
+    device = conventions.resolve_device(device_request, local_rank)
     if world <= 1:
         yield DistContext(0, 1, 0, device)
         return

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from acdctool.config import TrainNvaeConfig, config_to_dict
+from acdctool.conventions import resolve_device
 from acdctool.data.loader import Augment, SliceDataset, argmax_labels, one_hot, patient_folds, select_rows
 from acdctool.errors import BadInputError, FileKindError
 from acdctool.io.checkpoint import file_sha256
 from acdctool.io.slices import SliceFile
 from acdctool.metrics import anatomy
-from acdctool.train.dist import resolve_device
 from acdctool.train.loop import Hooks, LoopSettings, StepContext, Trainer, TrainResult, check_run_dir
 
 CLASS_NAMES = ("rv", "myo", "lv")

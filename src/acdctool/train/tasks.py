@@ -14,12 +14,12 @@ from typing import Any
 import torch
 
 from acdctool.config import TrainSegConfig, config_to_dict
+from acdctool.conventions import resolve_device
 from acdctool.data.loader import Augment, SliceDataset, argmax_labels, patient_folds, select_rows
 from acdctool.errors import BadInputError, ConfigError
 from acdctool.io.checkpoint import file_sha256
 from acdctool.io.slices import SliceFile
 from acdctool.models.seg import build_seg_model, check_input_size, parse_net_args, resolve_args
-from acdctool.train.dist import resolve_device
 from acdctool.train.loop import Hooks, LoopSettings, StepContext, Trainer, TrainResult, check_run_dir
 
 CLASS_NAMES = ("rv", "myo", "lv")  # labels 1, 2, 3
