@@ -9,7 +9,7 @@ import pytest
 from skimage.morphology import convex_hull_image
 
 from acdctool.errors import BadInputError
-from acdctool.metrics import anatomy
+from acdctool.metrics import anatomy, shapes
 from acdctool.metrics.anatomy import (
     CRITERIA,
     CRITERIA_NAMES,
@@ -106,6 +106,39 @@ def test_registry_has_the_16_criteria_in_reference_order():
     assert rules["rv_concavity"] == ("max", 30.0)
     assert rules["myo_concavity"] == ("max", 0.0)
     assert rules["lv_circularity"] == rules["myo_circularity"] == ("min", 0.2)
+
+
+def _random_masks(n: int, size: int, seed: int) -> np.ndarray:
+    """Label maps from thresholded smooth noise (blobs, rings, fragments) and raw label noise."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    masks = []
+    for i in range(n):
+        field = ndimage.gaussian_filter(rng.random((size, size)), rng.uniform(0.5, 3.0))
+        mask = np.digitize(field, np.quantile(field, np.sort(rng.uniform(0.2, 0.95, 3)))).astype(np.uint8)
+        if i % 4 == 3:
+            mask = rng.integers(0, 4, (size, size)).astype(np.uint8) * (rng.random((size, size)) < 0.3)
+        masks.append(mask)
+    ring = np.hypot(*(np.mgrid[:size, :size] - size / 2))
+    masks += [np.zeros((size, size), np.uint8), np.where(ring < 6, LV, np.where(ring < 10, MYO, BG)).astype(np.uint8)]
+    return np.stack(masks)
+
+
+def test_registry_generates_one_function_per_criterion_matching_the_batch_evaluator():
+    assert len(CRITERIA) == 16 and len(set(CRITERIA_NAMES)) == 16
+    assert set(CRITERIA_NAMES) <= set(anatomy.__all__)
+    masks = _random_masks(24, 40, seed=7)
+    spacings = np.random.default_rng(8).uniform(0.6, 2.4, (len(masks), 2))
+    values, valid = evaluate_batch(masks, spacings)
+    for j, criterion in enumerate(CRITERIA):
+        function = getattr(anatomy, criterion.name)
+        assert function is criterion.func and function.__name__ == criterion.name
+        assert function.__doc__.startswith(criterion.what) and f"Valid: {criterion.valid_when}." in function.__doc__
+        for i, mask in enumerate(masks):
+            np.testing.assert_array_equal(function(mask, spacings[i]), values[i, j], err_msg=criterion.name)
+    assert 0 < valid.sum() < len(masks)  # the random masks exercise both outcomes
+    assert {c.valid_when for c in CRITERIA} == {"0", "≤ 4 mm", "≤ 30 mm", "≤ 0 mm", "≥ 0.2"}
 
 
 def test_base_phantom_passes_all_16():
@@ -219,8 +252,8 @@ def test_convex_hull_matches_skimage():
         shape = rng.integers(3, 30, 2)
         a = rng.random(shape) < rng.uniform(0.05, 0.6)
         if a.any():
-            np.testing.assert_array_equal(anatomy._convex_hull(a), convex_hull_image(a))
-    np.testing.assert_array_equal(anatomy._convex_hull(heart() == RV), convex_hull_image(heart() == RV))
+            np.testing.assert_array_equal(shapes.convex_hull(a), convex_hull_image(a))
+    np.testing.assert_array_equal(shapes.convex_hull(heart() == RV), convex_hull_image(heart() == RV))
 
 
 @pytest.mark.parametrize(

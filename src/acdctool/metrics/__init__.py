@@ -3,7 +3,8 @@
 - :mod:`acdctool.metrics.overlap`: Dice, Hausdorff distance and HD95 (mm), with the ACDC
   conventions for empty masks, per slice, per volume and batched.
 - :mod:`acdctool.metrics.anatomy`: the 16 anatomical criteria of Painchaud et al. (TMI 2020)
-  for a short-axis slice, and slice validity.
+  for a short-axis slice, and slice validity; :mod:`acdctool.metrics.shapes`: the measures
+  they are made of (holes, components, frontiers, concavity, circularity).
 - :mod:`acdctool.metrics.clinical`: LV/RV volumes, ejection fraction, myocardial mass and the
   agreement statistics of the ACDC challenge.
 """

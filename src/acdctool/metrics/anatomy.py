@@ -1,11 +1,13 @@
 """The 16 anatomical criteria of Painchaud et al. (TMI 2020) for a short-axis slice.
 
-Each criterion is one function ``f(mask, spacing) -> float`` on a label map ``(H, W)``
-(0 background, 1 RV, 2 MYO, 3 LV) with ``spacing = (row_mm, col_mm)``. Counts are in pixels
-(px), distances in mm, circularity is dimensionless. A criterion passes when its value is 0,
-or within its threshold for the concavities (≤ 4 mm LV, ≤ 30 mm RV, ≤ 0 mm MYO) and
-circularities (≥ 0.2); NaN means the structure is absent, which passes. A slice is valid when
-all 16 pass, so an empty slice is valid.
+Each criterion is defined once, in :data:`CRITERIA` (name, unit, pass rule, measure); the
+registry generates the public function of the same name, ``f(mask, spacing) -> float`` on a
+label map ``(H, W)`` (0 background, 1 RV, 2 MYO, 3 LV) with ``spacing = (row_mm, col_mm)``,
+e.g. :func:`holes_in_lv`; the measures themselves are in :mod:`acdctool.metrics.shapes`.
+Counts are in pixels (px), distances in mm, circularity is dimensionless. A criterion passes
+when its value is 0, or within its threshold for the concavities (≤ 4 mm LV, ≤ 30 mm RV,
+≤ 0 mm MYO) and circularities (≥ 0.2); NaN means the structure is absent, which passes. A
+slice is valid when all 16 pass, so an empty slice is valid.
 
 The definitions follow the reference code of the paper (vitalab/vital, ACDC anatomical
 metrics) so that validity rates are comparable with the literature, including its tolerances:
@@ -25,9 +27,14 @@ metrics) so that validity rates are comparable with the literature, including it
 - Holes in a structure are regions of other labels it encloses (background 8-connected);
   components are 8-connected. Regions touching the image border are never holes.
 
-Where we depart from the reference code (only degenerate masks are affected): "outside" is
-whatever touches the image border, not the region holding pixel (0, 0); MYO holes subtract the
-LV pixels inside them rather than the area of the first LV component.
+Where we depart from the reference code:
+
+- "Outside" is whatever touches the image border, not the region holding pixel (0, 0); only
+  degenerate masks (a structure on that pixel) see a difference.
+- ``holes_in_myo`` counts the pixels the MYO encloses that are not LV. The reference subtracts
+  the area of the *first* LV component from the MYO's enclosed area, so the two differ whenever
+  the LV is fragmented (about 5.7% of ordinary UNet slices, not only degenerate masks). Slice
+  validity is unaffected there: a fragmented LV already fails ``disconnectivity_in_lv``.
 
 Example:
     >>> mask = np.zeros((32, 32), np.uint8)
@@ -43,12 +50,24 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
-from scipy.spatial import ConvexHull
-from skimage.measure import perimeter
 
 from acdctool.errors import BadInputError
-from acdctool.metrics.overlap import check_label_map, check_spacing, check_spacings
+from acdctool.metrics.overlap import check_label_map, check_spacings
+from acdctool.metrics.shapes import (
+    BG,
+    LV,
+    MYO,
+    RV,
+    PreparedSlice,
+    circularity,
+    concavity,
+    disconnected,
+    frontier,
+    holes_between,
+    holes_in,
+    myo_holes,
+    rv_myo_gap,
+)
 
 __all__ = [
     "Criterion",
@@ -59,361 +78,62 @@ __all__ = [
     "is_valid",
     "evaluate_batch",
     "criteria_passed",
-    *(
-        "holes_in_lv holes_in_rv holes_in_myo disconnectivity_in_lv disconnectivity_in_rv "
-        "disconnectivity_in_myo holes_between_lv_and_myo holes_between_rv_and_myo "
-        "rv_disconnected_from_myo frontier_between_lv_and_rv frontier_between_lv_and_background "
-        "lv_concavity rv_concavity myo_concavity lv_circularity myo_circularity"
-    ).split(),
+    # + the 16 generated criterion functions, named as CRITERIA_NAMES (added below)
 ]
 
-BG, RV, MYO, LV = 0, 1, 2, 3
-_OUTSIDE = 255  # crop pixels beyond the image: neither background nor any structure
-_CROSS = ndimage.generate_binary_structure(2, 1)
-_SQUARE = np.ones((3, 3), dtype=bool)
-_EPS = 1e-9
-
-
-class _Slice:
-    """One slice cropped to its foreground plus a 1-pixel ring, with cached binary maps.
-
-    Every criterion reads this instead of the full mask so that ``evaluate_slice`` crops and
-    labels each structure once, however many criteria use it.
-    """
-
-    def __init__(self, mask: np.ndarray, spacing: Sequence[float], checked: bool = False):
-        if not checked:
-            mask = check_label_map(mask, 2)
-            spacing = check_spacing(spacing, 2)
-        self.spacing = tuple(float(s) for s in spacing)
-        h, w = mask.shape
-        self.tolerance = h * w / 2**14
-        self.counts = np.bincount(mask.ravel(), minlength=4)
-        self._cache: dict[tuple, np.ndarray] = {}
-        rows = np.flatnonzero(mask.any(axis=1))
-        if rows.size == 0:
-            self.crop = np.zeros((3, 3), np.uint8)
-            self.outside = None
-            return
-        cols = np.flatnonzero(mask.any(axis=0))
-        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        crop = np.full((r1 - r0 + 2, c1 - c0 + 2), _OUTSIDE, np.uint8)
-        # The ring is real background where the image goes on, _OUTSIDE where it ends.
-        sr0, sr1, sc0, sc1 = max(r0 - 1, 0), min(r1 + 1, h), max(c0 - 1, 0), min(c1 + 1, w)
-        crop[sr0 - r0 + 1 : sr1 - r0 + 1, sc0 - c0 + 1 : sc1 - c0 + 1] = mask[sr0:sr1, sc0:sc1]
-        self.crop = crop
-        touches = r0 == 0 or c0 == 0 or r1 == h or c1 == w
-        self.outside = crop == _OUTSIDE if touches else None
-
-    def present(self, label: int) -> bool:
-        return bool(self.counts[label])
-
-    def struct(self, label: int) -> np.ndarray:
-        key = ("s", label)
-        if key not in self._cache:
-            self._cache[key] = self.crop == label
-        return self._cache[key]
-
-    def box(self, label: int) -> tuple[slice, slice]:
-        """Bounding box of a present structure plus one pixel: always inside the crop."""
-        key = ("b", label)
-        if key not in self._cache:
-            self._cache[key] = _bbox_ring(self.struct(label))
-        return self._cache[key]
-
-    def holes(self, label: int, connectivity: int) -> np.ndarray:
-        """Pixels enclosed by a present ``label``: complement components not reaching the box edge.
-
-        Computed in the structure's box, whose 1-pixel edge is never the structure and is
-        4-connected, hence one component, linked to the image border outside the box.
-        """
-        key = ("h", label, connectivity)
-        if key not in self._cache:
-            out = np.zeros(self.crop.shape, bool)
-            # 8-connected background leaks more, so its holes are a subset of the 4-connected ones.
-            if connectivity == 4 or self.holes(label, 4).any():
-                box = self.box(label)
-                lab, n = ndimage.label(~self.struct(label)[box], _SQUARE if connectivity == 8 else _CROSS)
-                if n > 1:
-                    out[box] = (lab != lab[0, 0]) & (lab > 0)
-            self._cache[key] = out
-        return self._cache[key]
-
-    def filled(self, label: int) -> np.ndarray:
-        """The structure with its holes filled (background 4-connected, as binary_fill_holes)."""
-        return self.struct(label) | self.holes(label, 4)
-
-
-def _count(a: np.ndarray) -> float:
-    return float(np.count_nonzero(a))
-
-
-def _bbox_ring(a: np.ndarray) -> tuple[slice, slice]:
-    # Bounding box of a non-empty structure plus one pixel, always inside the crop.
-    rows, cols = np.flatnonzero(a.any(axis=1)), np.flatnonzero(a.any(axis=0))
-    return slice(rows[0] - 1, rows[-1] + 2), slice(cols[0] - 1, cols[-1] + 2)
-
-
-def _convex_hull(a: np.ndarray) -> np.ndarray:
-    """Convex hull image of a non-empty binary mask, as ``skimage.morphology.convex_hull_image``.
-
-    Each pixel is a diamond of radius 1/2 (its edge midpoints); a pixel belongs to the hull when
-    its centre is inside or on the hull of the diamonds. Only the diamonds of the leftmost and
-    rightmost pixel of each row can give hull vertices, and of their top/bottom corners only
-    those that stick out past the next row's extreme pixel (by 2+ columns), so qhull sees ~2
-    points per row. The hull is then rasterised row by row from its half-planes. Coordinates
-    are doubled so that every vertex is an integer until qhull.
-    """
-    h, w = a.shape
-    rows = np.flatnonzero(a.any(axis=1))
-    sub = a[rows]
-    lft = sub.argmax(axis=1)
-    rgt = (w - 1) - sub[:, ::-1].argmax(axis=1)
-    nxt = np.zeros(rows.size, bool)  # the next row holds pixels too
-    nxt[:-1] = np.diff(rows) == 1
-    prv = np.zeros(rows.size, bool)
-    prv[1:] = nxt[:-1]
-    keep_lb, keep_lt, keep_rb, keep_rt = ~nxt, ~prv, ~nxt, ~prv
-    keep_lb[:-1] |= lft[1:] > lft[:-1] + 1
-    keep_lt[1:] |= lft[:-1] > lft[1:] + 1
-    keep_rb[:-1] |= rgt[1:] < rgt[:-1] - 1
-    keep_rt[1:] |= rgt[:-1] < rgt[1:] - 1
-    r2 = 2 * rows
-    pr = np.concatenate([r2, r2, r2[keep_lb] + 1, r2[keep_lt] - 1, r2[keep_rb] + 1, r2[keep_rt] - 1])
-    pc = np.concatenate(
-        [2 * lft - 1, 2 * rgt + 1, 2 * lft[keep_lb], 2 * lft[keep_lt], 2 * rgt[keep_rb], 2 * rgt[keep_rt]]
-    )
-    stride = 2 * w + 4
-    key = np.unique((pr + 2) * stride + (pc + 2))  # qhull can trip over repeated points
-    pts = np.empty((key.size, 2))
-    pts[:, 0], pts[:, 1] = np.divmod(key, stride)
-    eq = ConvexHull(pts - 2.0).equations  # a*row2 + b*col2 + d <= 0 inside
-    a_, b_, d_ = eq[:, 0:1], eq[:, 1], eq[:, 2:3]
-    rhs = (_EPS - d_) - a_ * (2.0 * np.arange(h))  # 2b*col <= rhs, per half-plane and row
-    pos, neg = b_ > _EPS, b_ < -_EPS
-    hi = (rhs[pos] / (2.0 * b_[pos, None])).min(axis=0)
-    lo = (rhs[neg] / (2.0 * b_[neg, None])).max(axis=0)
-    flat = ~(pos | neg)
-    if flat.any():  # horizontal edges bound the rows
-        hi[(rhs[flat] < 0).any(axis=0)] = -np.inf
-    cols = np.arange(w)
-    return (cols >= lo[:, None]) & (cols <= hi[:, None])
-
-
-# --- the criteria, on a prepared slice -------------------------------------------------------
-
-
-def _holes_in(s: _Slice, label: int) -> float:
-    return _count(s.holes(label, 8)) if s.present(label) else 0.0
-
-
-def _holes_in_myo(s: _Slice) -> float:
-    if not s.present(MYO):
-        return 0.0
-    # The LV is supposed to fill the MYO ring: only what else the ring encloses is a hole.
-    return _count(s.holes(MYO, 8) & ~s.struct(LV))
-
-
-def _disconnectivity(s: _Slice, label: int) -> float:
-    if not s.present(label):
-        return 0.0
-    lab, n = ndimage.label(s.struct(label)[s.box(label)], _SQUARE)
-    if n <= 1:
-        return 0.0
-    sizes = np.bincount(lab.ravel())[1:]
-    return float(sizes.sum() - sizes.max())
-
-
-def _holes_without(holes: np.ndarray, other: np.ndarray) -> np.ndarray:
-    # Holes of one structure that do not contain the other one (those get filled in).
-    if not holes.any():
-        return holes
-    lab, _ = ndimage.label(holes, _CROSS)
-    hit = np.unique(lab[other])
-    return holes & ~np.isin(lab, hit[hit > 0])
-
-
-def _holes_between(s: _Slice, a: int, b: int) -> float:
-    if not (s.present(a) and s.present(b)):
-        return 0.0  # nothing can be enclosed between a structure and nothing
-    sa, sb = s.struct(a), s.struct(b)
-    union = sa | sb | _holes_without(s.holes(a, 4), sb) | _holes_without(s.holes(b, 4), sa)
-    lab, n = ndimage.label(~union, _CROSS)
-    gap = _count((lab != lab[0, 0]) & (lab > 0)) if n > 1 else 0.0
-    return gap if gap > s.tolerance else 0.0
-
-
-def _rv_disconnected_from_myo(s: _Slice) -> float:
-    if not (s.present(RV) and s.present(MYO)):
-        return 0.0
-    rv = ndimage.binary_dilation(s.struct(RV), _SQUARE)
-    if s.outside is not None:
-        rv &= ~s.outside
-    myo = s.struct(MYO)
-    if (rv & myo).any():
-        return 0.0
-    return float(ndimage.distance_transform_edt(~myo, sampling=s.spacing)[rv].min())
-
-
-def _frontier(s: _Slice, a: int, b: int) -> float:
-    if not (s.present(a) and s.present(b)):
-        return 0.0
-    box = s.box(a)  # pixels of b outside it cannot touch a
-    touching = _count(s.struct(a)[box] & ndimage.binary_dilation(s.struct(b)[box], _SQUARE))
-    return touching if touching > 1 else 0.0
-
-
-def _concavity(s: _Slice, label: int) -> float:
-    if not s.present(label):
-        return float("nan")
-    box = s.box(label)  # holes lie inside the structure's bounding box
-    filled = s.filled(label)[box]
-    hull = _convex_hull(filled)
-    defect = hull & ~filled
-    if not defect.any():
-        return 0.0
-    outside = s.outside[box] if s.outside is not None else None
-    if outside is not None:
-        defect = defect | outside  # beyond the image nothing erodes the defect
-    core = ndimage.binary_erosion(defect, _SQUARE, border_value=1) & hull
-    if not core.any():
-        return 0.0
-    # Depth is the distance to the nearest in-image pixel outside the hull; only when the hull
-    # covers the whole image (a structure wrapped around it) is the image edge used instead.
-    inside_hull = hull | outside if outside is not None else hull
-    if inside_hull.all():
-        inside_hull = hull
-    return float(ndimage.distance_transform_edt(inside_hull, sampling=s.spacing)[core].max())
-
-
-def _circularity(s: _Slice, label: int) -> float:
-    if not s.present(label):
-        return float("nan")
-    filled = s.filled(label)[s.box(label)]
-    perim = perimeter(filled, 4)
-    if perim < 1e-6:
-        return float("nan")  # a single pixel has no measurable perimeter
-    return float(4.0 * np.pi * np.count_nonzero(filled) / perim**2)
-
-
-# --- public criterion functions ----------------------------------------------------------------
-
-
-def holes_in_lv(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """Pixels (px) of other labels enclosed by the LV. Valid: 0."""
-    return _holes_in(_Slice(mask, spacing), LV)
-
-
-def holes_in_rv(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """Pixels (px) of other labels enclosed by the RV. Valid: 0."""
-    return _holes_in(_Slice(mask, spacing), RV)
-
-
-def holes_in_myo(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """Pixels (px) enclosed by the MYO that are not LV (the LV cavity is no hole). Valid: 0."""
-    return _holes_in_myo(_Slice(mask, spacing))
-
-
-def disconnectivity_in_lv(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """LV pixels (px) outside its largest 8-connected component. Valid: 0."""
-    return _disconnectivity(_Slice(mask, spacing), LV)
-
-
-def disconnectivity_in_rv(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """RV pixels (px) outside its largest 8-connected component. Valid: 0."""
-    return _disconnectivity(_Slice(mask, spacing), RV)
-
-
-def disconnectivity_in_myo(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """MYO pixels (px) outside its largest 8-connected component. Valid: 0."""
-    return _disconnectivity(_Slice(mask, spacing), MYO)
-
-
-def holes_between_lv_and_myo(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """Pixels (px) enclosed between LV and MYO but in neither, 0 up to ``H·W/2**14`` px.
-
-    Holes of one structure that do not contain the other are filled first (they count as holes
-    in that structure instead). Valid: 0.
-    """
-    return _holes_between(_Slice(mask, spacing), LV, MYO)
-
-
-def holes_between_rv_and_myo(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """Pixels (px) enclosed between RV and MYO but in neither, 0 up to ``H·W/2**14`` px. Valid: 0."""
-    return _holes_between(_Slice(mask, spacing), RV, MYO)
-
-
-def rv_disconnected_from_myo(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """Gap (mm) between RV and MYO: 0 when they touch (8-adjacency) or one is absent.
-
-    Otherwise the smallest distance from a pixel next to the RV to a MYO pixel. Valid: 0.
-    """
-    return _rv_disconnected_from_myo(_Slice(mask, spacing))
-
-
-def frontier_between_lv_and_rv(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """LV pixels (px) 8-adjacent to the RV, 0 when only one touches. Valid: 0."""
-    return _frontier(_Slice(mask, spacing), LV, RV)
-
-
-def frontier_between_lv_and_background(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """LV pixels (px) 8-adjacent to background, 0 when only one touches. Valid: 0."""
-    return _frontier(_Slice(mask, spacing), LV, BG)
-
-
-def lv_concavity(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """Depth (mm) of the deepest convexity defect of the filled LV; NaN if absent. Valid: ≤ 4 mm."""
-    return _concavity(_Slice(mask, spacing), LV)
-
-
-def rv_concavity(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """Depth (mm) of the deepest convexity defect of the filled RV; NaN if absent. Valid: ≤ 30 mm."""
-    return _concavity(_Slice(mask, spacing), RV)
-
-
-def myo_concavity(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """Depth (mm) of the deepest convexity defect of the filled MYO (epicardium); NaN if absent.
-
-    Valid: 0 mm, i.e. no defect survives a 3×3 erosion.
-    """
-    return _concavity(_Slice(mask, spacing), MYO)
-
-
-def lv_circularity(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """Isoperimetric ratio 4πA/P² (px units) of the filled LV; NaN if absent. Valid: ≥ 0.2."""
-    return _circularity(_Slice(mask, spacing), LV)
-
-
-def myo_circularity(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """Isoperimetric ratio 4πA/P² (px units) of the filled MYO; NaN if absent. Valid: ≥ 0.2."""
-    return _circularity(_Slice(mask, spacing), MYO)
-
-
-# --- registry and evaluation -------------------------------------------------------------------
+CriterionFunction = Callable[[np.ndarray, Sequence[float]], float]
+_RULES = {"zero": "0", "max": "≤ {threshold:g} {unit}", "min": "≥ {threshold:g}"}
 
 
 @dataclass(frozen=True)
 class Criterion:
-    """One anatomical criterion: how to compute it and when it passes.
+    """One anatomical criterion: what it measures and when it passes.
 
     Attributes:
-        name: column name, as in the reference code.
-        func: ``func(mask, spacing) -> value``.
+        name: column name, as in the reference code, and the name of the generated function.
         unit: ``"px"``, ``"mm"`` or ``"1"`` (dimensionless).
+        measure: prepared slice → value (a measure of :mod:`acdctool.metrics.shapes`).
+        what: what the value is, one sentence (the generated function's docstring).
         rule: ``"zero"`` (value must be 0), ``"max"`` (≤ threshold) or ``"min"`` (≥ threshold).
         threshold: bound for ``"max"``/``"min"`` rules.
+        func: the generated public function ``func(mask, spacing) -> value``.
     """
 
     name: str
-    func: Callable[[np.ndarray, Sequence[float]], float]
     unit: str
+    measure: Callable[[PreparedSlice], float] = field(repr=False, compare=False)
+    what: str = field(repr=False, compare=False)
     rule: str = "zero"
     threshold: float = 0.0
-    _compute: Callable[[_Slice], float] = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+    func: CriterionFunction = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.rule not in _RULES:
+            raise ValueError(f"{self.name}: rule must be one of {sorted(_RULES)}, got {self.rule!r}")
+        object.__setattr__(self, "func", _public_function(self))
+
+    @property
+    def valid_when(self) -> str:
+        """The pass rule in words, e.g. ``"0"``, ``"≤ 4 mm"``, ``"≥ 0.2"``."""
+        return _RULES[self.rule].format(threshold=self.threshold, unit=self.unit)
 
     def passes(self, value: float) -> bool:
         """Whether ``value`` is valid; NaN (absent structure) passes."""
         return bool(_passed(np.asarray([value], float), self.rule, self.threshold)[0])
+
+
+def _public_function(c: Criterion) -> CriterionFunction:
+    def criterion(mask: np.ndarray, spacing: Sequence[float]) -> float:
+        return c.measure(PreparedSlice(mask, spacing))
+
+    criterion.__name__ = criterion.__qualname__ = c.name
+    criterion.__module__ = __name__
+    criterion.__doc__ = (
+        f"{c.what} Valid: {c.valid_when}.\n\n"
+        "Args:\n    mask: label map ``(H, W)``, values in 0..3.\n    spacing: ``(row_mm, col_mm)``.\n\n"
+        "Raises:\n    BadInputError: not 2D, non-integer, labels outside 0..3, or bad spacing.\n"
+    )
+    return criterion
 
 
 def _passed(values: np.ndarray, rule: str, threshold: float) -> np.ndarray:
@@ -426,37 +146,120 @@ def _passed(values: np.ndarray, rule: str, threshold: float) -> np.ndarray:
     return ok | np.isnan(values)
 
 
-def _criterion(func, unit, compute, rule="zero", threshold=0.0) -> Criterion:  # type: ignore[no-untyped-def]
-    return Criterion(func.__name__, func, unit, rule, threshold, compute)
-
-
 CRITERIA: tuple[Criterion, ...] = (
-    _criterion(holes_in_lv, "px", lambda s: _holes_in(s, LV)),
-    _criterion(holes_in_rv, "px", lambda s: _holes_in(s, RV)),
-    _criterion(holes_in_myo, "px", _holes_in_myo),
-    _criterion(disconnectivity_in_lv, "px", lambda s: _disconnectivity(s, LV)),
-    _criterion(disconnectivity_in_rv, "px", lambda s: _disconnectivity(s, RV)),
-    _criterion(disconnectivity_in_myo, "px", lambda s: _disconnectivity(s, MYO)),
-    _criterion(holes_between_lv_and_myo, "px", lambda s: _holes_between(s, LV, MYO)),
-    _criterion(holes_between_rv_and_myo, "px", lambda s: _holes_between(s, RV, MYO)),
-    _criterion(rv_disconnected_from_myo, "mm", _rv_disconnected_from_myo),
-    _criterion(frontier_between_lv_and_rv, "px", lambda s: _frontier(s, LV, RV)),
-    _criterion(frontier_between_lv_and_background, "px", lambda s: _frontier(s, LV, BG)),
-    _criterion(lv_concavity, "mm", lambda s: _concavity(s, LV), "max", 4.0),
-    _criterion(rv_concavity, "mm", lambda s: _concavity(s, RV), "max", 30.0),
-    _criterion(myo_concavity, "mm", lambda s: _concavity(s, MYO), "max", 0.0),
-    _criterion(lv_circularity, "1", lambda s: _circularity(s, LV), "min", 0.2),
-    _criterion(myo_circularity, "1", lambda s: _circularity(s, MYO), "min", 0.2),
+    Criterion("holes_in_lv", "px", lambda s: holes_in(s, LV), "Pixels (px) of other labels enclosed by the LV."),
+    Criterion("holes_in_rv", "px", lambda s: holes_in(s, RV), "Pixels (px) of other labels enclosed by the RV."),
+    Criterion(
+        "holes_in_myo", "px", myo_holes, "Pixels (px) enclosed by the MYO that are not LV (the LV cavity is no hole)."
+    ),
+    Criterion(
+        "disconnectivity_in_lv",
+        "px",
+        lambda s: disconnected(s, LV),
+        "LV pixels (px) outside its largest 8-connected component.",
+    ),
+    Criterion(
+        "disconnectivity_in_rv",
+        "px",
+        lambda s: disconnected(s, RV),
+        "RV pixels (px) outside its largest 8-connected component.",
+    ),
+    Criterion(
+        "disconnectivity_in_myo",
+        "px",
+        lambda s: disconnected(s, MYO),
+        "MYO pixels (px) outside its largest 8-connected component.",
+    ),
+    Criterion(
+        "holes_between_lv_and_myo",
+        "px",
+        lambda s: holes_between(s, LV, MYO),
+        "Pixels (px) enclosed between LV and MYO but in neither, 0 up to ``H·W/2**14`` px (holes of one "
+        "structure that do not contain the other are filled first: they count as holes in it).",
+    ),
+    Criterion(
+        "holes_between_rv_and_myo",
+        "px",
+        lambda s: holes_between(s, RV, MYO),
+        "Pixels (px) enclosed between RV and MYO but in neither, 0 up to ``H·W/2**14`` px.",
+    ),
+    Criterion(
+        "rv_disconnected_from_myo",
+        "mm",
+        rv_myo_gap,
+        "Gap (mm) between RV and MYO: 0 when they touch (8-adjacency) or one is absent, otherwise the "
+        "smallest distance from a pixel next to the RV to a MYO pixel.",
+    ),
+    Criterion(
+        "frontier_between_lv_and_rv",
+        "px",
+        lambda s: frontier(s, LV, RV),
+        "LV pixels (px) 8-adjacent to the RV, 0 when only one touches.",
+    ),
+    Criterion(
+        "frontier_between_lv_and_background",
+        "px",
+        lambda s: frontier(s, LV, BG),
+        "LV pixels (px) 8-adjacent to background, 0 when only one touches.",
+    ),
+    Criterion(
+        "lv_concavity",
+        "mm",
+        lambda s: concavity(s, LV),
+        "Depth (mm) of the deepest convexity defect of the filled LV; NaN if absent.",
+        "max",
+        4.0,
+    ),
+    Criterion(
+        "rv_concavity",
+        "mm",
+        lambda s: concavity(s, RV),
+        "Depth (mm) of the deepest convexity defect of the filled RV; NaN if absent.",
+        "max",
+        30.0,
+    ),
+    Criterion(
+        "myo_concavity",
+        "mm",
+        lambda s: concavity(s, MYO),
+        "Depth (mm) of the deepest convexity defect of the filled MYO (epicardium); NaN if absent. "
+        "0 mm means no defect survives a 3×3 erosion.",
+        "max",
+        0.0,
+    ),
+    Criterion(
+        "lv_circularity",
+        "1",
+        lambda s: circularity(s, LV),
+        "Isoperimetric ratio 4πA/P² (px units) of the filled LV; NaN if absent.",
+        "min",
+        0.2,
+    ),
+    Criterion(
+        "myo_circularity",
+        "1",
+        lambda s: circularity(s, MYO),
+        "Isoperimetric ratio 4πA/P² (px units) of the filled MYO; NaN if absent.",
+        "min",
+        0.2,
+    ),
 )
 """The 16 criteria in the reference order (columns of :func:`evaluate_batch`)."""
 
 CRITERIA_NAMES: tuple[str, ...] = tuple(c.name for c in CRITERIA)
 
+# The public per-criterion functions (holes_in_lv(mask, spacing), ...), generated from the registry.
+globals().update({c.name: c.func for c in CRITERIA})
+__all__ += CRITERIA_NAMES
 
-def _evaluate(s: _Slice) -> list[float]:
+# An empty slice: no structure, nothing to measure (0 for counts and gaps, NaN for shapes).
+_EMPTY = tuple(c.measure(PreparedSlice(np.zeros((1, 1), np.uint8), (1.0, 1.0), checked=True)) for c in CRITERIA)
+
+
+def _evaluate(s: PreparedSlice) -> list[float]:
     if not s.counts[1:].any():
-        return [0.0] * 11 + [float("nan")] * 5  # empty slice: no structure, nothing to measure
-    return [c._compute(s) for c in CRITERIA]
+        return list(_EMPTY)
+    return [c.measure(s) for c in CRITERIA]
 
 
 def evaluate_slice(mask: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
@@ -472,7 +275,7 @@ def evaluate_slice(mask: np.ndarray, spacing: Sequence[float]) -> dict[str, floa
     Raises:
         BadInputError: not 2D, non-integer, labels outside 0..3, or bad spacing.
     """
-    return dict(zip(CRITERIA_NAMES, _evaluate(_Slice(mask, spacing)), strict=False))
+    return dict(zip(CRITERIA_NAMES, _evaluate(PreparedSlice(mask, spacing)), strict=True))
 
 
 def failed_criteria(values: Mapping[str, float]) -> list[str]:
@@ -523,5 +326,5 @@ def evaluate_batch(masks: np.ndarray, spacings: Sequence[float] | np.ndarray) ->
     sp = check_spacings(spacings, n)
     values = np.empty((n, len(CRITERIA)))
     for i in range(n):
-        values[i] = _evaluate(_Slice(masks[i], sp[i], checked=True))
-    return values, criteria_passed(values).all(axis=1)
+        values[i] = _evaluate(PreparedSlice(masks[i], sp[i], checked=True))
+    return values, np.asarray(criteria_passed(values).all(axis=1))
