@@ -51,13 +51,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from acdctool.conventions import BACKGROUND as BG
+from acdctool.conventions import LABEL_OF
 from acdctool.errors import BadInputError
 from acdctool.metrics.overlap import check_label_map, check_spacings
 from acdctool.metrics.shapes import (
-    BG,
-    LV,
-    MYO,
-    RV,
     PreparedSlice,
     circularity,
     concavity,
@@ -81,6 +79,7 @@ __all__ = [
     # + the 16 generated criterion functions, named as CRITERIA_NAMES (added below)
 ]
 
+RV, MYO, LV = LABEL_OF["rv"], LABEL_OF["myo"], LABEL_OF["lv"]
 CriterionFunction = Callable[[np.ndarray, Sequence[float]], float]
 _RULES = {"zero": "0", "max": "≤ {threshold:g} {unit}", "min": "≥ {threshold:g}"}
 

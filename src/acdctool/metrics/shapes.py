@@ -20,6 +20,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull
 from skimage.measure import perimeter
 
+from acdctool.conventions import BACKGROUND, LABEL_OF, N_CLASSES
 from acdctool.metrics.overlap import check_label_map, check_spacing
 
 __all__ = [
@@ -35,7 +36,7 @@ __all__ = [
     "circularity",
 ]
 
-BG, RV, MYO, LV = 0, 1, 2, 3
+BG, RV, MYO, LV = BACKGROUND, LABEL_OF["rv"], LABEL_OF["myo"], LABEL_OF["lv"]
 _OUTSIDE = 255  # crop pixels beyond the image: neither background nor any structure
 _CROSS = ndimage.generate_binary_structure(2, 1)
 _SQUARE = np.ones((3, 3), dtype=bool)
@@ -64,7 +65,7 @@ class PreparedSlice:
         self.spacing = tuple(float(s) for s in spacing)
         h, w = mask.shape
         self.tolerance = h * w / 2**14
-        self.counts = np.bincount(mask.ravel(), minlength=4)
+        self.counts = np.bincount(mask.ravel(), minlength=N_CLASSES)
         self._cache: dict[tuple[Any, ...], Any] = {}
         self.outside: np.ndarray | None
         rows = np.flatnonzero(mask.any(axis=1))
