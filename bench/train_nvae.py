@@ -18,6 +18,7 @@ import time
 def main() -> None:
     import torch
 
+    from acdctool.config import TrainNvaeConfig
     from acdctool.models.nvae import NVAE
     from acdctool.models.nvae_loss import NVAELoss, NVAELossConfig
 
@@ -33,7 +34,7 @@ def main() -> None:
     )
     torch.manual_seed(0)
     model = NVAE().to(device).train()
-    loss_fn = NVAELoss(model, NVAELossConfig()).to(device)
+    loss_fn = NVAELoss(model, NVAELossConfig.from_config(TrainNvaeConfig())).to(device)
     opt = torch.optim.Adamax(model.parameters(), lr=1e-2, eps=1e-3, weight_decay=3e-4)
     labels = torch.randint(0, 4, (args.batch_size, 128, 128), device=device)
     x = torch.nn.functional.one_hot(labels, 4).permute(0, 3, 1, 2).float()

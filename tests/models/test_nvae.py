@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import math
+from dataclasses import MISSING, fields, replace
 
 import pytest
 import torch
 from torch import nn
 
+from acdctool.config import TrainNvaeConfig
 from acdctool.errors import BadInputError, ConfigError, TrainingDivergedError
 from acdctool.models.nvae import NVAE
 from acdctool.models.nvae_dist import Normal, kl_normal, kl_residual
-from acdctool.models.nvae_loss import (
-    NVAELoss,
-    NVAELossConfig,
-    SpectralNormPenalty,
-    check_finite,
-    kl_balance_coefficients,
-    kl_coefficient,
-)
+from acdctool.models.nvae_guard import check_finite
+from acdctool.models.nvae_loss import NVAELoss, NVAELossConfig, kl_balance_coefficients, kl_coefficient
+from acdctool.models.nvae_penalties import SpectralNormPenalty, bn_scale_penalty
 
 
 @pytest.fixture(autouse=True)
@@ -113,7 +110,7 @@ def test_from_args_rejects_unknown_keys_and_bad_input_shape() -> None:
     with pytest.raises(BadInputError):
         model(torch.zeros(1, 4, 64, 64))
     with pytest.raises(ConfigError):
-        NVAELoss(model, NVAELossConfig(betas=(1.0, 1.0)))  # 3 scales need 3 betas
+        NVAELoss(model, loss_config(betas=(1.0, 1.0)))  # 3 scales need 3 betas
 
 
 def test_from_args_and_weights_round_trip(tmp_path) -> None:
@@ -189,6 +186,25 @@ def test_soft_clamp_bounds_parameters() -> None:
 # ---- loss ------------------------------------------------------------------------------------
 
 
+def loss_config(**changes: object) -> NVAELossConfig:
+    """The loss settings of the default train-nvae config, with changes (tiny models need fewer betas)."""
+    return replace(NVAELossConfig.from_config(TrainNvaeConfig()), **changes)
+
+
+def test_loss_settings_have_one_home() -> None:
+    """No default of the stage's settings is repeated in the loss config: it takes them from it."""
+    stage = {f.name for f in fields(TrainNvaeConfig)}
+    own = {f.name: f for f in fields(NVAELossConfig)}
+    shared = stage & set(own)
+    assert shared == {"betas", "warmup_steps", "kl_balance", "dice_weight", "sr_weight"}
+    assert all(own[name].default is MISSING for name in shared)
+    cfg = TrainNvaeConfig(scales=2, groups_per_scale=(2, 1), betas=(3, 4), warmup_steps=7, kl_balance=False,
+                          dice_weight=2.0, sr_weight=0.5)  # fmt: skip
+    assert NVAELossConfig.from_config(cfg) == NVAELossConfig((3.0, 4.0), 7, False, 2.0, 0.5)
+    with pytest.raises(ConfigError):
+        loss_config(betas=(-1.0, 1.0, 1.0))
+
+
 def test_warmup_and_balance_coefficients() -> None:
     assert kl_coefficient(0, 100, 1e-4) == pytest.approx(1e-4)
     assert kl_coefficient(50, 100, 0.0) == pytest.approx(0.5)
@@ -202,7 +218,7 @@ def test_warmup_and_balance_coefficients() -> None:
 def test_few_adamax_steps_reduce_the_loss() -> None:
     torch.manual_seed(0)
     model = NVAE(**{**SMALL, "scales": 2, "groups_per_scale": (2, 1), "image_size": 32})
-    loss_fn = NVAELoss(model, NVAELossConfig(betas=(1.0, 1.0), warmup_steps=50, sr_weight=1e-3, dice_weight=10))
+    loss_fn = NVAELoss(model, loss_config(betas=(1.0, 1.0), warmup_steps=50, sr_weight=1e-3, dice_weight=10))
     opt = torch.optim.Adamax(model.parameters(), lr=1e-2, eps=1e-3, weight_decay=3e-4)
     x = blobs(8, seed=1)
     losses = []
@@ -224,7 +240,7 @@ def test_few_adamax_steps_reduce_the_loss() -> None:
 def test_loss_accepts_label_targets() -> None:
     model = NVAE(**SMALL)
     x = blobs(2)
-    loss_fn = NVAELoss(model, NVAELossConfig(betas=(1.0, 2.0, 3.0)))
+    loss_fn = NVAELoss(model, loss_config(betas=(1.0, 2.0, 3.0)))
     out = model(x)
     l1, t1 = loss_fn(out, x, 10)
     l2, t2 = loss_fn(out, x.argmax(1), 10)
@@ -260,3 +276,15 @@ def test_power_iteration_matches_matrix_norm() -> None:
     penalty.backward()
     assert all(c.weight.grad is not None for c in net)
     assert float(penalty.detach()) == pytest.approx(sum(est.values()), rel=1e-3)
+
+
+def test_bn_scale_penalty_sums_the_largest_gamma_of_each_layer() -> None:
+    net = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3), nn.BatchNorm2d(2, affine=False), nn.BatchNorm2d(2))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([0.5, -2.0, 1.0]))
+        net[3].weight.copy_(torch.tensor([0.25, 0.75]))
+    penalty = bn_scale_penalty(net)
+    assert float(penalty.detach()) == pytest.approx(2.75)
+    penalty.backward()
+    assert net[1].weight.grad.tolist() == [0.0, -1.0, 0.0]
+    assert float(bn_scale_penalty(nn.Conv2d(1, 1, 1))) == 0.0

@@ -1,4 +1,4 @@
-"""The NVAE as a :class:`acdctool.train.loop.Task`, and ``train_nvae`` (one trainer for all models).
+"""The NVAE as a :class:`acdctool.train.loop.Task` (one trainer for all models), run by the ``train-nvae`` stage.
 
 Three modes, picked by the config: ``input=gt`` auto-encodes ground-truth masks (the report's
 first experiment); ``input=seg`` denoises (gen-seg masks in, ground truth out);
@@ -10,29 +10,24 @@ reconstruction's Dice per class and its anatomical validity (the ``eval`` functi
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from acdctool.config import TrainNvaeConfig, config_to_dict
-from acdctool.conventions import resolve_device
-from acdctool.data.loader import Augment, SliceDataset, argmax_labels, one_hot, patient_folds, select_rows
-from acdctool.errors import BadInputError, FileKindError
-from acdctool.io.checkpoint import file_sha256
-from acdctool.io.slices import SliceFile
+from acdctool.config import Context, Masks, NvaeInput, TrainNvaeConfig
+from acdctool.conventions import CLASSES, FOREGROUND
+from acdctool.data.loader import Augment, argmax_labels, one_hot
 from acdctool.metrics import anatomy
-from acdctool.train.loop import Hooks, LoopSettings, StepContext, Trainer, TrainResult, check_run_dir
-
-CLASS_NAMES = ("rv", "myo", "lv")
+from acdctool.train.loop import StepContext
 
 
 def nvae_arrays(config: TrainNvaeConfig) -> tuple[str, str]:
     """(input array, target array) of the slice file for this mode."""
-    if config.context == "3gram":
-        return "context", "gt"
-    return ("gt", "gt") if config.input == "gt" else ("pred", "gt")
+    gt, pred = Masks.GT.value, Masks.PRED.value
+    if config.context == Context.TRIGRAM.value:
+        return "context", gt
+    return (gt, gt) if config.input == NvaeInput.GT.value else (pred, gt)
 
 
 class NvaeTask:
@@ -63,21 +58,12 @@ class NvaeTask:
         self.loss: Any = None
 
     def build_model(self) -> torch.nn.Module:
+        """The NVAE from ``model_args``; also builds its loss (``self.loss``) from the stage config."""
         from acdctool.models.nvae import NVAE
         from acdctool.models.nvae_loss import NVAELoss, NVAELossConfig
 
         model = NVAE.from_args(self.model_args)
-        c = self.config
-        self.loss = NVAELoss(
-            model,
-            NVAELossConfig(
-                betas=tuple(c.betas),
-                warmup_steps=c.warmup_steps,
-                kl_balance=c.kl_balance,
-                dice_weight=c.dice_weight,
-                sr_weight=c.sr_weight,
-            ),
-        )
+        self.loss = NVAELoss(model, NVAELossConfig.from_config(self.config))
         return model
 
     def configure_optimizer(self, model: torch.nn.Module):
@@ -105,7 +91,7 @@ class NvaeTask:
         return one_hot(batch[self.input_key]), batch[self.target_key]
 
     def train_step(self, model, batch: dict[str, torch.Tensor], ctx: StepContext):
-        from acdctool.models.nvae_loss import check_finite
+        from acdctool.models.nvae_guard import check_finite
 
         if self.augment is not None:
             batch = self.augment(batch, ctx.generator)
@@ -124,8 +110,8 @@ class NvaeTask:
         _, terms = self.loss(out, target, self.config.warmup_steps)
         pred = argmax_labels(model.reconstruct(x, mode="mean"))
         n = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device)
-        dice = torch.zeros(3, dtype=torch.float64, device=x.device)
-        for i, label in enumerate((1, 2, 3)):
+        dice = torch.zeros(len(FOREGROUND), dtype=torch.float64, device=x.device)
+        for i, label in enumerate(FOREGROUND):
             p, g = pred == label, target == label
             inter, size = (p & g).sum((1, 2)).double(), (p.sum((1, 2)) + g.sum((1, 2))).double()
             dice[i] = torch.where(size > 0, 2 * inter / size.clamp_min(1), torch.ones_like(size)).sum()
@@ -140,93 +126,9 @@ class NvaeTask:
         n = float(sums["n"].clamp_min(1))
         out = {k: float(v) / n for k, v in sums.items() if k not in ("n", "dice", "valid")}
         dice = sums["dice"] / n
-        for i, name in enumerate(CLASS_NAMES):
+        for i, name in enumerate(CLASSES):
             out[f"dice_{name}"] = float(dice[i])
         out["dice_mean"] = float(dice.mean())
         out["valid_fraction"] = float(sums["valid"]) / n
         out["loss"] = out["recon"] + out["kl"]  # the (unweighted) negative ELBO per slice
         return out
-
-
-def train_nvae(
-    path: Path | str,
-    run_dir: Path | str,
-    config: TrainNvaeConfig,
-    *,
-    resume: bool = False,
-    force: bool = False,
-    hooks: Hooks | None = None,
-    provenance: dict[str, Any] | None = None,
-) -> TrainResult:
-    """Train the NVAE on a slice file's masks; checkpoints and metrics go to ``run_dir``.
-
-    Raises:
-        FileKindError: ``context=3gram`` without a make-3gram file, or a make-3gram file without it.
-        BadInputError: missing masks for the mode (ground truth, or ``pred`` for ``input=seg``),
-            empty selection, or a slice size the model cannot take.
-        ConfigError: inconsistent model configuration, CUDA asked but absent.
-        OutputError, TrainingDivergedError: see :func:`acdctool.train.tasks.train_seg`.
-    """
-    from acdctool.models.nvae import NVAE
-
-    path, run_dir = Path(path), Path(run_dir)
-    resolve_device(config.device)
-    check_run_dir(run_dir, resume, force)
-    input_key, target_key = nvae_arrays(config)
-    with SliceFile(path) as f:
-        if config.context == "3gram" and f.kind != "3gram":
-            raise FileKindError(f"{path}: a '{f.kind}' file; --context 3gram needs a make-3gram output")
-        if config.context != "3gram" and f.kind == "3gram":
-            raise FileKindError(f"{path}: a make-3gram file; train it with --context 3gram")
-        for key in dict.fromkeys((input_key, target_key)):
-            if not f.has(key):
-                what = {
-                    "gt": "ground-truth masks",
-                    "pred": "segmentations ('pred': a gen-seg output)",
-                    "context": "3-gram context",
-                }[key]
-                raise BadInputError(
-                    f"{path}: has no {what}, needed by --input {config.input} --context {config.context}"
-                )
-        index, shape, spacing = f.index, f.shape, f.spacing()
-    model_args = {
-        "in_channels": 12 if config.context == "3gram" else 4,
-        "out_channels": 4,
-        "image_size": shape[0],
-        "stem_channels": config.stem_channels,
-        "scales": config.scales,
-        "groups_per_scale": list(config.groups_per_scale),
-        "latent_channels": config.latent_channels,
-        "se_reduction": config.se_reduction,
-    }
-    NVAE.from_args(model_args)  # validates sizes before any file is written
-    if shape[0] != shape[1]:
-        raise BadInputError(f"{path}: slices are {shape[0]}×{shape[1]}; the NVAE needs square slices")
-    train_rows, val_rows = select_rows(index, config.fold, str(path))
-    arrays = tuple(dict.fromkeys((input_key, target_key)))
-    train_ds = SliceDataset(path, train_rows, arrays=arrays, labels=("gt", "pred", "context"), in_memory=config.cache)
-    val_ds = SliceDataset(path, val_rows, arrays=arrays, labels=("gt", "pred", "context"), in_memory=config.cache)
-    data = {
-        "path": str(path.resolve()),
-        "sha256": file_sha256(path),
-        "kind": "nvae",
-        "input": config.input,
-        "context": config.context,
-        "fold": config.fold,
-        "folds": patient_folds(index),
-        "rows": {"train": int(len(train_rows)), "val": int(len(val_rows))},
-    }
-    steps = max(1, len(train_ds) // config.batch_size)
-    task = NvaeTask(model_args, config, steps, spacing)
-    trainer = Trainer(
-        task,
-        LoopSettings.from_config(config),
-        run_dir,
-        config=config_to_dict(config),
-        data=data,
-        provenance=provenance,
-        resume=resume,
-        force=force,
-        hooks=hooks,
-    )
-    return trainer.fit(train_ds, val_ds)
