@@ -16,8 +16,8 @@ config              the training stage's resolved config (``config_to_dict``)
 data                training data: ``path``, ``sha256`` of the slice file, ``fold`` (or
                     None), ``folds`` patient → fold id, ``train_patients``, ``val_patients``
 metrics             validation metrics of the epoch this checkpoint was taken at
-train               everything ``--resume`` needs (epoch, step, optimiser, scheduler, scaler,
-                    RNG states, history); see :mod:`acdctool.train.loop`
+train               everything ``--resume`` needs (epoch, step, optimiser, scheduler, task,
+                    RNG states, history); see :mod:`acdctool.train.state`
 versions            acdctool, torch, monai, python versions that wrote it
 provenance          :func:`acdctool.provenance.make_provenance`
 ==================  =====================================================================
