@@ -1,23 +1,29 @@
 """The report's figures as PNG files: Dice violins, delta histogram, scatter, montages.
 
-Label colours are fixed across every figure: RV blue, MYO green, LV red (over grey images).
+Label colours are fixed across every figure: RV blue, MYO green, LV red (over grey images);
+montages carry a key of them. Legends sit outside the axes, never over the data.
+:func:`violin_figure` and :func:`montage_figure` return the figure instead of writing it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from acdctool import CLASS_NAMES as CLASSES
+from acdctool.conventions import CLASSES, FOREGROUND, LABELS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 LABEL_RGB = np.array([[0, 0, 0], [0.15, 0.45, 1.0], [0.1, 0.8, 0.2], [0.95, 0.15, 0.1]])
 """RGB colour of labels 0..3 (background, RV, MYO, LV)."""
 
 
-def _plt():
+def _plt() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -26,26 +32,47 @@ def _plt():
     return plt
 
 
-def violin(tables: dict[str, pd.DataFrame], path: Path) -> Path:
+def violin(tables: Mapping[str, pd.DataFrame], path: Path) -> Path:
     """Violin plot of per-slice Dice per class (one violin per table, e.g. before/after)."""
+    return _save(violin_figure(tables), path)
+
+
+def violin_figure(tables: Mapping[str, pd.DataFrame]) -> Figure:
+    """The figure of :func:`violin`; its legend, right of the axes, gives each table's n and mean.
+
+    n counts the slices with a Dice value; a class whose count differs (NaN rows) shows its own
+    n under its name. An empty table draws no violins, only its legend entry.
+    """
     plt = _plt()
-    names = [*CLASSES.values(), "mean"]
+    names = [*CLASSES, "mean"]
     fig, ax = plt.subplots(figsize=(2.2 * len(names) + 1, 4), dpi=110)
-    width = 0.8 / len(tables)
+    width = 0.8 / max(len(tables), 1)
+    counts = {label: [int(table[f"dice_{n}"].notna().sum()) for n in names] for label, table in tables.items()}
     for t, (label, table) in enumerate(tables.items()):
         pos = np.arange(len(names)) + (t - (len(tables) - 1) / 2) * width
         data = [table[f"dice_{n}"].dropna().to_numpy() for n in names]
-        parts = ax.violinplot(data, positions=pos, widths=width * 0.9, showmedians=True)
-        for body in parts["bodies"]:
-            body.set_facecolor(f"C{t}")
-            body.set_alpha(0.6)
-        ax.plot([], [], color=f"C{t}", lw=6, alpha=0.6, label=f"{label} (mean {table['dice_mean'].mean():.4f})")
-    ax.set_xticks(np.arange(len(names)), [n.upper() if n != "mean" else "mean" for n in names])
+        drawn = [j for j, d in enumerate(data) if d.size]
+        if drawn:
+            parts = ax.violinplot([data[j] for j in drawn], positions=pos[drawn], widths=width * 0.9, showmedians=True)
+            for body in parts["bodies"]:
+                body.set_facecolor(f"C{t}")
+                body.set_alpha(0.6)
+        n = counts[label][-1]
+        mean = f"mean Dice {table['dice_mean'].mean():.4f}" if n else "no slices"
+        ax.plot([], [], color=f"C{t}", lw=6, alpha=0.6, label=f"{label}\nn = {n:,}, {mean}")
+    ticks = []
+    for j, name in enumerate(names):
+        tick = name.upper() if name != "mean" else "mean"
+        own = [c[j] for c in counts.values()]
+        if any(k != c[-1] for k, c in zip(own, counts.values(), strict=True)):
+            tick += "\n" + " / ".join(f"n = {k:,}" for k in own)
+        ticks.append(tick)
+    ax.set_xticks(np.arange(len(names)), ticks)
     ax.set_ylabel("Dice per slice")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return fig
 
 
 def delta_histogram(deltas: pd.DataFrame, threshold: float, path: Path) -> Path:
@@ -95,17 +122,41 @@ def overlay(image: np.ndarray, mask: np.ndarray | None, alpha: float = 0.45) -> 
     return np.clip(np.where(on, (1 - alpha) * grey + alpha * colour, grey), 0, 1)
 
 
-def montage(images: np.ndarray, columns: dict[str, np.ndarray], titles: Sequence[str], path: Path) -> Path:
+def montage(
+    images: np.ndarray,
+    columns: Mapping[str, np.ndarray],
+    titles: Sequence[str],
+    path: Path,
+    *,
+    empty: str = "no slices",
+) -> Path:
     """One row per slice: the image, then each named mask column as a coloured overlay.
 
     Args:
         images: (K, H, W) in [0, 1].
         columns: name → (K, H, W) label maps (e.g. ground truth, before, after).
         titles: one caption per row (e.g. patient, phase, slice, Dice before → after).
+        path: the PNG to write.
+        empty: what a montage without rows (K = 0) says instead.
+    """
+    return _save(montage_figure(images, columns, titles, empty=empty), path)
+
+
+def montage_figure(
+    images: np.ndarray, columns: Mapping[str, np.ndarray], titles: Sequence[str], *, empty: str = "no slices"
+) -> Figure:
+    """The figure of :func:`montage`, with a colour key of the labels below the panels.
+
+    Without rows it is a small figure that says ``empty``.
     """
     plt = _plt()
     k, ncol = len(images), len(columns) + 1
-    fig, axes = plt.subplots(max(k, 1), ncol, figsize=(2.1 * ncol, 2.2 * max(k, 1)), dpi=100, squeeze=False)
+    if k == 0:
+        fig, ax = plt.subplots(figsize=(3.2, 0.9), dpi=100)
+        ax.text(0.5, 0.5, empty, ha="center", va="center", fontsize=10, color="0.3")
+        ax.axis("off")
+        return fig
+    fig, axes = plt.subplots(k, ncol, figsize=(2.1 * ncol, 2.2 * k), dpi=100, squeeze=False)
     for i in range(k):
         panels = [("image", overlay(images[i], None))] + [(n, overlay(images[i], m[i])) for n, m in columns.items()]
         for j, (name, rgb) in enumerate(panels):
@@ -116,14 +167,17 @@ def montage(images: np.ndarray, columns: dict[str, np.ndarray], titles: Sequence
             if i == 0:
                 ax.set_title(name, fontsize=9)
         axes[i, 0].set_ylabel(titles[i], fontsize=7)
-    if k == 0:
-        axes[0, 0].text(0.5, 0.5, "no rows", ha="center", va="center")
-        axes[0, 0].axis("off")
-    return _save(fig, path)
+    from matplotlib.patches import Patch
 
-
-def _save(fig, path: Path) -> Path:
+    key = [Patch(facecolor=LABEL_RGB[label], edgecolor="none", label=LABELS[label]) for label in FOREGROUND]
     fig.tight_layout()
-    fig.savefig(path)
+    fig.legend(handles=key, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(key), fontsize=8, frameon=False)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    if not fig.legends:  # a figure legend (the montage key) is placed after the layout
+        fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")  # keeps legends placed outside the axes
     _plt().close(fig)
     return path
