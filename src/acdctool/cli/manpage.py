@@ -124,7 +124,46 @@ def _exit_codes() -> list[str]:
 
 
 def completion_script(shell: str) -> str:
-    """The completion script Click generates for ``shell`` (``_ACDCTOOL_COMPLETE=source_<shell>``)."""
+    """The completion script for ``shell``: Click's (``_ACDCTOOL_COMPLETE=source_<shell>``), zsh's made installable.
+
+    Typer's zsh script starts with a blank line, so ``#compdef`` is not on line 1 and compinit
+    ignores the file on ``$fpath``; and it only registers a function with ``compdef``, so even
+    then the first Tab would complete nothing. See :func:`_zsh_function_file`.
+    """
     env = {**os.environ, "_ACDCTOOL_COMPLETE": f"source_{shell}"}
     code = "from acdctool.cli.app import main; main()"
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    text = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    return _zsh_function_file(text) if shell == "zsh" else text
+
+
+def _zsh_function_file(typer_script: str, prog: str = "acdctool") -> str:
+    """Typer's zsh script as a completion function file that works both ways the README says.
+
+    ``#compdef`` on line 1; the function is ``_acdctool``, the name of the installed file, so
+    that autoloading it from ``$fpath`` defines the function and completes at once (the first
+    call runs the whole file, in the ``loadautofunc`` context); sourcing it after ``compinit``
+    registers the function with ``compdef``. The line that asks the program for completions is
+    Typer's own.
+
+    Raises:
+        RuntimeError: Typer's script no longer has the expected shape.
+    """
+    lines = typer_script.strip().splitlines()
+    asks = [line.strip() for line in lines if line.strip().startswith("eval $(env ")]
+    if len(asks) != 1 or lines[0] != f"#compdef {prog}":
+        raise RuntimeError(f"unexpected zsh completion script from Typer:\n{typer_script}")
+    return (
+        f"#compdef {prog}\n"
+        f"# zsh completion for {prog}: copy to a folder on $fpath as _{prog} (before compinit runs),\n"
+        f"# or source this file after compinit.\n"
+        f"\n"
+        f"_{prog}() {{\n"
+        f"  {asks[0]}\n"
+        f"}}\n"
+        f"\n"
+        f"if [[ $zsh_eval_context[-1] == loadautofunc ]]; then\n"
+        f'  _{prog} "$@"  # autoloaded from $fpath: complete now; later calls run the function above\n'
+        f"else\n"
+        f"  compdef _{prog} {prog}\n"
+        f"fi\n"
+    )
