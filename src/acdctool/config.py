@@ -3,6 +3,11 @@
 CLI options map one-to-one onto these fields; the resolved config is stored (as JSON) in every
 output file and checkpoint, so a result can always be traced back to the settings that made it.
 Later stages add their own dataclass here.
+
+Options with a fixed set of values have an ``Enum`` of ``str`` here (:class:`Arch`, :class:`Roi`,
+...), the single home of those values: the CLI offers them as choices (tab completion, typos
+fail with exit 2 before anything heavy is imported), the dataclasses keep plain strings (so the
+stored config is plain JSON) and check them against the same enum.
 """
 
 from __future__ import annotations
@@ -10,12 +15,96 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, TypeVar
 
+from acdctool.conventions import Device, check_device
 from acdctool.errors import ConfigError
 
-GROUPS = ("NOR", "MINF", "DCM", "HCM", "RV")
-"""ACDC pathology groups, in the order the phantoms cycle through them."""
+
+class Arch(str, Enum):
+    """``train-seg --arch``: the segmentation nets (:mod:`acdctool.models.seg`)."""
+
+    UNET = "unet"
+    RESUNET = "resunet"
+    ATTUNET = "attunet"
+    SWINUNETR = "swinunetr"
+
+
+class LrSchedule(str, Enum):
+    """``train-seg --lr-schedule``."""
+
+    CONSTANT = "constant"
+    COSINE = "cosine"
+
+
+class Roi(str, Enum):
+    """``prep --roi``: where the square crop goes."""
+
+    GT = "gt"
+    CENTER = "center"
+
+
+class MaskInterp(str, Enum):
+    """``prep --mask-interp``: how masks are resized."""
+
+    SMOOTH = "smooth"
+    NEAREST = "nearest"
+
+
+class Masks(str, Enum):
+    """Which masks of a slice file: ``make-3gram --source``, ``export --array``."""
+
+    PRED = "pred"
+    GT = "gt"
+
+
+class NvaeInput(str, Enum):
+    """``train-nvae --input``: what the NVAE sees (ground truth, or gen-seg masks)."""
+
+    GT = "gt"
+    SEG = "seg"
+
+
+class Context(str, Enum):
+    """``train-nvae --context``, ``refine --context``: the current mask alone, or with its neighbours."""
+
+    NONE = "none"
+    TRIGRAM = "3gram"
+
+
+class Method(str, Enum):
+    """``refine --method``."""
+
+    NVAE = "nvae"
+    MORPH = "morph"
+
+
+class Gate(str, Enum):
+    """``refine --gate``."""
+
+    ANATOMY = "anatomy"
+    NONE = "none"
+
+
+def choices(enum: type[Enum]) -> tuple[str, ...]:
+    """The values of a choice enum, in order.
+
+    >>> choices(Gate)
+    ('anatomy', 'none')
+    """
+    return tuple(str(m.value) for m in enum)
+
+
+def check_choice(option: str, value: str, enum: type[Enum]) -> None:
+    """Refuse a value that is not one of ``enum``'s (``option`` names it, e.g. ``--roi``).
+
+    Raises:
+        ConfigError: naming the option and the allowed values.
+    """
+    allowed = choices(enum)
+    if value not in allowed:
+        raise ConfigError(f"{option} must be one of {', '.join(allowed)}; got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -55,14 +144,14 @@ class PrepConfig:
 
     size: int = 128
     """Output in-plane size (px); the crop is square, so proportions are kept."""
-    roi: str = "gt"
+    roi: str = Roi.GT.value
     """``gt``: square box around the ground-truth heart plus a margin; ``center``: a fixed
     physical square (``roi_mm``) around the image centre (no ground truth needed)."""
     margin: float = 0.25
     """``roi=gt``: margin added on each side, as a fraction of the heart's larger extent."""
     roi_mm: float = 200.0
     """``roi=center``: side of the square crop in mm."""
-    mask_interp: str = "smooth"
+    mask_interp: str = MaskInterp.SMOOTH.value
     """``smooth``: resize each label's one-hot channel linearly and take the argmax (keeps
     anatomy valid, SPEC §3); ``nearest``: nearest-neighbour on the label map."""
     low_percentile: float = 1.0
@@ -80,10 +169,8 @@ class PrepConfig:
     def __post_init__(self) -> None:
         if self.size < 16 or self.size > 1024:
             raise ConfigError(f"--size must be within 16..1024, got {self.size}")
-        if self.roi not in ("gt", "center"):
-            raise ConfigError(f"--roi must be 'gt' or 'center', got {self.roi!r}")
-        if self.mask_interp not in ("smooth", "nearest"):
-            raise ConfigError(f"--mask-interp must be 'smooth' or 'nearest', got {self.mask_interp!r}")
+        check_choice("--roi", self.roi, Roi)
+        check_choice("--mask-interp", self.mask_interp, MaskInterp)
         if not 0 <= self.margin <= 2:
             raise ConfigError(f"--margin must be within 0..2, got {self.margin}")
         if self.roi_mm <= 0:
@@ -126,25 +213,24 @@ class EvalConfig:
 class NgramConfig:
     """Neighbour context for the 3-gram NVAE (``acdctool make-3gram``)."""
 
-    source: str = "pred"
+    source: str = Masks.PRED.value
     """Masks stacked as context: ``pred`` (a segmentation output) or ``gt`` (ground truth)."""
 
     def __post_init__(self) -> None:
-        if self.source not in ("pred", "gt"):
-            raise ConfigError(f"--source must be 'pred' or 'gt', got {self.source!r}")
+        check_choice("--source", self.source, Masks)
 
 
 @dataclass(frozen=True)
 class RefineConfig:
     """Correction of segmentations (``acdctool refine``)."""
 
-    method: str = "nvae"
+    method: str = Method.NVAE.value
     """``nvae``: NVAE reconstruction (needs ``--nvae``); ``morph``: per class, keep the largest
     connected component and fill holes (nnU-Net's / vital's post-processing, the baseline)."""
-    context: str = "none"
+    context: str = Context.NONE.value
     """``none``: the NVAE sees the current mask (4 channels); ``3gram``: previous/current/next
     masks (12 channels, needs a make-3gram file and a 3-gram NVAE)."""
-    gate: str = "anatomy"
+    gate: str = Gate.ANATOMY.value
     """``anatomy``: keep anatomically valid slices bit-identical, replace invalid ones by the
     valid candidate closest (Dice) to the input; ``none``: replace every slice."""
     partial: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5)
@@ -161,18 +247,14 @@ class RefineConfig:
     """Also offer each NVAE candidate after the morphological clean-up (stray pixels removed,
     holes filled) to the gate."""
     batch_size: int = 64
-    device: str = "auto"
+    device: str = Device.AUTO.value
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (
-            ("method", self.method, ("nvae", "morph")),
-            ("context", self.context, ("none", "3gram")),
-            ("gate", self.gate, ("anatomy", "none")),
-            ("device", self.device, ("auto", "cpu", "cuda")),
-        ):
-            if value not in allowed:
-                raise ConfigError(f"--{name} must be one of {', '.join(allowed)}; got {value!r}")
+        check_choice("--method", self.method, Method)
+        check_choice("--context", self.context, Context)
+        check_choice("--gate", self.gate, Gate)
+        check_device(self.device)
         if self.samples < 0 or self.batch_size < 1:
             raise ConfigError("--samples must be >= 0 and --batch-size >= 1")
         if self.temperature <= 0:
@@ -181,8 +263,25 @@ class RefineConfig:
             raise ConfigError(f"--min-agreement must be within [0, 1], got {self.min_agreement}")
         if any(not 0 < t <= 1 for t in self.partial):
             raise ConfigError(f"--partial thresholds must be within (0, 1], got {','.join(map(str, self.partial))}")
-        if self.method == "morph" and (self.context != "none" or self.samples):
+        if self.method == Method.MORPH.value and (self.context != Context.NONE.value or self.samples):
             raise ConfigError("--method morph takes no --context or --samples (they are NVAE options)")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Masks back to NIfTI in the original geometry (``acdctool export``)."""
+
+    array: str | None = None
+    """Masks to export: ``pred`` or ``gt``; None: ``pred`` when the file has it, else ``gt``."""
+
+    def __post_init__(self) -> None:
+        if self.array is not None:
+            check_choice("--array", self.array, Masks)
+
+
+@dataclass(frozen=True)
+class InfoConfig:
+    """Summary of a slice file (``acdctool info``): no settings; here so every stage takes a config."""
 
 
 C = TypeVar("C")
@@ -217,7 +316,7 @@ def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
 class TrainSegConfig:
     """Train one MONAI segmentation net (``acdctool train-seg``); report defaults (SPEC §2)."""
 
-    arch: str = "unet"
+    arch: str = Arch.UNET.value
     """``unet``, ``resunet`` (UNet, 2 residual units per level), ``attunet`` or ``swinunetr``."""
     net_args: tuple[str, ...] = ()
     """``KEY=VALUE`` overrides of the net's constructor arguments, e.g. ``channels=8,16,32``."""
@@ -230,12 +329,12 @@ class TrainSegConfig:
     lr: float = 1e-3
     """Adam learning rate."""
     weight_decay: float = 0.0
-    lr_schedule: str = "constant"
+    lr_schedule: str = LrSchedule.CONSTANT.value
     """``constant`` (the report) or ``cosine`` (annealed to 0 over ``epochs``)."""
     augment: bool = True
     """Random flips, ±15° rotation, ×1.1 zoom, gamma and intensity changes."""
     seed: int = 0
-    device: str = "auto"
+    device: str = Device.AUTO.value
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     amp: bool = True
     """bf16 autocast on CUDA (never on CPU)."""
@@ -249,18 +348,15 @@ class TrainSegConfig:
     """Clip the gradient norm to this value (0: off)."""
 
     def __post_init__(self) -> None:
-        if self.arch not in ("unet", "resunet", "attunet", "swinunetr"):
-            raise ConfigError(f"--arch must be unet, resunet, attunet or swinunetr, got {self.arch!r}")
+        check_choice("--arch", self.arch, Arch)
         if self.fold is not None and self.fold < 0:
             raise ConfigError(f"--fold must be >= 0, got {self.fold}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("--epochs and --batch-size must be >= 1")
         if not self.lr > 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ConfigError("--lr must be > 0; --weight-decay and --grad-clip >= 0")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ConfigError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        check_choice("--lr-schedule", self.lr_schedule, LrSchedule)
+        check_device(self.device)
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
 
@@ -271,7 +367,7 @@ class GenSegConfig:
 
     batch_size: int = 64
     """Slices per forward pass."""
-    device: str = "auto"
+    device: str = Device.AUTO.value
     amp: bool = True
     """bf16 autocast on CUDA (never on CPU)."""
     save_probs: bool = False
@@ -280,17 +376,16 @@ class GenSegConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        check_device(self.device)
 
 
 @dataclass(frozen=True)
 class TrainNvaeConfig:
     """Train the NVAE shape model on masks (``acdctool train-nvae``); report defaults (SPEC §2)."""
 
-    input: str = "gt"
+    input: str = NvaeInput.GT.value
     """``gt``: auto-encode ground-truth masks; ``seg``: denoise (gen-seg masks in, ground truth out)."""
-    context: str = "none"
+    context: str = Context.NONE.value
     """``3gram``: previous/current/next masks in (12 channels, a make-3gram file), ground-truth
     current slice out."""
     stem_channels: int = 4
@@ -324,7 +419,7 @@ class TrainNvaeConfig:
     augment: bool = True
     """Small rotations and zooms of the masks (no flips: a mirrored heart is not a plausible shape)."""
     seed: int = 0
-    device: str = "auto"
+    device: str = Device.AUTO.value
     amp: bool = False
     """bf16 autocast on CUDA (off by default: the KL terms are sensitive to precision)."""
     workers: int = 0
@@ -334,10 +429,8 @@ class TrainNvaeConfig:
     """Gradient-norm clip (0: off); a safety net for early KL spikes."""
 
     def __post_init__(self) -> None:
-        if self.input not in ("gt", "seg"):
-            raise ConfigError(f"--input must be gt or seg, got {self.input!r}")
-        if self.context not in ("none", "3gram"):
-            raise ConfigError(f"--context must be none or 3gram, got {self.context!r}")
+        check_choice("--input", self.input, NvaeInput)
+        check_choice("--context", self.context, Context)
         if len(self.groups_per_scale) != self.scales:
             raise ConfigError(f"--groups-per-scale has {len(self.groups_per_scale)} values for --scales {self.scales}")
         if len(self.betas) != self.scales:
@@ -350,5 +443,4 @@ class TrainNvaeConfig:
             raise ConfigError("need --lr > 0, 0 < --lr-min <= --lr and --eps > 0")
         if min(self.warmup_steps, self.lr_warmup_steps, self.workers) < 0 or self.weight_decay < 0:
             raise ConfigError("warm-up steps, --workers and --weight-decay must be >= 0")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        check_device(self.device)

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from acdctool.conventions import GROUPS
 from acdctool.data.splits import assign_splits
-
-GROUPS = ("NOR", "MINF", "DCM", "HCM", "RV")
 
 
 def _patients(per_group=20):

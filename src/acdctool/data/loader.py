@@ -22,10 +22,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from acdctool.conventions import N_CLASSES
 from acdctool.errors import BadInputError
 from acdctool.io.slices import SliceFile
-
-N_CLASSES = 4  # labels 0 background, 1 RV, 2 MYO, 3 LV
 
 
 def select_rows(index: pd.DataFrame, fold: int | None, source: str = "input") -> tuple[np.ndarray, np.ndarray]:

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from acdctool.conventions import GROUPS
 from acdctool.errors import BadInputError, InputMissingError
 
 _PATIENT_RE = re.compile(r"^patient\d{3}$")
 _REQUIRED_INFO = ("ED", "ES", "Group", "NbFrame")
-VALID_GROUPS = ("NOR", "MINF", "DCM", "HCM", "RV")
 
 
 @dataclass(frozen=True)
@@ -131,8 +131,8 @@ def read_info(patient_dir: Path) -> PatientInfo:
         )
     except ValueError as exc:
         raise BadInputError(f"{path}: malformed Info.cfg ({exc})") from None
-    if info.group not in VALID_GROUPS:
-        raise BadInputError(f"{path}: unknown Group {info.group!r} (expected one of {', '.join(VALID_GROUPS)})")
+    if info.group not in GROUPS:
+        raise BadInputError(f"{path}: unknown Group {info.group!r} (expected one of {', '.join(GROUPS)})")
     for key, frame in (("ED", info.ed), ("ES", info.es)):
         if not 1 <= frame <= info.nb_frames:
             raise BadInputError(f"{path}: {key} frame {frame} outside 1..NbFrame={info.nb_frames}")

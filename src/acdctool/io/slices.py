@@ -55,9 +55,6 @@ INDEX_COLUMNS: dict[str, str] = {
     "fold": "int8",  # 0..k-1 for training patients, -1 otherwise
     "model": _STR,  # model name for seg/refined rows, "" for prep rows
 }
-ROW_KEY = ("patient", "phase", "slice", "model")
-"""Columns that identify a row; stages match rows by these, never by position."""
-
 _COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
 
 

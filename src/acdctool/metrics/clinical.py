@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from acdctool.conventions import LABEL_OF, N_CLASSES
 from acdctool.errors import BadInputError
 from acdctool.metrics.overlap import check_label_map, check_spacing
 
@@ -42,7 +43,7 @@ __all__ = [
 MYO_DENSITY_G_PER_ML = 1.05
 """Myocardial tissue density used by ACDC for the mass at ED."""
 
-STRUCTURES: dict[str, int] = {"rv": 1, "myo": 2, "lv": 3}
+STRUCTURES: dict[str, int] = LABEL_OF
 """Structure keys (lower case, as in every table of the project) and their labels."""
 
 
@@ -67,7 +68,7 @@ def volumes_ml(masks: np.ndarray, spacing: Sequence[float], thickness_mm: float)
         BadInputError: not 2D/3D, labels outside 0..3, or bad spacing/thickness.
     """
     masks = check_label_map(masks, (2, 3), "masks")
-    counts = np.bincount(masks.ravel(), minlength=4)
+    counts = np.bincount(masks.ravel(), minlength=N_CLASSES)
     voxel = _voxel_ml(spacing, thickness_mm)
     return {name: float(counts[label] * voxel) for name, label in STRUCTURES.items()}
 

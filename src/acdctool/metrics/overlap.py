@@ -27,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage
 
+from acdctool.conventions import FOREGROUND, N_CLASSES
 from acdctool.errors import BadInputError
 
 __all__ = [
@@ -46,10 +47,9 @@ __all__ = [
     "hausdorff_batch",
 ]
 
-LABELS: tuple[int, ...] = (1, 2, 3)
-"""Foreground labels scored by default, in this order: RV, MYO, LV."""
+LABELS: tuple[int, ...] = FOREGROUND
+"""Foreground labels scored by default, in this order: RV, MYO, LV (:data:`acdctool.conventions.FOREGROUND`)."""
 
-_N_CLASSES = 4  # labels 0..3
 _BATCH_CHUNK = 512  # slices per bincount call: bounds the int32 index array (~32 MB at 128²)
 
 
@@ -106,8 +106,8 @@ def check_label_map(mask: np.ndarray, ndim: int | Sequence[int], name: str = "ma
         raise BadInputError(f"{name}: expected an integer label map, got dtype {arr.dtype}")
     if arr.size and arr.dtype.kind != "b":
         lo, hi = (0, int(arr.max())) if arr.dtype.kind == "u" else (int(arr.min()), int(arr.max()))
-        if lo < 0 or hi >= _N_CLASSES:
-            raise BadInputError(f"{name}: labels must be in 0..{_N_CLASSES - 1}, found values in {lo}..{hi}")
+        if lo < 0 or hi >= N_CLASSES:
+            raise BadInputError(f"{name}: labels must be in 0..{N_CLASSES - 1}, found values in {lo}..{hi}")
     return arr
 
 
@@ -177,8 +177,8 @@ def dice(pred: np.ndarray, gt: np.ndarray, labels: Sequence[int] = LABELS) -> di
         Score(value=1.0, convention=<Convention.NORMAL: 'normal'>)
     """
     pred, gt = _check_pair(pred, gt, (2, 3))
-    conf = np.bincount((pred.astype(np.intp) * _N_CLASSES + gt).ravel(), minlength=_N_CLASSES**2)
-    conf = conf.reshape(_N_CLASSES, _N_CLASSES)  # rows: pred label, columns: gt label
+    conf = np.bincount((pred.astype(np.intp) * N_CLASSES + gt).ravel(), minlength=N_CLASSES**2)
+    conf = conf.reshape(N_CLASSES, N_CLASSES)  # rows: pred label, columns: gt label
     idx = np.asarray(labels, dtype=np.intp)
     values, codes = _dice_from_counts(conf[idx, idx], conf.sum(1)[idx], conf.sum(0)[idx])
     return {int(k): Score(float(v), CONVENTION_CODES[c]) for k, v, c in zip(idx, values, codes, strict=False)}
@@ -209,16 +209,16 @@ def dice_batch(pred: np.ndarray, gt: np.ndarray, labels: Sequence[int] = LABELS)
     """
     pred, gt = _check_pair(pred, gt, (3, 4))
     n = pred.shape[0]
-    k2 = _N_CLASSES**2
+    k2 = N_CLASSES**2
     conf = np.empty((n, k2), dtype=np.int64)
     for start in range(0, n, _BATCH_CHUNK):
         p = pred[start : start + _BATCH_CHUNK]
         g = gt[start : start + _BATCH_CHUNK]
         m = p.shape[0]
-        code = p.astype(np.int32).reshape(m, -1) * _N_CLASSES + g.reshape(m, -1)
+        code = p.astype(np.int32).reshape(m, -1) * N_CLASSES + g.reshape(m, -1)
         code += (np.arange(m, dtype=np.int32) * k2)[:, None]
         conf[start : start + m] = np.bincount(code.ravel(), minlength=m * k2).reshape(m, k2)
-    conf = conf.reshape(n, _N_CLASSES, _N_CLASSES)
+    conf = conf.reshape(n, N_CLASSES, N_CLASSES)
     idx = np.asarray(labels, dtype=np.intp)
     return _dice_from_counts(conf[:, idx, idx], conf.sum(2)[:, idx], conf.sum(1)[:, idx])
 

@@ -25,9 +25,10 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from acdctool.config import Arch, choices
 from acdctool.errors import BadInputError, ConfigError
 
-ARCHS: tuple[str, ...] = ("unet", "resunet", "attunet", "swinunetr")
+ARCHS: tuple[str, ...] = choices(Arch)
 """Architectures known to :func:`build_seg_model`, in the order the report lists them."""
 
 _UNET = {"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2), "num_res_units": 0}

@@ -7,9 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from acdctool import CLASS_NAMES as CLASSES
-
-ROW_KEY = ["patient", "phase", "slice", "model"]
+from acdctool.conventions import CLASSES, ROW_KEY
 
 
 def compare(
@@ -28,8 +26,8 @@ def compare(
         (and per class), ``valid_before``/``_after``, ``outcome`` in improved / unchanged /
         deteriorated; ``summary`` holds counts, per-class means, invalid counts, top rows.
     """
-    out = after[ROW_KEY + ["group", "position"]].copy()
-    for name in [*CLASSES.values(), "mean"]:
+    out = after[[*ROW_KEY, "group", "position"]].copy()
+    for name in [*CLASSES, "mean"]:
         b, a = before[f"dice_{name}"].to_numpy(), after[f"dice_{name}"].to_numpy()
         out[f"dice_{name}_before"], out[f"dice_{name}_after"], out[f"dice_{name}_delta"] = b, a, a - b
     out["valid_before"], out["valid_after"] = before["valid"].to_numpy(), after["valid"].to_numpy()
@@ -45,8 +43,8 @@ def compare(
         "deteriorated": int(counts.get("deteriorated", 0)),
         "improved_by_more_than_0.3": int((delta > 0.3).sum()),
         "worst_delta": float(delta.min()) if len(delta) else None,
-        "dice_before": {n: float(out[f"dice_{n}_before"].mean()) for n in [*CLASSES.values(), "mean"]},
-        "dice_after": {n: float(out[f"dice_{n}_after"].mean()) for n in [*CLASSES.values(), "mean"]},
+        "dice_before": {n: float(out[f"dice_{n}_before"].mean()) for n in [*CLASSES, "mean"]},
+        "dice_after": {n: float(out[f"dice_{n}_after"].mean()) for n in [*CLASSES, "mean"]},
         "invalid_before": invalid_before,
         "invalid_after": invalid_after,
         "invalid_change": invalid_after - invalid_before,
