@@ -206,6 +206,10 @@ class NVAELoss(nn.Module):
         ['bn', 'dice', 'kl', 'kl_coeff']
     """
 
+    group_beta: torch.Tensor  # (L,) β of each latent group's scale
+    group_scale: torch.Tensor  # (L,) scale index of each group
+    group_size: torch.Tensor  # (L,) latent elements of each group
+
     def __init__(self, model: NVAE, config: NVAELossConfig) -> None:
         super().__init__()
         self.config = config
