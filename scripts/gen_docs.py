@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Regenerate man/*.1 and completions/acdctool.{bash,zsh,fish} from the app.
+"""Regenerate man/*.1, completions/acdctool.{bash,zsh,fish} and the README's exit codes from the app.
 
-Usage: python scripts/gen_docs.py        (run after changing any command or option;
+Usage: python scripts/gen_docs.py        (run after changing any command, option or exit code;
        tests/cli/test_docs.py fails while these files are out of date)
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from acdctool import __version__
-from acdctool.cli.manpage import SHELLS, completion_script, render_all
+from acdctool.cli.manpage import SHELLS, completion_script, render_all, update_readme
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,9 @@ def main() -> None:
     comp.mkdir(exist_ok=True)
     for shell in SHELLS:
         (comp / f"acdctool.{shell}").write_text(completion_script(shell))
-    print(f"wrote {len(pages)} man pages and {len(SHELLS)} completion scripts")
+    readme = ROOT / "README.md"
+    readme.write_text(update_readme(readme.read_text()))
+    print(f"wrote {len(pages)} man pages, {len(SHELLS)} completion scripts and the README's exit codes")
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ REAL_ACDC = Path(__file__).resolve().parents[2] / "shared" / "acdc" / "training"
 def synth_root(tmp_path_factory) -> Path:
     """A synthetic ACDC root: 5 training patients (one per group) and 2 testing patients."""
     from acdctool.config import SynthConfig
-    from acdctool.data.synth import write_phantoms
+    from acdctool.stages import synth
 
     root = tmp_path_factory.mktemp("synth") / "ACDC"
-    write_phantoms(SynthConfig(patients=5, test_patients=2, seed=7), root)
+    synth.run(SynthConfig(patients=5, test_patients=2, seed=7), None, root)
     return root
 
 
@@ -33,10 +33,10 @@ def acdc_copy(synth_root, tmp_path) -> Path:
 def prepped(synth_root, tmp_path_factory) -> Path:
     """prep output (kind 'prep') of the synthetic training patients at 64 px, 2 folds."""
     from acdctool.config import PrepConfig
-    from acdctool.data.prep import prep_acdc
+    from acdctool.stages import prep
 
     out = tmp_path_factory.mktemp("prep") / "slices.h5"
-    prep_acdc(synth_root / "training", out, PrepConfig(size=64, folds=2, val_fraction=0.2))
+    prep.run(PrepConfig(size=64, folds=2, val_fraction=0.2), prep.Inputs(synth_root / "training"), out)
     return out
 
 

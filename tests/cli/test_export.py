@@ -14,10 +14,10 @@ runner = CliRunner()
 
 def test_export_ground_truth_round_trip(synth_root, tmp_path):
     from acdctool.config import PrepConfig
-    from acdctool.data.prep import prep_acdc
+    from acdctool.stages import prep
 
     prepped = tmp_path / "s128.h5"  # prep's real size: the loss must be resampling only
-    prep_acdc(synth_root / "training", prepped, PrepConfig(size=128))
+    prep.run(PrepConfig(size=128), prep.Inputs(synth_root / "training"), prepped)
     out = tmp_path / "nifti"
     res = runner.invoke(app, ["export", str(prepped), "--like", str(synth_root / "training"), "-o", str(out)])
     assert res.exit_code == 0, res.output
@@ -44,10 +44,10 @@ def test_export_refuses_wrong_folder(prepped, tmp_path):
 
 def test_export_real_patient001(real_acdc, tmp_path):
     from acdctool.config import PrepConfig
-    from acdctool.data.prep import prep_acdc
+    from acdctool.stages import prep
 
     h5 = tmp_path / "p1.h5"
-    prep_acdc(real_acdc / "patient001", h5, PrepConfig())
+    prep.run(PrepConfig(), prep.Inputs(real_acdc / "patient001"), h5)
     out = tmp_path / "nifti"
     res = runner.invoke(app, ["export", str(h5), "--like", str(real_acdc), "-o", str(out)])
     assert res.exit_code == 0, res.output

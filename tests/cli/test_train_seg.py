@@ -128,7 +128,6 @@ def _without(slices: Path, out: Path, drop: str = "", nan_row: int | None = None
         ("cuda", 2, "no CUDA device"),
         ("tensorboard", 2, "tensorboard package"),
         ("nan", 1, "training diverged"),
-        ("arch", 2, "--arch must be"),
         ("net-arg", 2, "not an argument of unet"),
         ("missing", 66, "no such file"),
         ("seg-file", 65, "a 'seg' file"),
@@ -152,8 +151,6 @@ def test_bad_inputs_leave_nothing(slices, tmp_path, case, code, message):
         with SliceFile(slices) as f:
             first_train = int(np.flatnonzero((f.index.split == "train") & (f.index.fold == 1))[0])
         src = _without(slices, tmp_path / "nan.h5", nan_row=first_train)
-    elif case == "arch":
-        extra += ["--arch", "vnet"]
     elif case == "net-arg":
         extra += ["--net-arg", "chanels=4,8"]
     elif case == "missing":

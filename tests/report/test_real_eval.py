@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from acdctool.config import EvalConfig, PrepConfig
-from acdctool.data.prep import prep_acdc
 from acdctool.io.acdc import PatientRef, load_frame
 from acdctool.metrics import clinical
-from acdctool.stages.evaluate import evaluate
+from acdctool.stages import eval as eval_stage
+from acdctool.stages import prep
 
 pytestmark = pytest.mark.real
 
@@ -16,12 +16,12 @@ pytestmark = pytest.mark.real
 @pytest.fixture(scope="module")
 def real_prepped(real_acdc, tmp_path_factory):
     out = tmp_path_factory.mktemp("real") / "acdc.h5"
-    prep_acdc(real_acdc, out, PrepConfig())
+    prep.run(PrepConfig(), prep.Inputs(real_acdc), out)
     return out
 
 
 def test_ground_truth_self_eval_and_validity(real_prepped, tmp_path):
-    s = evaluate(real_prepped, tmp_path / "r", EvalConfig(plots=False)).summary
+    s = eval_stage.run(EvalConfig(plots=False), eval_stage.Inputs(real_prepped), tmp_path / "r").summary
     assert s["slices"]["n"] == 1902
     assert all(v == 1.0 for v in s["slices"]["dice"].values())
     assert all(v == 0.0 for v in s["volumes"]["hd_mm"].values())
@@ -33,7 +33,7 @@ def test_patient001_volumes_match_nifti(real_acdc, real_prepped, tmp_path):
     """Clinical volumes from the 128² slices vs straight from the NIfTI with pixdim spacing."""
     import pandas as pd
 
-    evaluate(real_prepped, tmp_path / "r", EvalConfig(plots=False, hausdorff=False))
+    eval_stage.run(EvalConfig(plots=False, hausdorff=False), eval_stage.Inputs(real_prepped), tmp_path / "r")
     table = pd.read_csv(tmp_path / "r" / "clinical.csv").set_index("patient").loc["patient001"]
     p = PatientRef("patient001", real_acdc / "patient001", "training")
     native = {}

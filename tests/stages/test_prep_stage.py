@@ -1,12 +1,15 @@
+"""The ``prep`` stage: rows, splits and folds, geometry (spacing, crop box, areas), workers, test split, no-gt ROI."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from acdctool.config import PrepConfig
-from acdctool.data.prep import prep_acdc
+from acdctool.conventions import FOREGROUND, GROUPS
 from acdctool.io.acdc import find_patients, load_frame, read_info
 from acdctool.io.slices import SliceFile
+from acdctool.stages import prep
 
 
 def _volumes(root):
@@ -50,7 +53,7 @@ def test_mask_area_in_mm2_preserved(prepped, synth_root):
     for (patient, phase), v in vols.items():
         rows = np.flatnonzero((idx.patient == patient) & (idx.phase == phase))
         px_mm2 = idx.spacing_row.iloc[rows[0]] * idx.spacing_col.iloc[rows[0]]
-        for label in (1, 2, 3):
+        for label in FOREGROUND:
             before = (v.mask == label).sum() * v.spacing[0] * v.spacing[1]
             after = (gt[rows] == label).sum() * px_mm2
             assert after == pytest.approx(before, rel=0.05), (patient, phase, label)
@@ -73,8 +76,8 @@ def test_crop_maps_back_to_original_position(prepped, synth_root):
 
 def test_workers_do_not_change_output(synth_root, tmp_path):
     a, b = tmp_path / "a.h5", tmp_path / "b.h5"
-    prep_acdc(synth_root / "training", a, PrepConfig(size=32, workers=1))
-    prep_acdc(synth_root / "training", b, PrepConfig(size=32, workers=2))
+    prep.run(PrepConfig(size=32, workers=1), prep.Inputs(synth_root / "training"), a)
+    prep.run(PrepConfig(size=32, workers=2), prep.Inputs(synth_root / "training"), b)
     with SliceFile(a) as fa, SliceFile(b) as fb:
         np.testing.assert_array_equal(fa.read("image"), fb.read("image"))
         np.testing.assert_array_equal(fa.read("gt"), fb.read("gt"))
@@ -83,7 +86,7 @@ def test_workers_do_not_change_output(synth_root, tmp_path):
 
 def test_testing_patients_are_test_split(synth_root, tmp_path):
     out = tmp_path / "all.h5"
-    res = prep_acdc(synth_root, out, PrepConfig(size=32))
+    res = prep.run(PrepConfig(size=32), prep.Inputs(synth_root), out)
     assert res.patients == 7
     with SliceFile(out) as f:
         per = f.index.drop_duplicates("patient").set_index("patient")
@@ -95,7 +98,7 @@ def test_center_roi_without_ground_truth(acdc_copy, tmp_path):
     for gt in acdc_copy.glob("*/*_gt.nii.gz"):
         gt.unlink()
     out = tmp_path / "nogt.h5"
-    prep_acdc(acdc_copy, out, PrepConfig(size=32, roi="center", roi_mm=150))
+    prep.run(PrepConfig(size=32, roi="center", roi_mm=150), prep.Inputs(acdc_copy), out)
     with SliceFile(out) as f:
         assert "gt" not in f.arrays and len(f) > 0
         frame = load_frame(find_patients(acdc_copy)[0], 1, with_mask=False)
@@ -106,12 +109,12 @@ def test_center_roi_without_ground_truth(acdc_copy, tmp_path):
 @pytest.mark.real
 def test_real_acdc_prep(real_acdc, tmp_path_factory):
     out = tmp_path_factory.mktemp("real") / "acdc.h5"
-    res = prep_acdc(real_acdc, out, PrepConfig())
+    res = prep.run(PrepConfig(), prep.Inputs(real_acdc), out)
     assert res.patients == 100 and not res.skipped
     with SliceFile(out) as f:
         s = f.summary()
         idx = f.index
-    assert s["patients_per_group"] == {g: 20 for g in ("DCM", "HCM", "MINF", "NOR", "RV")}
+    assert s["patients_per_group"] == {g: 20 for g in sorted(GROUPS)}
     assert s["volumes"] == 200 and 1850 <= s["rows"] <= 1950
     p1 = idx[idx.patient == "patient001"].iloc[0]
     assert p1.spacing_row == pytest.approx(1.5625 * p1.crop_size / 128, rel=1e-5)

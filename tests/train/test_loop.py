@@ -16,8 +16,9 @@ from acdctool.errors import BadInputError, ConfigError, TrainingDivergedError
 from acdctool.io.checkpoint import file_sha256, load_checkpoint
 from acdctool.io.slices import SliceFile
 from acdctool.models.seg import resolve_args
-from acdctool.train.loop import Hooks, LoopSettings, Trainer
-from acdctool.train.tasks import SegTask, train_seg
+from acdctool.stages import train_seg as stage
+from acdctool.train.loop import LoopSettings, Trainer
+from acdctool.train.tasks import SegTask
 from conftest import TINY_NET
 
 CFG = TrainSegConfig(arch="unet", net_args=TINY_NET, fold=0, epochs=2, batch_size=4, device="cpu")
@@ -32,20 +33,20 @@ def _same_state(a, b):
 
 def test_resume_mid_epoch_is_bit_identical(tiny_h5, tmp_path):
     """2 epochs straight == stopped inside epoch 1, resumed, stopped at the epoch boundary, resumed."""
-    full = train_seg(tiny_h5, tmp_path / "full", CFG)
+    full = stage.run(CFG, stage.Inputs(tiny_h5), tmp_path / "full")
     assert full.status == "completed" and full.epoch == 2
-    part = train_seg(tiny_h5, tmp_path / "part", CFG, hooks=Hooks(should_stop=lambda e, s: (e, s) == (0, 2)))
+    part = stage.run(CFG, stage.Inputs(tiny_h5), tmp_path / "part", should_stop=lambda e, s: (e, s) == (0, 2))
     assert (part.status, part.epoch, part.step) == ("interrupted", 0, 2)
     assert load_checkpoint(tmp_path / "part" / "last.pt").train["step"] == 2
-    part = train_seg(
-        tiny_h5, tmp_path / "part", CFG, resume=True, hooks=Hooks(should_stop=lambda e, s: (e, s) == (1, 0))
+    part = stage.run(
+        CFG, stage.Inputs(tiny_h5), tmp_path / "part", resume=True, should_stop=lambda e, s: (e, s) == (1, 0)
     )
     assert (part.status, part.epoch, part.step) == ("interrupted", 1, 0) and part.resumed_from == 0
-    part = train_seg(
-        tiny_h5, tmp_path / "part", CFG, resume=True, hooks=Hooks(should_stop=lambda e, s: (e, s) == (1, 1))
+    part = stage.run(
+        CFG, stage.Inputs(tiny_h5), tmp_path / "part", resume=True, should_stop=lambda e, s: (e, s) == (1, 1)
     )
     assert (part.status, part.epoch, part.step) == ("interrupted", 1, 1) and part.resumed_from == 1
-    part = train_seg(tiny_h5, tmp_path / "part", CFG, resume=True)
+    part = stage.run(CFG, stage.Inputs(tiny_h5), tmp_path / "part", resume=True)
     assert part.status == "completed" and part.epoch == 2
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "part" / "last.pt")
     _same_state(a, b)
@@ -53,21 +54,21 @@ def test_resume_mid_epoch_is_bit_identical(tiny_h5, tmp_path):
     assert strip(a.train["history"]) == strip(b.train["history"])
     assert (tmp_path / "part" / "metrics.csv").read_text().count("\n") == 3
     # Rerunning a finished run is a no-op; resuming with other settings or data is refused.
-    assert train_seg(tiny_h5, tmp_path / "part", CFG, resume=True).status == "up-to-date"
+    assert stage.run(CFG, stage.Inputs(tiny_h5), tmp_path / "part", resume=True).status == "up-to-date"
     with pytest.raises(ConfigError, match="lr=0.001 \\(now 0.01\\)"):
-        train_seg(tiny_h5, tmp_path / "part", replace(CFG, epochs=3, lr=0.01), resume=True)
+        stage.run(replace(CFG, epochs=3, lr=0.01), stage.Inputs(tiny_h5), tmp_path / "part", resume=True)
     other = tmp_path / "other.h5"
     shutil.copy(tiny_h5, other)
     with open(other, "ab") as fh:
         fh.write(b"\0")  # same content, different bytes: another file as far as the hash goes
     with pytest.raises(BadInputError, match="another data file"):
-        train_seg(other, tmp_path / "part", replace(CFG, epochs=3), resume=True)
+        stage.run(replace(CFG, epochs=3), stage.Inputs(other), tmp_path / "part", resume=True)
 
 
 def test_train_val_split_and_lazy_workers(tiny_h5, tmp_path):
     """Without --fold: the file's train/val split; rows read lazily by a DataLoader worker."""
     cfg = replace(CFG, fold=None, epochs=1, workers=1, cache=False)
-    result = train_seg(tiny_h5, tmp_path / "run", cfg)
+    result = stage.run(cfg, stage.Inputs(tiny_h5), tmp_path / "run")
     ck = load_checkpoint(tmp_path / "run" / "best.pt")
     assert result.status == "completed" and ck.fold is None and result.best_epoch == 1
     assert ck.data["train_patients"] == ["patient001", "patient002", "patient003", "patient004"]
@@ -156,4 +157,4 @@ def test_ddp_two_processes_gloo(tiny_h5, tmp_path):
     assert ck.train["epoch"] == 2 and len(ck.train["history"]) == 2
     assert (run / "metrics.csv").read_text().count("\n") == 3
     # Resuming the finished DDP run from one process is a no-op, not an error.
-    assert train_seg(tiny_h5, run, replace(CFG, batch_size=2), resume=True).status == "up-to-date"
+    assert stage.run(replace(CFG, batch_size=2), stage.Inputs(tiny_h5), run, resume=True).status == "up-to-date"

@@ -1,7 +1,9 @@
 """The ``acdctool`` Typer app: wires one thin module per command.
 
-Command modules import only typer and the config dataclasses at import time; torch, monai and
-the library are imported inside each command, so ``--help`` and tab completion stay fast.
+Command ``X`` is ``cli/X.py`` (options → config → one call to :func:`acdctool.stages.X.run`).
+Command modules import only typer, the config dataclasses and :mod:`acdctool.conventions` at
+import time; torch, monai and the library are imported inside each command, so ``--help``,
+tab completion and option errors (exit 2) stay fast.
 """
 
 from __future__ import annotations
@@ -11,26 +13,34 @@ import typer
 from acdctool import __version__
 from acdctool.cli import eval as eval_
 from acdctool.cli import export, gen_seg, info, make_3gram, prep, refine, synth, train_nvae, train_seg
+from acdctool.cli.common import Command
+from acdctool.errors import exit_codes_line
 
 app = typer.Typer(
     name="acdctool",
     help="Cardiac MRI segmentation research on ACDC: preprocess, segment, correct with an NVAE shape model, evaluate.",
+    epilog=f"Exit codes: {exit_codes_line(', ')}.",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
 
-app.command("synth")(synth.synth)
-app.command("prep")(prep.prep)
-app.command("info")(info.info)
-app.command("train-seg")(train_seg.train_seg)
-app.command("gen-seg")(gen_seg.gen_seg)
-app.command("train-nvae")(train_nvae.train_nvae)
-app.command("make-3gram")(make_3gram.make_3gram)
-app.command("refine")(refine.refine)
-app.command("eval")(eval_.eval_cmd)
-app.command("export")(export.export)
+COMMANDS = {
+    "synth": synth.synth,
+    "prep": prep.prep,
+    "info": info.info,
+    "train-seg": train_seg.train_seg,
+    "gen-seg": gen_seg.gen_seg,
+    "train-nvae": train_nvae.train_nvae,
+    "make-3gram": make_3gram.make_3gram,
+    "refine": refine.refine,
+    "eval": eval_.eval_cmd,
+    "export": export.export,
+}
+"""Command name → its function in ``cli/<name>.py``; the stage is ``acdctool.stages.<name>`` (``-`` → ``_``)."""
+for _name, _fn in COMMANDS.items():
+    app.command(_name, cls=Command)(_fn)
 
 
 def _version(value: bool) -> None:
@@ -45,11 +55,7 @@ def _main(
         False, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
-    """Cardiac MRI segmentation research on ACDC: preprocess, segment, correct with an NVAE shape model, evaluate.
-
-    Exit codes: 0 ok, 1 unexpected error, 2 usage, 65 bad input data, 66 input missing,
-    73 output cannot be created or exists (use --force), 130 interrupted.
-    """
+    """Cardiac MRI segmentation research on ACDC: preprocess, segment, correct with an NVAE shape model, evaluate."""
 
 
 def main() -> None:

@@ -1,17 +1,27 @@
-"""What every command shares: error → exit code mapping, stderr console, progress, outputs."""
+"""What every command shares: error → exit code mapping, stderr console, progress, provenance, outputs.
+
+A command module parses its options, builds the stage's config and inputs, makes one call to
+the stage's ``run`` through :func:`call` (typed errors → one line and an exit code) and
+reports on stderr, printing its output path on stdout (:func:`print_path`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 
 from acdctool.errors import EX_INTERRUPTED, EX_SOFTWARE, EX_USAGE, AcdcToolError
+
+if TYPE_CHECKING:
+    from acdctool.progress import Progress, ProgressEvent
 
 T = TypeVar("T")
 
@@ -21,7 +31,30 @@ out_console = Console(highlight=False)
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress or log lines on stderr (errors still show).")
 FORCE = typer.Option(False, "--force", "-f", help="Overwrite an existing output.")
 RESUME = typer.Option(False, "--resume", help="Continue RUN_DIR/last.pt exactly where it stopped (start if absent).")
-TENSORBOARD = typer.Option(False, "--tensorboard", help="Also log to RUN_DIR/tb (needs tensorboard).")
+TENSORBOARD = typer.Option(
+    False, "--tensorboard", help="Also log to RUN_DIR/tb (optional extra: acdctool[tensorboard])."
+)
+
+
+class Command(TyperCommand):
+    """A command whose help lists arguments by name (``SLICES``), without a Python type (``<path>``)."""
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        args, opts = [], []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                args.append((param.metavar or (param.name or "").upper(), record[1]))
+            elif param.param_type_name == "option":
+                opts.append(record)
+        if args:
+            with formatter.section("Arguments"):
+                formatter.write_dl(args)
+        if opts:
+            with formatter.section("Options"):
+                formatter.write_dl(opts)
 
 
 def fail(message: str, code: int) -> None:
@@ -30,7 +63,7 @@ def fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Call a library function, turning its typed errors into a one-line message + exit code.
 
     Unexpected exceptions exit 1 with their one-line summary; ``ACDCTOOL_DEBUG=1`` re-raises
@@ -71,7 +104,7 @@ def parse_numbers(text: str, option: str, kind: type = float) -> tuple[Any, ...]
 
 def make_config(cls: type[T], **kwargs: Any) -> T:
     """Build a stage config; an inconsistent one is a usage error (exit 2)."""
-    return run(cls, **kwargs)
+    return call(cls, **kwargs)
 
 
 def log(message: str, quiet: bool = False) -> None:
@@ -85,32 +118,75 @@ def show_progress(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
+def provenance(*inputs: Path | None) -> dict[str, Any]:
+    """The provenance record of this invocation: the inputs given and the command line.
+
+    The one place ``sys.argv`` is read; stages receive the record in their ``Inputs``.
+    """
+    from acdctool.provenance import make_provenance
+
+    return make_provenance([p for p in inputs if p is not None], command=sys.argv)
+
+
 @contextlib.contextmanager
-def progress(description: str, total: int | None, quiet: bool) -> Iterator[Callable[..., None]]:
-    """Yield ``advance(*_, advance=1)``, driving a rich progress bar (with ETA) on stderr when shown."""
+def reporter(
+    description: str, quiet: bool, on_metrics: Callable[[Mapping[str, Any]], None] | None = None
+) -> Iterator[Progress]:
+    """Yield the :data:`acdctool.progress.Progress` callback a stage reports to.
+
+    On a terminal (:func:`show_progress`) it drives a rich progress bar on stderr: units done of
+    the total, rate (it/s), elapsed time and ETA, restarted for each phase (each training epoch).
+    ``on_metrics`` gets the results that end a phase (a training epoch's record) unless
+    ``quiet``; its log lines print above the bar, or alone when stderr is not a terminal.
+    """
+
+    def metrics(event: ProgressEvent) -> None:
+        if event.metrics is not None and on_metrics is not None and not quiet:
+            on_metrics(event.metrics)
+
     if not show_progress(quiet):
-        yield lambda *_, **__: None
+        yield metrics
         return
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
         Progress,
+        ProgressColumn,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("" if speed is None else f"{speed:.1f} it/s")
 
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[unit]}"),
+        Rate(),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=err_console, transient=False) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda *_, advance=1, **__: bar.advance(task, advance)
+        task = bar.add_task(description, total=None, unit="")
+        phase: list[str | None] = [None]
+
+        def callback(event: ProgressEvent) -> None:
+            if event.phase != phase[0]:
+                phase[0] = event.phase
+                label = f"{description} {event.phase}".strip()
+                bar.reset(task, total=event.total, completed=event.done, description=label, unit=event.unit)
+            else:
+                bar.update(task, total=event.total, completed=event.done)
+            metrics(event)
+
+        yield callback
 
 
 def print_path(path: Any) -> None:

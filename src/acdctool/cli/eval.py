@@ -4,31 +4,41 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from acdctool.cli.common import FORCE, QUIET, err_console, make_config, print_path, run
+from acdctool.cli.common import FORCE, QUIET, call, err_console, make_config, print_path, provenance, reporter
 from acdctool.config import EvalConfig
+from acdctool.conventions import CLASSES
 
 _D = EvalConfig()
 
 
 def eval_cmd(
-    pred: Path = typer.Argument(..., help="Slice file to evaluate (prep, gen-seg, make-3gram or refine output)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Report folder to create."),
+    pred: Path = typer.Argument(
+        ..., metavar="PRED", help="Slice file to evaluate (prep, gen-seg, make-3gram or refine output)."
+    ),
+    output: Path = typer.Option(..., "--output", "-o", metavar="DIR", help="Report folder to create."),
     gt: Path | None = typer.Option(
-        None, "--gt", help="Take ground truth from this file (rows matched by patient/phase/slice)."
+        None, "--gt", metavar="FILE", help="Take ground truth from this file (rows matched by patient/phase/slice)."
     ),
     baseline: Path | None = typer.Option(
-        None, "--baseline", help="Masks before the correction, e.g. the gen-seg file given to refine."
+        None,
+        "--baseline",
+        metavar="FILE",
+        help="Masks before the correction, e.g. the gen-seg file given to refine.",
     ),
     threshold: float = typer.Option(
-        _D.threshold, "--threshold", help="|Δ mean Dice| above which a row counts as improved/deteriorated."
+        _D.threshold,
+        "--threshold",
+        metavar="DICE",
+        help="|Δ mean Dice| above which a row counts as improved/deteriorated.",
     ),
-    top_k: int = typer.Option(_D.top_k, "--top-k", help="Rows shown in each montage."),
+    top_k: int = typer.Option(_D.top_k, "--top-k", metavar="N", help="Rows shown in each montage."),
     plots: bool = typer.Option(_D.plots, "--plots/--no-plots", help="Write the PNG figures."),
     hausdorff: bool = typer.Option(_D.hausdorff, "--hausdorff/--no-hausdorff", help="Compute HD and HD95 (mm)."),
-    workers: int = typer.Option(_D.workers, "--workers", help="Processes for the per-slice metrics."),
+    workers: int = typer.Option(_D.workers, "--workers", metavar="N", help="Processes for the per-slice metrics."),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json on stdout instead of the folder path."),
     force: bool = FORCE,
     quiet: bool = QUIET,
@@ -41,39 +51,56 @@ def eval_cmd(
     Writes slices.csv, volumes.csv, clinical.csv, summary.json and PNG figures (with
     --baseline also comparison.csv, delta histogram, scatter and montages).
 
-    Example: acdctool eval refined.h5 --baseline seg.h5 -o report/
+    The terminal table shows each mean with the number of slices or volumes it covers;
+    distances cover only those where both masks hold the structure.
+
+    \b
+    Example:
+      acdctool eval refined.h5 --baseline seg.h5 -o report/
     """
-    from acdctool.stages.evaluate import evaluate
+    from acdctool.stages import eval as stage
 
     config = make_config(
         EvalConfig, threshold=threshold, top_k=top_k, plots=plots, hausdorff=hausdorff, workers=workers
     )
     if not quiet:
         err_console.print(f"evaluating {pred} ...")
-    result = run(evaluate, pred, output, config, gt_path=gt, baseline_path=baseline, force=force)
+    inputs = stage.Inputs(pred, gt, baseline, provenance=provenance(pred, gt, baseline))
+    with reporter("eval", quiet) as progress:
+        result = call(stage.run, config, inputs, output, force=force, progress=progress)
     if not quiet:
-        print_summary(result.summary)
+        print_summary(result.summary, result.overview)
     if as_json:
         print(json.dumps(json.loads((output / "summary.json").read_text()), indent=2))
     else:
         print_path(output)
 
 
-def print_summary(s: dict) -> None:
-    """A concise table on stderr: Dice, HD95 and validity, and the before/after counts."""
+def print_summary(s: dict[str, Any], overview: dict[str, Any]) -> None:
+    """A concise table on stderr: Dice, HD95 and validity, and the before/after counts.
+
+    Each cell is a mean and, in brackets, the slices or volumes it covers (``overview`` from
+    :func:`acdctool.report.tables.overview`); ``-`` where no slice has the structure in both masks.
+    """
     from rich.table import Table
 
-    fmt = lambda v, p=4: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
+    def cell(mean_n: tuple[float | None, int], digits: int) -> str:
+        mean, n = mean_n
+        return "-" if mean is None else f"{mean:.{digits}f} ({n})"
+
     table = Table(
-        title=f"{s['source']}  ({s['slices']['n']} slices, {s['volumes']['n']} volumes)", title_justify="left"
+        title=f"{s['source']}  ({s['slices']['n']} slices, {s['volumes']['n']} volumes)",
+        title_justify="left",
+        caption="(n): slices or volumes the mean covers; HD only where both masks have the structure",
+        caption_justify="left",
     )
-    for col in ("", "RV", "MYO", "LV", "mean"):
+    for col in ("", *(c.upper() for c in CLASSES), "mean"):
         table.add_column(col, justify="right" if col else "left")
-    d, v = s["slices"], s["volumes"]
-    table.add_row("Dice (slice)", *(fmt(d["dice"][k]) for k in ("rv", "myo", "lv", "mean")))
-    table.add_row("Dice (volume)", *(fmt(v["dice"].get(k)) for k in ("rv", "myo", "lv", "mean")))
-    table.add_row("HD95 mm (slice)", *(fmt(d["hd95_mm"][k], 2) for k in ("rv", "myo", "lv")), "")
-    table.add_row("HD mm (volume)", *(fmt(v["hd_mm"].get(k), 2) for k in ("rv", "myo", "lv")), "")
+    d, v = overview["slices"], overview["volumes"]
+    table.add_row("Dice (slice)", *(cell(d["dice"][k], 4) for k in (*CLASSES, "mean")))
+    table.add_row("Dice (volume)", *(cell(v["dice"][k], 4) for k in (*CLASSES, "mean")))
+    table.add_row("HD95 mm (slice)", *(cell(d["hd95_mm"][k], 2) for k in CLASSES), "")
+    table.add_row("HD mm (volume)", *(cell(v["hd_mm"][k], 2) for k in CLASSES), "")
     a = s["anatomy"]
     err_console.print(table)
     err_console.print(

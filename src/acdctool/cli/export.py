@@ -6,14 +6,17 @@ from pathlib import Path
 
 import typer
 
-from acdctool.cli.common import FORCE, QUIET, log, print_path, run
+from acdctool.cli.common import FORCE, QUIET, call, log, make_config, print_path, reporter
+from acdctool.config import ExportConfig, Masks
 
 
 def export(
-    file: Path = typer.Argument(..., help="Slice file from any stage (prep, gen-seg, refine, ...)."),
-    like: Path = typer.Option(..., "--like", help="The ACDC folder the file was prepped from (headers, affines)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Folder to create for the .nii.gz masks."),
-    array: str | None = typer.Option(None, "--array", help="pred or gt (default: pred when present)."),
+    file: Path = typer.Argument(..., metavar="FILE", help="Slice file from any stage (prep, gen-seg, refine, ...)."),
+    like: Path = typer.Option(
+        ..., "--like", metavar="ACDC_DIR", help="The ACDC folder the file was prepped from (headers, affines)."
+    ),
+    output: Path = typer.Option(..., "--output", "-o", metavar="DIR", help="Folder to create for the .nii.gz masks."),
+    array: Masks | None = typer.Option(None, "--array", help="Masks to export (default: pred when present, else gt)."),
     force: bool = FORCE,
     quiet: bool = QUIET,
 ) -> None:
@@ -22,14 +25,14 @@ def export(
     Crop and resize are undone and the source header and affine kept, so
     patientNNN_frameYY_<name>.nii.gz opens over the original image in ITK-SNAP or 3D Slicer.
 
-    Example: acdctool export refined.h5 --like ACDC/training -o nifti/
+    \b
+    Example:
+      acdctool export refined.h5 --like ACDC/training -o nifti/
     """
-    from acdctool.io.export import export_nifti
+    from acdctool.stages import export as stage
 
-    if array not in (None, "pred", "gt"):
-        from acdctool.cli.common import fail
-
-        fail(f"--array must be pred or gt, got {array!r}", 2)
-    result = run(export_nifti, file, like, output, array=array, force=force)
+    config = make_config(ExportConfig, array=None if array is None else array.value)
+    with reporter("export", quiet) as progress:
+        result = call(stage.run, config, stage.Inputs(file, like), output, force=force, progress=progress)
     log(f"wrote {len(result.files)} NIfTI volumes to {output}", quiet)
     print_path(output)

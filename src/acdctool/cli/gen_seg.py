@@ -6,20 +6,27 @@ from pathlib import Path
 
 import typer
 
-from acdctool.cli.common import FORCE, QUIET, log, make_config, print_path, progress, run
+from acdctool.cli.common import FORCE, QUIET, call, log, make_config, print_path, provenance, reporter
 from acdctool.config import GenSegConfig
+from acdctool.conventions import Device
 
 _D = GenSegConfig()
 
 
 def gen_seg(
-    slices: Path = typer.Argument(..., help="Slice file from `acdctool prep` (the one the models trained on)."),
-    model: list[Path] = typer.Option(
-        ..., "--model", "-m", help="train-seg checkpoint (best.pt), repeatable: several archs and/or one per fold."
+    slices: Path = typer.Argument(
+        ..., metavar="SLICES", help="Slice file from `acdctool prep` (the one the models trained on)."
     ),
-    output: Path = typer.Option(..., "--output", "-o", help="Output slice file (.h5), kind 'seg'."),
-    batch_size: int = typer.Option(_D.batch_size, "--batch-size", help="Slices per forward pass."),
-    device: str = typer.Option(_D.device, "--device", help="auto, cpu or cuda."),
+    model: list[Path] = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        metavar="CKPT",
+        help="train-seg checkpoint (best.pt), repeatable: several archs and/or one per fold.",
+    ),
+    output: Path = typer.Option(..., "--output", "-o", metavar="FILE", help="Output slice file (.h5), kind 'seg'."),
+    batch_size: int = typer.Option(_D.batch_size, "--batch-size", metavar="N", help="Slices per forward pass."),
+    device: Device = typer.Option(Device(_D.device), "--device", help="auto: CUDA when available."),
     amp: bool = typer.Option(_D.amp, "--amp/--no-amp", help="bf16 autocast on CUDA (never on CPU)."),
     save_probs: bool = typer.Option(
         _D.save_probs, "--save-probs", help="Also store float16 softmax 'probs' (N, 4, H, W)."
@@ -34,25 +41,18 @@ def gen_seg(
     patients of folds without a checkpoint are skipped. One output row per (slice, model),
     the architecture in the 'model' column; 'pred' holds the labels.
 
-    Example: acdctool gen-seg slices.h5 -m runs/unet-f0/best.pt -m runs/unet-f1/best.pt -o seg.h5
+    \b
+    Example:
+      acdctool gen-seg slices.h5 -m runs/unet-f0/best.pt -m runs/unet-f1/best.pt -o seg.h5
     """
-    from acdctool.provenance import make_provenance
-    from acdctool.stages.gen_seg import plan_gen_seg, run_gen_seg
+    from acdctool.stages import gen_seg as stage
 
-    config = make_config(GenSegConfig, batch_size=batch_size, device=device, amp=amp, save_probs=save_probs)
-    plan = run(plan_gen_seg, slices, model, config)
-    for warning in plan.warnings:
+    config = make_config(GenSegConfig, batch_size=batch_size, device=device.value, amp=amp, save_probs=save_probs)
+    inputs = stage.Inputs(slices, tuple(model), provenance=provenance(slices, *model))
+    with reporter("gen-seg", quiet) as progress:
+        result = call(stage.run, config, inputs, output, force=force, progress=progress)
+    for warning in result.warnings:
         log(f"[yellow]warning:[/] {warning}", quiet=False)
-    with progress("gen-seg", plan.n_batches, quiet) as advance:
-        result = run(
-            run_gen_seg,
-            plan,
-            output,
-            config,
-            force=force,
-            on_batch=advance,
-            provenance=make_provenance([slices, *model]),
-        )
     for name, patients in result.skipped.items():
         log(
             f"{name}: skipped {len(patients)} patients whose fold has no checkpoint ({', '.join(patients[:5])}"

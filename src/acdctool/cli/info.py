@@ -7,26 +7,25 @@ from pathlib import Path
 
 import typer
 
-from acdctool.cli.common import out_console, run
+from acdctool.cli.common import call, out_console
+from acdctool.config import InfoConfig
 
 
 def info(
-    file: Path = typer.Argument(..., help="A slice file (.h5) written by any stage."),
+    file: Path = typer.Argument(..., metavar="FILE", help="A slice file (.h5) written by any stage."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Summarise a slice file.
 
     Rows, patients per group and split, folds, arrays, config and provenance.
 
-    Example: acdctool info slices.h5 --json | jq .patients_per_group
+    \b
+    Example:
+      acdctool info slices.h5 --json | jq .patients_per_group
     """
-    from acdctool.io.slices import SliceFile
+    from acdctool.stages import info as stage
 
-    def summarise() -> dict:
-        with SliceFile(file) as f:
-            return f.summary()
-
-    summary = run(summarise)
+    summary = call(stage.run, InfoConfig(), stage.Inputs(file), None).summary
     if as_json:
         print(json.dumps(summary, indent=2, sort_keys=True))
         return
@@ -59,6 +58,6 @@ def _print_summary(s: dict) -> None:
     table.add_row("arrays", "; ".join(f"{k} {v['dtype']} {tuple(v['shape'])}" for k, v in s["arrays"].items()))
     table.add_row("config", json.dumps({k: v for k, v in s["config"].items() if k != "_config"}))
     prov = s["provenance"]
-    table.add_row("made by", f"{prov.get('command', '?')}  ({prov.get('created', '?')}, {prov.get('host', '?')})")
+    table.add_row("made by", f"{prov.get('command') or '?'}  ({prov.get('created', '?')}, {prov.get('host', '?')})")
     table.add_row("inputs", ", ".join(prov.get("inputs", [])) or "-")
     out_console.print(table)

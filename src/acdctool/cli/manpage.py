@@ -11,17 +11,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from typing import Any
 
-EXIT_CODES = [
-    ("0", "success"),
-    ("1", "unexpected error (set ACDCTOOL_DEBUG=1 for a traceback)"),
-    ("2", "usage error: bad option or inconsistent configuration"),
-    ("65", "bad input data: malformed file, wrong file kind or schema version, labels outside 0..3"),
-    ("66", "input missing: a file or folder that does not exist"),
-    ("73", "output cannot be created, or exists and --force was not given"),
-    ("130", "interrupted (SIGINT/SIGTERM); training saves last.pt first"),
-]
+from acdctool.errors import EXIT_CODES
+
+NO_REWRAP = "\b"
+"""Click's marker line: the paragraph after it is printed as written (examples stay on one line)."""
 SHELLS = ("bash", "zsh", "fish")
 
 
@@ -84,22 +80,32 @@ def _main_page(group: Any, version: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _unmark(text: str) -> str:
+    """``text`` without Click's no-rewrap marker lines."""
+    return "\n".join(line for line in text.split("\n") if line.strip() != NO_REWRAP)
+
+
+def _arg_name(p: Any) -> str:
+    return p.metavar or p.name.upper()
+
+
 def _command_page(name: str, cmd: Any, version: str) -> str:
     helptext = (cmd.help or "").strip()
     body, _, example = helptext.partition("Example:")
+    body, example = _unmark(body), _unmark(example)
     lines = _header(f"acdctool-{name}", version, cmd.get_short_help_str(limit=200))
-    args = " ".join(f"\\fI{_esc(p.name.upper())}\\fR" for p in cmd.params if p.param_type_name == "argument")
+    args = " ".join(f"\\fI{_esc(_arg_name(p))}\\fR" for p in cmd.params if p.param_type_name == "argument")
     lines += [".SH SYNOPSIS", f"\\fBacdctool {_esc(name)}\\fR {args} [\\fIOPTIONS\\fR]", ".SH DESCRIPTION"]
     lines += [_esc(par.replace("\n", " ").strip()) + "\n.PP" for par in body.strip().split("\n\n") if par.strip()]
     arguments = [p for p in cmd.params if p.param_type_name == "argument"]
     if arguments:
         lines.append(".SH ARGUMENTS")
         for p in arguments:
-            lines += [".TP", f"\\fI{_esc(p.name.upper())}\\fR", _esc(getattr(p, "help", "") or "")]
+            lines += [".TP", f"\\fI{_esc(_arg_name(p))}\\fR", _esc(getattr(p, "help", "") or "")]
     lines += [".SH OPTIONS"] + _options(cmd)
     lines += _exit_codes()
     if example.strip():
-        lines += [".SH EXAMPLE", ".nf", _esc(example.strip()), ".fi"]
+        lines += [".SH EXAMPLE", ".nf", _esc(textwrap.dedent(example.strip("\n")).strip()), ".fi"]
     lines += [".SH SEE ALSO", "\\fBacdctool\\fR(1)"]
     return "\n".join(lines) + "\n"
 
@@ -118,9 +124,34 @@ def _options(cmd: Any) -> list[str]:
 
 def _exit_codes() -> list[str]:
     lines = [".SH EXIT STATUS"]
-    for code, meaning in EXIT_CODES:
-        lines += [".TP", f"\\fB{code}\\fR", _esc(meaning)]
+    for e in EXIT_CODES:
+        lines += [".TP", f"\\fB{e.code}\\fR", _esc(e.meaning)]
     return lines
+
+
+README_EXIT_CODES = ("<!-- exit-codes: generated from errors.py by scripts/gen_docs.py -->", "<!-- /exit-codes -->")
+"""The markers around the README's exit-code line."""
+
+
+def readme_exit_codes() -> str:
+    """The README's exit-code block, markers included (from :data:`acdctool.errors.EXIT_CODES`)."""
+    from acdctool.errors import exit_codes_line
+
+    begin, end = README_EXIT_CODES
+    return f"{begin}\nExit codes: {exit_codes_line()}.\n{end}"
+
+
+def update_readme(text: str) -> str:
+    """``text`` (the README) with its exit-code block regenerated.
+
+    Raises:
+        ValueError: the README lacks the markers.
+    """
+    begin, end = README_EXIT_CODES
+    i, j = text.find(begin), text.find(end)
+    if i < 0 or j < i:
+        raise ValueError(f"README: no {begin} ... {end} block")
+    return text[:i] + readme_exit_codes() + text[j + len(end) :]
 
 
 def completion_script(shell: str) -> str:

@@ -6,38 +6,45 @@ from pathlib import Path
 
 import typer
 
-from acdctool.cli.common import FORCE, QUIET, log, make_config, print_path, progress, run
-from acdctool.config import PrepConfig
+from acdctool.cli.common import FORCE, QUIET, call, log, make_config, print_path, provenance, reporter
+from acdctool.config import MaskInterp, PrepConfig, Roi
 
 _D = PrepConfig()
 
 
 def prep(
     acdc_dir: Path = typer.Argument(
-        ..., help="ACDC root (training/, testing/), a folder of patient folders, or one patient."
+        ...,
+        metavar="ACDC_DIR",
+        help="ACDC root (training/, testing/), a folder of patient folders, or one patient.",
     ),
-    output: Path = typer.Option(..., "--output", "-o", help="Output slice file (.h5)."),
-    size: int = typer.Option(_D.size, "--size", help="Output in-plane size, px."),
-    roi: str = typer.Option(
-        _D.roi,
+    output: Path = typer.Option(..., "--output", "-o", metavar="FILE", help="Output slice file (.h5)."),
+    size: int = typer.Option(_D.size, "--size", metavar="PX", help="Output in-plane size, px."),
+    roi: Roi = typer.Option(
+        Roi(_D.roi),
         "--roi",
         help="gt: square box around the ground-truth heart; center: fixed mm square at the image centre.",
     ),
     margin: float = typer.Option(
-        _D.margin, "--margin", help="--roi gt: margin per side, fraction of the heart's extent."
+        _D.margin, "--margin", metavar="FRACTION", help="--roi gt: margin per side, fraction of the heart's extent."
     ),
-    roi_mm: float = typer.Option(_D.roi_mm, "--roi-mm", help="--roi center: side of the crop, mm."),
-    mask_interp: str = typer.Option(
-        _D.mask_interp, "--mask-interp", help="smooth: per-label linear + argmax; nearest."
+    roi_mm: float = typer.Option(_D.roi_mm, "--roi-mm", metavar="MM", help="--roi center: side of the crop, mm."),
+    mask_interp: MaskInterp = typer.Option(
+        MaskInterp(_D.mask_interp), "--mask-interp", help="smooth: per-label linear + argmax; nearest."
     ),
     val_fraction: float = typer.Option(
-        _D.val_fraction, "--val-fraction", help="Share of each group of training patients in the val split."
+        _D.val_fraction,
+        "--val-fraction",
+        metavar="FRACTION",
+        help="Share of each group of training patients in the val split.",
     ),
-    folds: int = typer.Option(_D.folds, "--folds", help="Number of patient-level folds for training patients."),
-    seed: int = typer.Option(_D.seed, "--seed", help="Seed of the split and fold assignment."),
+    folds: int = typer.Option(
+        _D.folds, "--folds", metavar="N", help="Number of patient-level folds for training patients."
+    ),
+    seed: int = typer.Option(_D.seed, "--seed", metavar="N", help="Seed of the split and fold assignment."),
     skip_bad: bool = typer.Option(_D.skip_bad, "--skip-bad", help="Skip broken patients and list them at the end."),
     workers: int = typer.Option(
-        _D.workers, "--workers", help="Patients processed concurrently (same output for any value)."
+        _D.workers, "--workers", metavar="N", help="Patients processed concurrently (same output for any value)."
     ),
     force: bool = FORCE,
     quiet: bool = QUIET,
@@ -47,27 +54,28 @@ def prep(
     ED and ES frames cut into 2D short-axis slices, cropped around the heart, resized (pixel
     spacing tracked), intensity-normalised, with patient-level stratified split and folds.
 
-    Example: acdctool prep ACDC/training -o slices.h5 --folds 5
+    \b
+    Example:
+      acdctool prep ACDC/training -o slices.h5 --folds 5
     """
-    from acdctool.data.prep import prep_acdc
-    from acdctool.io.acdc import find_patients
+    from acdctool.stages import prep as stage
 
     config = make_config(
         PrepConfig,
         size=size,
-        roi=roi,
+        roi=roi.value,
         margin=margin,
         roi_mm=roi_mm,
-        mask_interp=mask_interp,
+        mask_interp=mask_interp.value,
         val_fraction=val_fraction,
         folds=folds,
         seed=seed,
         skip_bad=skip_bad,
         workers=workers,
     )
-    total = len(run(find_patients, acdc_dir))
-    with progress("prep", total, quiet) as advance:
-        result = run(prep_acdc, acdc_dir, output, config, force=force, on_patient=advance)
+    inputs = stage.Inputs(acdc_dir, provenance=provenance(acdc_dir))
+    with reporter("prep", quiet) as progress:
+        result = call(stage.run, config, inputs, output, force=force, progress=progress)
     for name, reason in result.skipped:
         log(f"[yellow]skipped {name}:[/] {reason}", quiet=False)
     log(f"wrote {result.rows} slices of {result.patients} patients to {output}", quiet)

@@ -6,41 +6,51 @@ from pathlib import Path
 
 import typer
 
-from acdctool.cli.common import FORCE, QUIET, log, make_config, parse_numbers, print_path, progress, run
-from acdctool.config import RefineConfig
+from acdctool.cli.common import FORCE, QUIET, call, log, make_config, parse_numbers, print_path, provenance, reporter
+from acdctool.config import Context, Gate, Method, RefineConfig
+from acdctool.conventions import Device
 
 _D = RefineConfig()
 
 
 def refine(
-    seg: Path = typer.Argument(..., help="gen-seg output (seg.h5), or make-3gram output with --context 3gram."),
-    output: Path = typer.Option(..., "--output", "-o", help="Refined slice file (.h5)."),
+    seg: Path = typer.Argument(
+        ..., metavar="SEG", help="gen-seg output (seg.h5), or make-3gram output with --context 3gram."
+    ),
+    output: Path = typer.Option(..., "--output", "-o", metavar="FILE", help="Refined slice file (.h5)."),
     nvae: Path | None = typer.Option(
-        None, "--nvae", help="NVAE checkpoint (train-nvae best.pt); needed by --method nvae."
+        None, "--nvae", metavar="CKPT", help="NVAE checkpoint (train-nvae best.pt); needed by --method nvae."
     ),
-    method: str = typer.Option(
-        _D.method, "--method", help="nvae, or morph (largest component + fill holes: the baseline)."
+    method: Method = typer.Option(
+        Method(_D.method), "--method", help="nvae, or morph (largest component + fill holes: the baseline)."
     ),
-    context: str = typer.Option(_D.context, "--context", help="none (single mask) or 3gram (previous/current/next)."),
-    gate: str = typer.Option(
-        _D.gate, "--gate", help="anatomy: only replace anatomically invalid slices; none: replace all."
+    context: Context = typer.Option(
+        Context(_D.context), "--context", help="none (single mask) or 3gram (previous/current/next)."
+    ),
+    gate: Gate = typer.Option(
+        Gate(_D.gate), "--gate", help="anatomy: only replace anatomically invalid slices; none: replace all."
     ),
     partial: str = typer.Option(
         ",".join(f"{t:g}" for t in _D.partial),
         "--partial",
+        metavar="T,T,...",
         help="Partial-edit thresholds (comma-separated; none: whole reconstructions only).",
     ),
-    samples: int = typer.Option(_D.samples, "--samples", help="Extra sampled NVAE candidates per invalid slice."),
-    temperature: float = typer.Option(_D.temperature, "--temperature", help="Posterior std scale when sampling."),
+    samples: int = typer.Option(
+        _D.samples, "--samples", metavar="N", help="Extra sampled NVAE candidates per invalid slice."
+    ),
+    temperature: float = typer.Option(
+        _D.temperature, "--temperature", metavar="T", help="Posterior std scale when sampling."
+    ),
     min_agreement: float = typer.Option(
-        _D.min_agreement, "--min-agreement", help="Least Dice with the input for a replacement."
+        _D.min_agreement, "--min-agreement", metavar="DICE", help="Least Dice with the input for a replacement."
     ),
     polish: bool = typer.Option(
         _D.polish, "--polish/--no-polish", help="Also offer each NVAE candidate after the morphological clean-up."
     ),
-    batch_size: int = typer.Option(_D.batch_size, "--batch-size", help="Slices per batch."),
-    device: str = typer.Option(_D.device, "--device", help="auto, cpu or cuda."),
-    seed: int = typer.Option(_D.seed, "--seed", help="Seed of the sampled candidates."),
+    batch_size: int = typer.Option(_D.batch_size, "--batch-size", metavar="N", help="Slices per batch."),
+    device: Device = typer.Option(Device(_D.device), "--device", help="auto: CUDA when available."),
+    seed: int = typer.Option(_D.seed, "--seed", metavar="N", help="Seed of the sampled candidates."),
     force: bool = FORCE,
     quiet: bool = QUIET,
 ) -> None:
@@ -50,33 +60,30 @@ def refine(
     towards the NVAE reconstruction, the reconstruction itself and samples, or the
     morphological clean-up); valid slices are kept bit-identical.
 
-    Example: acdctool refine seg.h5 --nvae runs/nvae/best.pt -o refined.h5 --samples 8
+    \b
+    Example:
+      acdctool refine seg.h5 --nvae runs/nvae/best.pt -o refined.h5 --samples 8
     """
-    from acdctool.io.slices import SliceFile
-    from acdctool.stages.refine import refine as run_refine
+    from acdctool.stages import refine as stage
 
     config = make_config(
         RefineConfig,
-        method=method,
-        context=context,
-        gate=gate,
+        method=method.value,
+        context=context.value,
+        gate=gate.value,
         partial=parse_numbers(partial, "--partial"),
         samples=samples,
         temperature=temperature,
         min_agreement=min_agreement,
         polish=polish,
         batch_size=batch_size,
-        device=device,
+        device=device.value,
         seed=seed,
     )
 
-    def count() -> int:
-        with SliceFile(seg) as f:
-            return len(f)
-
-    total = run(count)
-    with progress("refine", total, quiet) as advance:
-        result = run(run_refine, seg, output, config, nvae=nvae, force=force, on_rows=lambda n: advance(advance=n))
+    inputs = stage.Inputs(seg, nvae, provenance=provenance(seg, nvae))
+    with reporter("refine", quiet) as progress:
+        result = call(stage.run, config, inputs, output, force=force, progress=progress)
     counts = ", ".join(f"{v} {k}" for k, v in result.counts.items() if v)
     log(
         f"wrote {result.rows} rows to {output} ({counts}); invalid slices {result.invalid_before} → "

@@ -11,67 +11,93 @@ from acdctool.cli.common import (
     QUIET,
     RESUME,
     TENSORBOARD,
+    call,
     finish_training,
     log,
     make_config,
     parse_numbers,
-    progress,
-    run,
+    provenance,
+    reporter,
 )
-from acdctool.config import TrainNvaeConfig
+from acdctool.config import Context, NvaeInput, TrainNvaeConfig
+from acdctool.conventions import CLASSES, Device
 
 _D = TrainNvaeConfig()
 
 
 def train_nvae(
     data: Path = typer.Argument(
-        ..., help="prep file (--input gt), gen-seg file (--input seg) or make-3gram file (--context 3gram)."
+        ...,
+        metavar="DATA",
+        help="prep file (--input gt), gen-seg file (--input seg) or make-3gram file (--context 3gram).",
     ),
-    output: Path = typer.Option(..., "--output", "-o", help="Run folder: best.pt, last.pt, metrics.csv (tb/)."),
-    input: str = typer.Option(
-        _D.input, "--input", help="gt: auto-encode ground truth; seg: gen-seg masks in, ground truth out."
+    output: Path = typer.Option(
+        ..., "--output", "-o", metavar="RUN_DIR", help="Run folder: best.pt, last.pt, metrics.csv (tb/)."
     ),
-    context: str = typer.Option(_D.context, "--context", help="none, or 3gram (previous/current/next masks in)."),
-    stem_channels: int = typer.Option(_D.stem_channels, "--stem-channels", help="Channels after the stem conv."),
-    scales: int = typer.Option(_D.scales, "--scales", help="Latent scales."),
+    input: NvaeInput = typer.Option(
+        NvaeInput(_D.input), "--input", help="gt: auto-encode ground truth; seg: gen-seg masks in, ground truth out."
+    ),
+    context: Context = typer.Option(
+        Context(_D.context), "--context", help="none, or 3gram (previous/current/next masks in)."
+    ),
+    stem_channels: int = typer.Option(
+        _D.stem_channels, "--stem-channels", metavar="N", help="Channels after the stem conv."
+    ),
+    scales: int = typer.Option(_D.scales, "--scales", metavar="N", help="Latent scales."),
     groups_per_scale: str = typer.Option(
         ",".join(map(str, _D.groups_per_scale)),
         "--groups-per-scale",
+        metavar="N,N,...",
         help="Latent groups per scale, top first (e.g. 4,2,1).",
     ),
-    latent_channels: int = typer.Option(_D.latent_channels, "--latent-channels", help="Channels of each latent group."),
+    latent_channels: int = typer.Option(
+        _D.latent_channels, "--latent-channels", metavar="N", help="Channels of each latent group."
+    ),
     se_reduction: int = typer.Option(
-        _D.se_reduction, "--se-reduction", help="Squeeze-excitation channel reduction factor."
+        _D.se_reduction, "--se-reduction", metavar="N", help="Squeeze-excitation channel reduction factor."
     ),
     beta: str = typer.Option(
-        ",".join(f"{b:g}" for b in _D.betas), "--beta", help="KL weight per scale, top first (e.g. 8,10,11)."
+        ",".join(f"{b:g}" for b in _D.betas),
+        "--beta",
+        metavar="B,B,...",
+        help="KL weight per scale, top first (e.g. 8,10,11).",
     ),
-    warmup_steps: int = typer.Option(_D.warmup_steps, "--warmup-steps", help="KL warm-up, optimiser steps."),
+    warmup_steps: int = typer.Option(
+        _D.warmup_steps, "--warmup-steps", metavar="N", help="KL warm-up, optimiser steps."
+    ),
     kl_balance: bool = typer.Option(
         _D.kl_balance, "--kl-balance/--no-kl-balance", help="Balance KL across groups during warm-up."
     ),
     dice_weight: float = typer.Option(
-        _D.dice_weight, "--dice-weight", help="Weight of a soft-Dice reconstruction term."
+        _D.dice_weight, "--dice-weight", metavar="W", help="Weight of a soft-Dice reconstruction term."
     ),
-    sr_weight: float = typer.Option(_D.sr_weight, "--sr-weight", help="Spectral regularisation weight (0: off)."),
+    sr_weight: float = typer.Option(
+        _D.sr_weight, "--sr-weight", metavar="W", help="Spectral regularisation weight (0: off)."
+    ),
     fold: int | None = typer.Option(
-        _D.fold, "--fold", help="Hold out this fold for validation (default: the file's train/val split)."
+        _D.fold, "--fold", metavar="K", help="Hold out this fold for validation (default: the file's train/val split)."
     ),
-    epochs: int = typer.Option(_D.epochs, "--epochs", help="Total epochs (a resumed run continues up to it)."),
-    batch_size: int = typer.Option(_D.batch_size, "--batch-size", help="Slices per step, per process."),
-    lr: float = typer.Option(_D.lr, "--lr", help="Adamax learning rate (after warm-up)."),
-    lr_min: float = typer.Option(_D.lr_min, "--lr-min", help="Learning rate at the end of the cosine."),
+    epochs: int = typer.Option(
+        _D.epochs, "--epochs", metavar="N", help="Total epochs (a resumed run continues up to it)."
+    ),
+    batch_size: int = typer.Option(_D.batch_size, "--batch-size", metavar="N", help="Slices per step, per process."),
+    lr: float = typer.Option(_D.lr, "--lr", metavar="RATE", help="Adamax learning rate (after warm-up)."),
+    lr_min: float = typer.Option(_D.lr_min, "--lr-min", metavar="RATE", help="Learning rate at the end of the cosine."),
     lr_warmup_steps: int = typer.Option(
-        _D.lr_warmup_steps, "--lr-warmup-steps", help="Linear learning-rate warm-up steps."
+        _D.lr_warmup_steps, "--lr-warmup-steps", metavar="N", help="Linear learning-rate warm-up steps."
     ),
-    weight_decay: float = typer.Option(_D.weight_decay, "--weight-decay", help="Adamax weight decay."),
+    weight_decay: float = typer.Option(_D.weight_decay, "--weight-decay", metavar="W", help="Adamax weight decay."),
     augment: bool = typer.Option(_D.augment, "--augment/--no-augment", help="Small rotations and zooms of the masks."),
-    seed: int = typer.Option(_D.seed, "--seed", help="Seed of weights, data order, augmentation, latents."),
-    device: str = typer.Option(_D.device, "--device", help="auto, cpu or cuda."),
+    seed: int = typer.Option(
+        _D.seed, "--seed", metavar="N", help="Seed of weights, data order, augmentation, latents."
+    ),
+    device: Device = typer.Option(Device(_D.device), "--device", help="auto: CUDA when available."),
     amp: bool = typer.Option(_D.amp, "--amp/--no-amp", help="bf16 autocast on CUDA."),
-    workers: int = typer.Option(_D.workers, "--workers", help="DataLoader worker processes."),
+    workers: int = typer.Option(_D.workers, "--workers", metavar="N", help="DataLoader worker processes."),
     tensorboard: bool = TENSORBOARD,
-    grad_clip: float = typer.Option(_D.grad_clip, "--grad-clip", help="Clip the gradient norm (0: off)."),
+    grad_clip: float = typer.Option(
+        _D.grad_clip, "--grad-clip", metavar="NORM", help="Clip the gradient norm (0: off)."
+    ),
     resume: bool = RESUME,
     force: bool = FORCE,
     quiet: bool = QUIET,
@@ -83,18 +109,18 @@ def train_nvae(
     message naming the term, keeping the last good checkpoint. SIGTERM saves last.pt and
     exits 130: rerun with --resume.
 
-    Example: acdctool train-nvae slices.h5 --input gt --beta 8,10,11 -o runs/nvae-gt
+    \b
+    Example:
+      acdctool train-nvae slices.h5 --input gt --beta 8,10,11 -o runs/nvae-gt
     """
-    from acdctool.provenance import make_provenance
+    from acdctool.stages import train_nvae as stage
     from acdctool.train.dist import env_rank
-    from acdctool.train.loop import Hooks
-    from acdctool.train.nvae_task import train_nvae as train_fn
 
     groups = parse_numbers(groups_per_scale, "--groups-per-scale", int)
     config = make_config(
         TrainNvaeConfig,
-        input=input,
-        context=context,
+        input=input.value,
+        context=context.value,
         stem_channels=stem_channels,
         scales=scales,
         groups_per_scale=groups,
@@ -114,7 +140,7 @@ def train_nvae(
         weight_decay=weight_decay,
         augment=augment,
         seed=seed,
-        device=device,
+        device=device.value,
         amp=amp,
         workers=workers,
         tensorboard=tensorboard,
@@ -124,18 +150,15 @@ def train_nvae(
     quiet = quiet or not main
 
     def on_epoch(rec: dict) -> None:
-        dice = " ".join(f"{k[9:].upper()} {rec[k]:.3f}" for k in ("val_dice_rv", "val_dice_myo", "val_dice_lv"))
+        dice = " ".join(f"{c.upper()} {rec[f'val_dice_{c}']:.3f}" for c in CLASSES)
         kl = " ".join(f"{rec[k]:.1f}" for k in sorted(rec) if k.startswith("val_kl_scale"))
         best = " (best)" if rec.get("best") else ""
         log(
             f"epoch {rec['epoch']}/{epochs}  recon {rec['val_recon']:.1f}  KL/scale {kl}  Dice {dice}  "
             f"valid {100 * rec['val_valid_fraction']:.1f}%{best}  {rec['time_s']:.1f} s",
-            quiet,
         )
 
-    with progress("train-nvae", epochs, quiet) as advance:
-        hooks = Hooks(on_epoch=lambda rec: (on_epoch(rec), advance()))
-        result = run(
-            train_fn, data, output, config, resume=resume, force=force, hooks=hooks, provenance=make_provenance([data])
-        )
+    inputs = stage.Inputs(data, provenance=provenance(data))
+    with reporter("train-nvae", quiet, on_epoch) as progress:
+        result = call(stage.run, config, inputs, output, force=force, progress=progress, resume=resume)
     finish_training(result, output, main, quiet)

@@ -6,42 +6,70 @@ from pathlib import Path
 
 import typer
 
-from acdctool.cli.common import FORCE, QUIET, RESUME, TENSORBOARD, finish_training, log, make_config, progress, run
-from acdctool.config import TrainSegConfig
+from acdctool.cli.common import (
+    FORCE,
+    QUIET,
+    RESUME,
+    TENSORBOARD,
+    call,
+    finish_training,
+    log,
+    make_config,
+    provenance,
+    reporter,
+)
+from acdctool.config import Arch, LrSchedule, TrainSegConfig
+from acdctool.conventions import CLASSES, Device
 
 _D = TrainSegConfig()
 
 
 def train_seg(
-    slices: Path = typer.Argument(..., help="Slice file from `acdctool prep` (with ground-truth masks)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Run folder: best.pt, last.pt, metrics.csv (tb/)."),
-    arch: str = typer.Option(_D.arch, "--arch", help="unet, resunet (2 residual units/level), attunet or swinunetr."),
+    slices: Path = typer.Argument(
+        ..., metavar="SLICES", help="Slice file from `acdctool prep` (with ground-truth masks)."
+    ),
+    output: Path = typer.Option(
+        ..., "--output", "-o", metavar="RUN_DIR", help="Run folder: best.pt, last.pt, metrics.csv (tb/)."
+    ),
+    arch: Arch = typer.Option(
+        Arch(_D.arch), "--arch", help="Network; resunet is a UNet with 2 residual units per level."
+    ),
     net_arg: list[str] = typer.Option(
-        [], "--net-arg", help="Constructor override KEY=VALUE, repeatable (e.g. channels=8,16,32 or feature_size=12)."
+        [],
+        "--net-arg",
+        metavar="KEY=VALUE",
+        help="Constructor override, repeatable (e.g. channels=8,16,32 or feature_size=12).",
     ),
     fold: int | None = typer.Option(
         _D.fold,
         "--fold",
+        metavar="K",
         help=(
             "Hold out this fold: train on the other folds' train patients, validate on this fold. "
             "Default: the file's train/val split."
         ),
     ),
-    epochs: int = typer.Option(_D.epochs, "--epochs", help="Total epochs (a resumed run continues up to it)."),
-    batch_size: int = typer.Option(_D.batch_size, "--batch-size", help="Slices per step, per process."),
-    lr: float = typer.Option(_D.lr, "--lr", help="Adam learning rate."),
-    weight_decay: float = typer.Option(_D.weight_decay, "--weight-decay", help="Adam weight decay."),
-    lr_schedule: str = typer.Option(_D.lr_schedule, "--lr-schedule", help="constant or cosine."),
+    epochs: int = typer.Option(
+        _D.epochs, "--epochs", metavar="N", help="Total epochs (a resumed run continues up to it)."
+    ),
+    batch_size: int = typer.Option(_D.batch_size, "--batch-size", metavar="N", help="Slices per step, per process."),
+    lr: float = typer.Option(_D.lr, "--lr", metavar="RATE", help="Adam learning rate."),
+    weight_decay: float = typer.Option(_D.weight_decay, "--weight-decay", metavar="W", help="Adam weight decay."),
+    lr_schedule: LrSchedule = typer.Option(
+        LrSchedule(_D.lr_schedule), "--lr-schedule", help="constant, or cosine annealing to 0."
+    ),
     augment: bool = typer.Option(
         _D.augment, "--augment/--no-augment", help="Flips, small rotation/zoom, gamma/intensity."
     ),
-    seed: int = typer.Option(_D.seed, "--seed", help="Seed of weights, data order and augmentation."),
-    device: str = typer.Option(_D.device, "--device", help="auto, cpu or cuda."),
+    seed: int = typer.Option(_D.seed, "--seed", metavar="N", help="Seed of weights, data order and augmentation."),
+    device: Device = typer.Option(Device(_D.device), "--device", help="auto: CUDA when available."),
     amp: bool = typer.Option(_D.amp, "--amp/--no-amp", help="bf16 autocast on CUDA (never on CPU)."),
-    workers: int = typer.Option(_D.workers, "--workers", help="DataLoader worker processes."),
+    workers: int = typer.Option(_D.workers, "--workers", metavar="N", help="DataLoader worker processes."),
     cache: bool = typer.Option(_D.cache, "--cache/--no-cache", help="Hold the selected slices in memory."),
     tensorboard: bool = TENSORBOARD,
-    grad_clip: float = typer.Option(_D.grad_clip, "--grad-clip", help="Clip the gradient norm (0: off)."),
+    grad_clip: float = typer.Option(
+        _D.grad_clip, "--grad-clip", metavar="NORM", help="Clip the gradient norm (0: off)."
+    ),
     resume: bool = RESUME,
     force: bool = FORCE,
     quiet: bool = QUIET,
@@ -50,28 +78,29 @@ def train_seg(
 
     SIGTERM or Ctrl-C saves last.pt and exits 130: rerun the same command with --resume
     (e.g. a requeued SLURM job). A non-finite loss exits 1, keeping the last good checkpoint.
-    Multi-GPU: torchrun --nproc-per-node=N --no-python acdctool train-seg ...
+    Multi-GPU: run it under torchrun (second example).
 
-    Example: acdctool train-seg slices.h5 --arch attunet --fold 0 -o runs/attunet-f0
+    \b
+    Example:
+      acdctool train-seg slices.h5 --arch attunet --fold 0 -o runs/attunet-f0
+      torchrun --nproc-per-node=4 --no-python acdctool train-seg slices.h5 -o runs/unet
     """
-    from acdctool.provenance import make_provenance
+    from acdctool.stages import train_seg as stage
     from acdctool.train.dist import env_rank
-    from acdctool.train.loop import Hooks
-    from acdctool.train.tasks import train_seg as train_seg_fn
 
     config = make_config(
         TrainSegConfig,
-        arch=arch,
+        arch=arch.value,
         net_args=tuple(net_arg),
         fold=fold,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
         weight_decay=weight_decay,
-        lr_schedule=lr_schedule,
+        lr_schedule=lr_schedule.value,
         augment=augment,
         seed=seed,
-        device=device,
+        device=device.value,
         amp=amp,
         workers=workers,
         cache=cache,
@@ -82,24 +111,14 @@ def train_seg(
     quiet = quiet or not main
 
     def on_epoch(rec: dict) -> None:
-        dice = " ".join(f"{k[9:].upper()} {rec[k]:.3f}" for k in ("val_dice_rv", "val_dice_myo", "val_dice_lv"))
+        dice = " ".join(f"{c.upper()} {rec[f'val_dice_{c}']:.3f}" for c in CLASSES)
         best = " (best)" if rec.get("best") else ""
         log(
             f"epoch {rec['epoch']}/{epochs}  loss {rec['train_loss']:.4f}  val loss {rec['val_loss']:.4f}  "
             f"Dice {dice}  mean {rec['val_dice_mean']:.3f}{best}  {rec['time_s']:.1f} s",
-            quiet,
         )
 
-    with progress(f"train-seg {arch}", epochs, quiet) as advance:
-        hooks = Hooks(on_epoch=lambda rec: (on_epoch(rec), advance()))
-        result = run(
-            train_seg_fn,
-            slices,
-            output,
-            config,
-            resume=resume,
-            force=force,
-            hooks=hooks,
-            provenance=make_provenance([slices]),
-        )
+    inputs = stage.Inputs(slices, provenance=provenance(slices))
+    with reporter(f"train-seg {config.arch}", quiet, on_epoch) as progress:
+        result = call(stage.run, config, inputs, output, force=force, progress=progress, resume=resume)
     finish_training(result, output, main, quiet)

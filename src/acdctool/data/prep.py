@@ -1,4 +1,7 @@
-"""ACDC folder → HDF5 slice dataset: ED/ES frames, square ROI crop, resize, normalise.
+"""Preprocessing of ACDC patients for the slice dataset: ED/ES frames, square ROI crop, resize, normalise.
+
+The ``prep`` stage (:mod:`acdctool.stages.prep`) streams patients through :func:`patient_rows`
+into a slice file.
 
 Geometry bookkeeping (the part that makes mm and mL right downstream): a volume of in-plane
 spacing (sr, sc) mm is cropped to a square box of ``crop_size`` px and resized to ``size`` px,
@@ -11,33 +14,19 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from acdctool.config import PrepConfig, config_to_dict
-from acdctool.data.splits import assign_splits
+from acdctool.config import PrepConfig
+from acdctool.conventions import FOREGROUND, PHASES
 from acdctool.errors import AcdcToolError, BadInputError
-from acdctool.io.acdc import Frame, PatientInfo, PatientRef, find_patients, frame_paths, load_frame, read_info
-from acdctool.io.slices import SliceWriter
-from acdctool.provenance import make_provenance
+from acdctool.io.acdc import Frame, PatientInfo, PatientRef, frame_paths, load_frame
 
 MIN_CROP_PX = 16
 """Smallest crop side: a tiny stray-pixel mask must not become a 2-pixel crop."""
-
-
-@dataclass
-class PrepResult:
-    """What ``prep`` wrote: output path, row and patient counts, patients skipped and why."""
-
-    path: Path
-    rows: int = 0
-    patients: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -47,84 +36,6 @@ class CropBox:
     r0: int
     c0: int
     size: int
-
-
-def prep_acdc(
-    root: Path,
-    out: Path,
-    config: PrepConfig = PrepConfig(),
-    *,
-    force: bool = False,
-    on_patient: Callable[[str], None] | None = None,
-    provenance: dict[str, Any] | None = None,
-) -> PrepResult:
-    """Convert an ACDC folder into a slice file (kind ``prep``), streaming patient by patient.
-
-    Args:
-        root: ACDC root (with ``training/``, ``testing/``), a folder of patient folders, or
-            one patient folder.
-        out: output ``.h5`` path; written atomically.
-        config: crop, resize, normalisation and split settings.
-        force: replace an existing ``out``.
-        on_patient: called with each patient name once processed (progress).
-        provenance: stored in the file; defaults to this process's command line.
-
-    Returns:
-        A :class:`PrepResult`.
-
-    Raises:
-        InputMissingError: ``root`` or a file it needs is missing.
-        BadInputError: malformed Info.cfg or NIfTI, shape mismatch, labels outside 0..3, no
-            ground truth with ``roi="gt"`` (each naming the file); with ``skip_bad`` these
-            skip the patient instead, unless every patient fails.
-        OutputError: ``out`` exists (without ``force``) or cannot be written.
-    """
-    patients = find_patients(root)
-    infos: dict[str, PatientInfo] = {}
-    result = PrepResult(Path(out))
-    for p in patients:
-        try:
-            infos[p.name] = read_info(p.path)
-        except AcdcToolError as exc:
-            if not config.skip_bad:
-                raise
-            result.skipped.append((p.name, str(exc)))
-    usable = [p for p in patients if p.name in infos]
-    has_gt = _ground_truth_present(usable, infos)
-    if config.roi == "gt" and not has_gt:
-        raise BadInputError(f"{root}: no ground-truth masks (*_gt.nii.gz); use --roi center for data without masks")
-    splits = assign_splits(
-        [(p.name, infos[p.name].group, p.source) for p in usable], config.val_fraction, config.folds, config.seed
-    )
-    arrays = {"image": ("float32", ())}
-    if has_gt:
-        arrays["gt"] = ("uint8", ())
-    with SliceWriter(
-        out,
-        kind="prep",
-        config=config_to_dict(config),
-        provenance=provenance or make_provenance([root]),
-        shape=(config.size, config.size),
-        arrays=arrays,
-        force=force,
-    ) as writer:
-        work = lambda p: _patient_rows(p, infos[p.name], splits[p.name], config, has_gt)  # noqa: E731
-        for p, outcome in ordered_map(work, usable, workers=config.workers):
-            if isinstance(outcome, AcdcToolError):
-                if not config.skip_bad:
-                    raise outcome
-                result.skipped.append((p.name, str(outcome)))
-            else:
-                rows, images, masks = outcome
-                data = {"image": images, "gt": masks} if has_gt else {"image": images}
-                writer.append(rows, **data)
-                result.rows += len(rows)
-                result.patients += 1
-            if on_patient is not None:
-                on_patient(p.name)
-        if result.patients == 0:
-            raise BadInputError(f"{root}: every patient failed; first error: {result.skipped[0][1]}")
-    return result
 
 
 def ordered_map(fn, items, workers: int):
@@ -157,7 +68,12 @@ def _capture(fn, item):
         return exc
 
 
-def _ground_truth_present(patients: list[PatientRef], infos: dict[str, PatientInfo]) -> bool:
+def ground_truth_present(patients: list[PatientRef], infos: dict[str, PatientInfo]) -> bool:
+    """Whether every patient has ED and ES ground-truth masks (False for none).
+
+    Raises:
+        BadInputError: some patients have masks and others do not.
+    """
     present = [all(frame_paths(p, f)[1].exists() for f in (infos[p.name].ed, infos[p.name].es)) for p in patients]
     if any(present) and not all(present):
         lacking = [p.name for p, ok in zip(patients, present, strict=False) if not ok]
@@ -168,11 +84,19 @@ def _ground_truth_present(patients: list[PatientRef], infos: dict[str, PatientIn
     return bool(present) and all(present)
 
 
-def _patient_rows(
+def patient_rows(
     patient: PatientRef, info: PatientInfo, split_fold: tuple[str, int], config: PrepConfig, has_gt: bool
 ) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray | None]:
-    frames = {phase: load_frame(patient, f, with_mask=has_gt) for phase, f in (("ED", info.ed), ("ES", info.es))}
-    ed, es = frames["ED"], frames["ES"]
+    """One patient's index rows, images (N, size, size) and masks (or None), ED slices first.
+
+    Raises:
+        InputMissingError, BadInputError: unreadable frames, ED/ES shapes that differ, no
+            ground truth to place ``roi="gt"``.
+    """
+    frames = {
+        phase: load_frame(patient, f, with_mask=has_gt) for phase, f in zip(PHASES, (info.ed, info.es), strict=True)
+    }
+    ed, es = (frames[phase] for phase in PHASES)
     if ed.image.shape[:2] != es.image.shape[:2]:
         raise BadInputError(
             f"{es.image_path}: in-plane shape {es.image.shape[:2]} differs from ED {ed.image.shape[:2]}"
@@ -189,7 +113,7 @@ def _patient_rows(
                     "patient": patient.name,
                     "group": info.group,
                     "phase": phase,
-                    "frame": info.ed if phase == "ED" else info.es,
+                    "frame": info.ed if phase == PHASES[0] else info.es,
                     "slice": z,
                     "n_slices": n,
                     "spacing_row": frame.spacing[0] * scale,
@@ -271,7 +195,7 @@ def resize_crop(frame: Frame, box: CropBox, config: PrepConfig) -> tuple[np.ndar
     if mask is not None and config.mask_interp == "smooth":
         # Per-label linear resize then argmax: smoother edges than nearest, fewer broken slices.
         # Background is 1 − the others after a linear resize, so it need not be resampled.
-        channels.append(np.stack([mask == k for k in (1, 2, 3)]).astype(np.float32))
+        channels.append(np.stack([mask == k for k in FOREGROUND]).astype(np.float32))
     stacked = torch.from_numpy(np.ascontiguousarray(np.concatenate(channels).astype(np.float32)))
     resized = resize(tio.ScalarImage(tensor=stacked, affine=affine)).data.numpy()
     out_img = normalise(resized[0], config.low_percentile, config.high_percentile)

@@ -1,4 +1,4 @@
-"""Synthetic cine-MRI phantoms written in the exact ACDC layout (``acdctool synth``).
+"""Synthetic cine-MRI phantoms in the exact ACDC layout (written by :mod:`acdctool.stages.synth`).
 
 Each patient is a short-axis stack of a beating heart: bright LV blood pool, dark myocardial
 ring, bright RV crescent on the septal side, textured surroundings, Rician noise and a bias
@@ -15,19 +15,17 @@ diag(-1, -1, 1, 1), qform_code 0, and the true voxel size only in pixdim
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from acdctool.config import GROUPS, SynthConfig
+from acdctool.config import SynthConfig
+from acdctool.conventions import GROUPS
 from acdctool.data.phantom_shapes import build_model
-from acdctool.errors import ConfigError, OutputError
+from acdctool.errors import ConfigError
 
 UNIT_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
 """The affine stored in every ACDC file (and ours): unit scale, whatever the true spacing."""
@@ -163,70 +161,3 @@ def write_patient(phantom: Phantom, folder: Path, *, write_4d: bool = False) -> 
         save_acdc_nifti(phantom.masks[f], phantom.spacing, stem.with_name(stem.name + "_gt.nii.gz"))
     if write_4d:
         save_acdc_nifti(phantom.image, phantom.spacing, folder / f"{name}_4d.nii.gz")
-
-
-def write_phantoms(
-    config: SynthConfig, out_dir: Path, *, force: bool = False, on_patient: Callable[[str], None] | None = None
-) -> list[Path]:
-    """Write config.patients patients under out_dir/training/ and config.test_patients under
-    out_dir/testing/ (numbers continue after the training ones).
-
-    Returns the patient folders written. Calls on_patient(patient_name) after each (for a
-    progress bar). Everything is built in a hidden temporary folder next to ``out_dir`` and
-    moved into place at the end, so an error or interrupt leaves nothing half-written.
-
-    Raises:
-        OutputError: ``out_dir`` exists and is not empty (without ``force``), is not a folder,
-            or cannot be written.
-    """
-    out_dir = Path(out_dir).absolute()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"{out_dir} exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise OutputError(f"{out_dir} exists and is not empty; use --force to replace it")
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=".synth-"))
-    except OSError as exc:
-        raise OutputError(f"cannot create {out_dir}: {exc}") from exc
-
-    splits = [("training", config.patients), ("testing", config.test_patients)]
-    written: list[Path] = []
-    number = config.first_id
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's private 0700 would otherwise become out_dir's
-        for split, count in splits:
-            (tmp / split).mkdir()
-            for _ in range(count):
-                phantom = make_patient(number, group_of(number), config)
-                write_patient(phantom, tmp / split / phantom.name, write_4d=config.write_4d)
-                written.append(out_dir / split / phantom.name)
-                if on_patient is not None:
-                    on_patient(phantom.name)
-                number += 1
-        _move_into_place(tmp, out_dir)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"cannot write {out_dir}: {exc}") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return written
-
-
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename ``tmp`` to ``out_dir``, replacing an existing folder; the old one is restored if
-    the final rename fails and deleted only once the new one is in place."""
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    old = tmp.with_name(tmp.name + "-old")
-    os.replace(out_dir, old)
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:
-        os.replace(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

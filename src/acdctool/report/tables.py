@@ -7,11 +7,12 @@ resize), never from pixel counts alone.
 from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from acdctool import CLASS_NAMES as CLASSES  # noqa: E402
+from acdctool.conventions import CLASS_NAMES, CLASSES, PHASES, VOLUME_KEY
 from acdctool.metrics import anatomy, clinical, overlap
 
 KEY = ["patient", "group", "phase", "slice", "n_slices", "split", "fold", "model"]
@@ -53,7 +54,7 @@ def slice_metrics(
 def _chunk_metrics(pred: np.ndarray, gt: np.ndarray, spacing: np.ndarray, with_hd: bool) -> pd.DataFrame:
     cols: dict[str, np.ndarray] = {}
     dice, codes = overlap.dice_batch(pred, gt)
-    for j, name in enumerate(CLASSES.values()):
+    for j, name in enumerate(CLASSES):
         cols[f"dice_{name}"] = dice[:, j]
         cols[f"dice_{name}_conv"] = np.array([overlap.CONVENTION_CODES[c].value for c in codes[:, j]])
     cols["dice_mean"] = dice.mean(axis=1)
@@ -61,7 +62,7 @@ def _chunk_metrics(pred: np.ndarray, gt: np.ndarray, spacing: np.ndarray, with_h
         hd, hd95, _ = overlap.hausdorff_batch(pred, gt, spacing)
     else:
         hd = hd95 = np.full(dice.shape, np.nan)
-    for j, name in enumerate(CLASSES.values()):
+    for j, name in enumerate(CLASSES):
         cols[f"hd_{name}"], cols[f"hd95_{name}"] = hd[:, j], hd95[:, j]
     values, valid = anatomy.evaluate_batch(pred, spacing)
     passed = anatomy.criteria_passed(values)
@@ -77,7 +78,7 @@ def _chunk_metrics(pred: np.ndarray, gt: np.ndarray, spacing: np.ndarray, with_h
 def volume_groups(index: pd.DataFrame) -> list[tuple[tuple, np.ndarray]]:
     """(patient, phase, model) → row numbers ordered by slice position."""
     ordered = index.reset_index(drop=True)
-    groups = ordered.groupby(["patient", "phase", "model"], sort=True).indices
+    groups = ordered.groupby(list(VOLUME_KEY), sort=True).indices
     return [(key, rows[np.argsort(ordered["slice"].to_numpy()[rows])]) for key, rows in groups.items()]
 
 
@@ -116,12 +117,12 @@ def _volume_chunk(volumes: list[tuple], hausdorff: bool) -> list[dict]:
             "fold": int(first["fold"]),
             "n_slices": len(p),
         }
-        for j, name in enumerate(CLASSES.values()):
+        for j, name in enumerate(CLASSES):
             rec[f"dice_{name}"] = float(dice[0, j])
         rec["dice_mean"] = float(dice[0].mean())
         spacing = (float(first["thickness"]), float(first["spacing_row"]), float(first["spacing_col"]))
         scores = overlap.hausdorff_per_class(p, g, spacing) if hausdorff else {}
-        for label, name in CLASSES.items():
+        for label, name in CLASS_NAMES.items():
             score = scores.get(label)
             rec[f"hd_{name}"] = score.hd if score else np.nan
             rec[f"hd95_{name}"] = score.hd95 if score else np.nan
@@ -150,7 +151,7 @@ def clinical_table(index: pd.DataFrame, pred: np.ndarray, gt: np.ndarray) -> pd.
         }
     records = []
     for (patient, model), phases in sorted(vols.items()):
-        if set(phases) != {"ED", "ES"}:
+        if set(phases) != set(PHASES):
             continue
         group = index.loc[index.patient == patient, "group"].iloc[0]
         rec: dict[str, object] = {"patient": patient, "group": group, "model": model}
@@ -173,3 +174,54 @@ def clinical_agreement(table: pd.DataFrame) -> dict[str, dict[str, dict[str, flo
             name: clinical.agreement(part[f"{name}_pred"].to_numpy(), part[f"{name}_gt"].to_numpy()) for name in INDICES
         }
     return out
+
+
+def overview(table: pd.DataFrame, volumes: pd.DataFrame) -> dict[str, Any]:
+    """The means a terminal shows, each with the number of slices or volumes it covers.
+
+    Dice means cover every slice (volume), with the ACDC conventions for empty masks, as in the
+    summary. Distances cover only the slices (volumes) where *both* masks hold the structure:
+    a structure absent from both has HD 0 by convention, which says nothing about its contour,
+    and one absent from one mask has no HD at all.
+
+    Args:
+        table: :func:`slice_metrics` output.
+        volumes: :func:`volume_metrics` output for the same rows.
+
+    Returns:
+        ``{"slices": {"n": N, "dice": {c: (mean, n)}, "hd95_mm": {c: (mean, n)}},
+        "volumes": {"n": V, "dice": {...}, "hd_mm": {...}}}`` for ``c`` in rv, myo, lv (and
+        ``mean`` for Dice); a mean is None where it covers nothing.
+    """
+    slices = table.reset_index(drop=True)
+    out: dict[str, Any] = {
+        "slices": {"n": len(slices), "dice": {}, "hd95_mm": {}},
+        "volumes": {"n": len(volumes), "dice": {}, "hd_mm": {}},
+    }
+    for name in [*CLASSES, "mean"]:
+        out["slices"]["dice"][name] = _mean_n(slices.get(f"dice_{name}"))
+        out["volumes"]["dice"][name] = _mean_n(volumes.get(f"dice_{name}"))
+    for name in CLASSES:
+        both = slices[f"dice_{name}_conv"] == overlap.Convention.NORMAL.value
+        out["slices"]["hd95_mm"][name] = _mean_n(slices[f"hd95_{name}"][both])
+        if len(volumes):
+            # A volume lacks the structure in both masks exactly when every slice of it does.
+            empty = (
+                (slices[f"dice_{name}_conv"] == overlap.Convention.BOTH_EMPTY.value)
+                .groupby([slices[k] for k in VOLUME_KEY], sort=False)
+                .all()
+            )
+            key = pd.MultiIndex.from_frame(volumes[list(VOLUME_KEY)])
+            present = ~empty.reindex(key).fillna(False).to_numpy(bool)
+            out["volumes"]["hd_mm"][name] = _mean_n(volumes[f"hd_{name}"][present])
+        else:
+            out["volumes"]["hd_mm"][name] = (None, 0)
+    return out
+
+
+def _mean_n(values: pd.Series | None) -> tuple[float | None, int]:
+    """(mean of the finite values or None, their count)."""
+    if values is None:
+        return None, 0
+    finite = values[np.isfinite(values.to_numpy(np.float64))].astype(np.float64)
+    return (float(finite.mean()) if len(finite) else None), len(finite)

@@ -16,16 +16,22 @@ import numpy as np
 import pandas as pd
 
 from acdctool.config import EvalConfig, config_to_dict
+from acdctool.conventions import CLASSES, ROW_KEY, SLICE_KEY
 from acdctool.errors import BadInputError
 from acdctool.io.atomic import atomic_dir
 from acdctool.io.slices import SliceFile
 from acdctool.metrics import anatomy
-from acdctool.provenance import make_provenance
+from acdctool.progress import Progress, Tracker
+from acdctool.provenance import Provenance, make_provenance
 from acdctool.report import plots
-from acdctool.report.compare import ROW_KEY, compare
-from acdctool.report.tables import CLASSES, clinical_agreement, clinical_table, slice_metrics, volume_metrics
-
-MATCH_KEY = ["patient", "phase", "slice"]
+from acdctool.report.compare import compare
+from acdctool.report.tables import (
+    clinical_agreement,
+    clinical_table,
+    overview,
+    slice_metrics,
+    volume_metrics,
+)
 
 
 @dataclass
@@ -41,10 +47,32 @@ class Predictions:
     """What was compared: e.g. ``pred vs gt``, ``gt vs gt (self-check)``, ``pred vs gt of X``."""
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What eval reads."""
+
+    pred: Path
+    """The masks to evaluate: any stage's output (prep: ground truth against itself)."""
+    gt: Path | None = None
+    """Take ground truth from this file instead (rows matched by patient/phase/slice)."""
+    baseline: Path | None = None
+    """The masks before a correction (e.g. the gen-seg file given to refine), rows matched by
+    patient/phase/slice/model; adds deltas, counts and figures."""
+    provenance: Provenance | None = None
+    """Stored in ``summary.json``; None: made here, without a command line."""
+
+
 @dataclass
-class EvalResult:
+class Result:
+    """The report folder, the summary written to its ``summary.json``, and the terminal overview.
+
+    ``overview`` (not written) is :func:`acdctool.report.tables.overview`: the means the terminal
+    table shows, each with the number of slices or volumes it covers.
+    """
+
     out_dir: Path
     summary: dict[str, Any]
+    overview: dict[str, Any]
 
 
 def load_predictions(path: Path, gt_path: Path | None = None, with_image: bool = True) -> Predictions:
@@ -77,7 +105,7 @@ def load_predictions(path: Path, gt_path: Path | None = None, with_image: bool =
         if not g.has("gt"):
             raise BadInputError(f"{gt_path}: no ground truth ('gt' array)")
         ref_index, ref = g.index, g.read("gt")
-    rows = match_rows(index, ref_index, MATCH_KEY, Path(path), Path(gt_path))
+    rows = match_rows(index, ref_index, list(SLICE_KEY), Path(path), Path(gt_path))
     if ref.shape[1:] != pred.shape[1:]:
         raise BadInputError(f"{gt_path}: slices are {ref.shape[1:]} px, {path} has {pred.shape[1:]}")
     for col in ("spacing_row", "spacing_col", "thickness"):
@@ -132,39 +160,35 @@ def _check_spacing(path: Path, index: pd.DataFrame) -> None:
         raise BadInputError(f"{path}: missing or invalid spacing for {r.patient} {r.phase} slice {r.slice}")
 
 
-def evaluate(
-    pred_path: Path,
-    out_dir: Path,
-    config: EvalConfig = EvalConfig(),
-    *,
-    gt_path: Path | None = None,
-    baseline_path: Path | None = None,
-    force: bool = False,
-    provenance: dict[str, Any] | None = None,
-) -> EvalResult:
+def run(
+    config: EvalConfig, inputs: Inputs, output: Path, *, force: bool = False, progress: Progress | None = None
+) -> Result:
     """Evaluate a slice file and write a report folder.
 
     Args:
-        pred_path: any stage's output (prep: ground truth against itself).
-        out_dir: report folder, created atomically.
         config: thresholds, figures, workers.
-        gt_path: take ground truth from this file instead (rows matched by patient/phase/slice).
-        baseline_path: the masks before a correction (e.g. the gen-seg file given to refine),
-            rows matched by patient/phase/slice/model; adds deltas, counts and figures.
+        inputs: the masks to evaluate, optional ground truth and baseline files (and provenance).
+        output: report folder, created atomically.
         force: replace an existing report folder.
+        progress: one event per part of the report done (unit ``parts``: slice metrics, volume
+            metrics, clinical indices, the comparison with a baseline, figures).
 
     Returns:
-        :class:`EvalResult` with the summary written to ``summary.json``.
+        :class:`Result` with the summary written to ``summary.json``.
 
     Raises:
         BadInputError, FileKindError, SchemaVersionError, InputMissingError: bad inputs (nothing
             is written); OutputError: the folder exists without ``force``.
+
+    Example:
+        >>> run(EvalConfig(), Inputs(Path("refined.h5"), baseline=Path("seg.h5")), Path("report"))  # doctest: +SKIP
     """
+    pred_path, gt_path, baseline_path, out_dir = inputs.pred, inputs.gt, inputs.baseline, Path(output)
     after = load_predictions(pred_path, gt_path)
     before = None
     if baseline_path is not None:
         before = load_predictions(baseline_path, gt_path, with_image=False)
-        rows = match_rows(after.index, before.index, ROW_KEY, Path(pred_path), Path(baseline_path))
+        rows = match_rows(after.index, before.index, list(ROW_KEY), Path(pred_path), Path(baseline_path))
         before = Predictions(
             before.path,
             before.index.iloc[rows].reset_index(drop=True),
@@ -175,10 +199,14 @@ def evaluate(
         )
         if not np.array_equal(before.gt, after.gt):
             raise BadInputError(f"{baseline_path}: its ground truth differs from that of {pred_path}")
+    tracker = Tracker(progress, 3 + (before is not None) + bool(config.plots), "parts")
     with atomic_dir(out_dir, force) as tmp:
         table = slice_metrics(after.index, after.pred, after.gt, hausdorff=config.hausdorff, workers=config.workers)
+        tracker.advance()
         volumes = volume_metrics(after.index, after.pred, after.gt, hausdorff=config.hausdorff, workers=config.workers)
+        tracker.advance()
         clinical = clinical_table(after.index, after.pred, after.gt)
+        tracker.advance()
         table.to_csv(tmp / "slices.csv", index=False, float_format="%.6g")
         volumes.to_csv(tmp / "volumes.csv", index=False, float_format="%.6g")
         clinical.to_csv(tmp / "clinical.csv", index=False, float_format="%.6g")
@@ -197,18 +225,24 @@ def evaluate(
             comparison["baseline_file"] = str(Path(baseline_path).resolve())  # type: ignore[arg-type]
             summary["comparison"] = comparison
             compared = Compared(before, base_table, deltas, comparison)
+            tracker.advance()
         if config.plots:
             figures = _figures(tmp, after, table, compared, config)
+            tracker.advance()
         summary["figures"] = sorted(figures)
         summary["config"] = config_to_dict(config)
-        summary["provenance"] = provenance or make_provenance([p for p in (pred_path, gt_path, baseline_path) if p])
+        summary["provenance"] = (
+            make_provenance([p for p in (pred_path, gt_path, baseline_path) if p])
+            if inputs.provenance is None
+            else inputs.provenance
+        )
         (tmp / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2, sort_keys=False) + "\n")
-    return EvalResult(Path(out_dir), summary)
+    return Result(out_dir, summary, overview(table, volumes))
 
 
 def summarise(table: pd.DataFrame, volumes: pd.DataFrame, clinical: pd.DataFrame) -> dict[str, Any]:
     """The summary: overall means, convention counts, validity, groupings, clinical agreement."""
-    names = list(CLASSES.values())
+    names = list(CLASSES)
     failed = {c: int((table["failed"].str.split(";").explode() == c).sum()) for c in anatomy.CRITERIA_NAMES}
     summary: dict[str, Any] = {
         "slices": _stats(table),
@@ -242,7 +276,7 @@ def summarise(table: pd.DataFrame, volumes: pd.DataFrame, clinical: pd.DataFrame
 
 
 def _stats(table: pd.DataFrame) -> dict[str, Any]:
-    names = list(CLASSES.values())
+    names = list(CLASSES)
     return {
         "n": len(table),
         "dice": {n: _mean(table[f"dice_{n}"]) for n in [*names, "mean"]},

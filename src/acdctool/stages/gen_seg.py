@@ -22,7 +22,7 @@ prediction is also checked against the predicting model's stored training patien
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,13 @@ from typing import Any
 import numpy as np
 
 from acdctool.config import GenSegConfig, config_to_dict
+from acdctool.conventions import N_CLASSES, resolve_device
 from acdctool.errors import BadInputError
 from acdctool.io.atomic import check_output
 from acdctool.io.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from acdctool.io.slices import SliceFile, SliceWriter
+from acdctool.progress import Progress, Tracker
+from acdctool.provenance import Provenance, make_provenance
 
 TEST_POLICY = "ensemble"  # fold -1 patients: mean softmax of every fold model of the group
 
@@ -51,7 +54,7 @@ class ModelGroup:
 
 @dataclass
 class GenSegPlan:
-    """What :func:`run_gen_seg` will do; made (and validated) by :func:`plan_gen_seg`."""
+    """What :func:`run` will do; made (and validated) by :func:`plan_gen_seg`."""
 
     path: Path
     groups: list[ModelGroup]
@@ -67,8 +70,22 @@ class GenSegPlan:
         return sum(math.ceil(len(g.rows) / self.batch_size) for g in self.groups)
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What gen-seg reads."""
+
+    slices: Path
+    """The prep file the models trained on."""
+    models: tuple[Path, ...]
+    """train-seg checkpoints: several architectures and/or one per fold."""
+    provenance: Provenance | None = None
+    """Stored in the file; None: made here, without a command line."""
+
+
 @dataclass
-class GenSegResult:
+class Result:
+    """What gen-seg wrote: rows, output models, patients skipped per model, warnings."""
+
     output: Path
     rows: int
     models: list[str]
@@ -125,36 +142,48 @@ def plan_gen_seg(path: Path | str, checkpoints: Sequence[Path | str], config: Ge
     return plan
 
 
-def run_gen_seg(
-    plan: GenSegPlan,
-    output: Path | str,
-    config: GenSegConfig,
-    *,
-    force: bool = False,
-    on_batch: Callable[..., None] | None = None,
-    provenance: dict[str, Any] | None = None,
-) -> GenSegResult:
-    """Segment the planned rows and write the ``seg`` file (atomically).
+def run(
+    config: GenSegConfig, inputs: Inputs, output: Path, *, force: bool = False, progress: Progress | None = None
+) -> Result:
+    """Segment every slice out-of-fold and write the ``seg`` file (atomically).
+
+    First :func:`plan_gen_seg` checks the input and checkpoints and decides which model predicts
+    which row; then the rows are segmented batch by batch.
 
     Output arrays: ``image``, ``gt`` (when the input has it), ``pred`` uint8 labels, and with
     ``config.save_probs`` float16 ``probs`` (N, 4, H, W). Root attribute ``assignment`` maps
     model → patient → folds of the checkpoints that predicted it; ``checkpoints`` lists them.
 
+    Args:
+        config: batch size, device, AMP, probabilities.
+        inputs: the prep file and the checkpoints (and provenance).
+        output: output ``.h5`` path.
+        force: replace an existing ``output``.
+        progress: one event per batch (unit ``batches``).
+
     Raises:
+        InputMissingError, FileKindError, SchemaVersionError, BadInputError: see
+            :func:`plan_gen_seg`.
         OutputError: ``output`` exists (without ``force``) or cannot be written.
         ConfigError: ``device`` is ``cuda`` without a CUDA device.
-    """
-    from acdctool.conventions import resolve_device
 
+    Example:
+        >>> ckpts = tuple(Path(f"runs/unet-f{k}/best.pt") for k in range(5))
+        >>> run(GenSegConfig(), Inputs(Path("slices.h5"), ckpts), Path("seg.h5")).models  # doctest: +SKIP
+        ['unet']
+    """
+    plan = plan_gen_seg(inputs.slices, inputs.models, config)
+    provenance = make_provenance([inputs.slices, *inputs.models]) if inputs.provenance is None else inputs.provenance
     output = Path(output)
     check_output(output, force, [plan.path])
     device = resolve_device(config.device)
+    tracker = Tracker(progress, plan.n_batches, "batches")
     nets = {(g.name, fold): _load_net(ck, device) for g in plan.groups for fold, ck in g.by_fold.items()}
     with SliceFile(plan.path, kinds=("prep",)) as f:
         index, has_gt = f.index, f.has("gt")
         arrays = {"image": ("float32", ()), **({"gt": ("uint8", ())} if has_gt else {}), "pred": ("uint8", ())}
         if config.save_probs:
-            arrays["probs"] = ("float16", (4,))
+            arrays["probs"] = ("float16", (N_CLASSES,))
         attrs = {
             "checkpoints": [_describe(ck) for g in plan.groups for ck in g.by_fold.values()],
             "assignment": {g.name: _assignment(g, index) for g in plan.groups},
@@ -164,7 +193,7 @@ def run_gen_seg(
             output,
             kind="seg",
             config=config_to_dict(config),
-            provenance=provenance or {},
+            provenance=provenance,
             shape=f.shape,
             arrays=arrays,
             force=force,
@@ -183,35 +212,13 @@ def run_gen_seg(
                     if config.save_probs:
                         out["probs"] = probs.astype(np.float16)
                     writer.append(index.iloc[rows].assign(model=group.name), **out)
-                    if on_batch:
-                        on_batch(len(rows))
-    return GenSegResult(
+                    tracker.advance()
+    return Result(
         output,
         plan.rows,
         [g.name for g in plan.groups],
         {g.name: g.skipped for g in plan.groups if g.skipped},
         plan.warnings,
-    )
-
-
-def gen_seg(
-    path: Path | str,
-    checkpoints: Sequence[Path | str],
-    output: Path | str,
-    config: GenSegConfig,
-    *,
-    force: bool = False,
-    on_batch: Callable[..., None] | None = None,
-    provenance: dict[str, Any] | None = None,
-) -> GenSegResult:
-    """:func:`plan_gen_seg` then :func:`run_gen_seg`.
-
-    Example:
-        >>> ckpts = [f"runs/unet-f{k}/best.pt" for k in range(5)]
-        >>> gen_seg("slices.h5", ckpts, "seg.h5", GenSegConfig())  # doctest: +SKIP
-    """
-    return run_gen_seg(
-        plan_gen_seg(path, checkpoints, config), output, config, force=force, on_batch=on_batch, provenance=provenance
     )
 
 
@@ -275,7 +282,7 @@ def _predict(nets, name: str, image: np.ndarray, who: list[tuple], device, amp: 
     """Softmax (n, 4, H, W) float32; each row averaged over the models listed for it."""
     import torch
 
-    out = np.zeros((len(image), 4, *image.shape[-2:]), np.float32)
+    out = np.zeros((len(image), N_CLASSES, *image.shape[-2:]), np.float32)
     x_all = torch.from_numpy(np.ascontiguousarray(image))[:, None]
     for combo in sorted(set(who), key=str):
         sel = np.flatnonzero([w == combo for w in who])

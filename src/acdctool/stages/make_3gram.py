@@ -8,18 +8,18 @@ slice (4 classes).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from acdctool.config import NgramConfig, config_to_dict
+from acdctool.config import Masks, NgramConfig, config_to_dict
+from acdctool.conventions import VOLUME_KEY
 from acdctool.errors import BadInputError
 from acdctool.io.slices import INDEX_COLUMNS, SliceFile, SliceWriter
-from acdctool.provenance import make_provenance
-
-VOLUME_KEY = ["patient", "phase", "model"]
+from acdctool.progress import Progress, Tracker
+from acdctool.provenance import Provenance, make_provenance
 
 
 def neighbour_rows(index: pd.DataFrame, path: Path | str = "input") -> np.ndarray:
@@ -30,7 +30,7 @@ def neighbour_rows(index: pd.DataFrame, path: Path | str = "input") -> np.ndarra
     """
     out = np.full((len(index), 3), -1, dtype=np.int64)
     idx = index.reset_index(drop=True)
-    for key, rows in idx.groupby(VOLUME_KEY, sort=False).indices.items():
+    for key, rows in idx.groupby(list(VOLUME_KEY), sort=False).indices.items():
         positions = idx["slice"].to_numpy()[rows]
         order = np.argsort(positions, kind="stable")
         rows, positions = rows[order], positions[order]
@@ -53,32 +53,55 @@ def stack_context(masks: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
     return padded[neighbours]
 
 
-def make_3gram(
-    src: Path,
-    out: Path,
-    config: NgramConfig = NgramConfig(),
-    *,
-    force: bool = False,
-    provenance: dict[str, Any] | None = None,
-) -> int:
-    """Write ``out`` (kind ``3gram``): the input's rows, arrays and index plus ``context``.
+@dataclass(frozen=True)
+class Inputs:
+    """What make-3gram reads."""
 
-    Returns:
-        Number of rows written.
+    seg: Path
+    """A gen-seg or refine output; with ``source="gt"`` any slice file with ground truth."""
+    provenance: Provenance | None = None
+    """Stored in the file; None: made here, without a command line."""
+
+
+@dataclass
+class Result:
+    """The file written and its row count."""
+
+    path: Path
+    rows: int
+
+
+def run(
+    config: NgramConfig, inputs: Inputs, output: Path, *, force: bool = False, progress: Progress | None = None
+) -> Result:
+    """Write ``output`` (kind ``3gram``): the input's rows, arrays and index plus ``context``.
+
+    Args:
+        config: which masks to stack (``pred`` or ``gt``).
+        inputs: the segmentation file (and provenance).
+        output: output ``.h5`` path, written atomically.
+        force: replace an existing ``output``.
+        progress: one event when the rows are written (unit ``rows``).
 
     Raises:
-        FileKindError: ``src`` is not a slice file with the chosen masks (``pred`` needs a
+        FileKindError: the input is not a slice file with the chosen masks (``pred`` needs a
             gen-seg/refine output; ``gt`` needs ground truth).
         BadInputError: a volume with missing or duplicated slices, or an empty file.
-        OutputError: ``out`` exists (without ``force``).
+        OutputError: ``output`` exists (without ``force``).
+
+    Example:
+        >>> run(NgramConfig(), Inputs(Path("seg.h5")), Path("seg3.h5")).rows  # doctest: +SKIP
+        1448
     """
-    kinds = ("seg", "refined") if config.source == "pred" else ("prep", "seg", "refined")
+    src = Path(inputs.seg)
+    kinds = ("seg", "refined") if config.source == Masks.PRED.value else ("prep", "seg", "refined")
     with SliceFile(src, kinds=kinds) as f:
         if not f.has(config.source):
             raise BadInputError(f"{src}: no '{config.source}' masks to build the context from")
         if len(f) == 0:
             raise BadInputError(f"{src}: the file has no rows")
         index = f.index
+        tracker = Tracker(progress, len(index), "rows")
         neighbours = neighbour_rows(index, src)
         names = [n for n in f.arrays if n != "context"]
         arrays = {n: f.read(n) for n in names}
@@ -92,10 +115,10 @@ def make_3gram(
     arrays["context"] = stack_context(arrays[config.source], neighbours)
     specs["context"] = ("uint8", (3,))
     with SliceWriter(
-        out,
+        output,
         kind="3gram",
         config={**config_to_dict(config), "input_config": source_config},
-        provenance=provenance or make_provenance([src]),
+        provenance=make_provenance([src]) if inputs.provenance is None else inputs.provenance,
         shape=shape,
         arrays=specs,
         force=force,
@@ -103,4 +126,5 @@ def make_3gram(
         inputs=[src],
     ) as w:
         w.append(index, **arrays)
-    return len(index)
+    tracker.advance(len(index))
+    return Result(Path(output), len(index))

@@ -1,28 +1,21 @@
-"""Training tasks (what differs per model) and the ``train-seg`` stage built on them.
+"""The segmentation training task (what differs per model), run by the ``train-seg`` stage.
 
 :class:`SegTask` plugs a MONAI segmentation net into :class:`acdctool.train.loop.Trainer`:
 DiceCE loss on augmented batches, Adam, and per-volume Dice per class on validation.
-:func:`train_seg` selects the rows (patient-level folds), builds the datasets and the task,
-and runs the trainer. The NVAE task follows the same pattern (see :class:`~.loop.Task`).
+:mod:`acdctool.stages.train_seg` selects the rows (patient-level folds), builds the datasets and
+the task, and runs the trainer. The NVAE task follows the same pattern (see :class:`~.loop.Task`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from acdctool.config import TrainSegConfig, config_to_dict
-from acdctool.conventions import resolve_device
-from acdctool.data.loader import Augment, SliceDataset, argmax_labels, patient_folds, select_rows
-from acdctool.errors import BadInputError, ConfigError
-from acdctool.io.checkpoint import file_sha256
-from acdctool.io.slices import SliceFile
-from acdctool.models.seg import build_seg_model, check_input_size, parse_net_args, resolve_args
-from acdctool.train.loop import Hooks, LoopSettings, StepContext, Trainer, TrainResult, check_run_dir
-
-CLASS_NAMES = ("rv", "myo", "lv")  # labels 1, 2, 3
+from acdctool.conventions import CLASSES, FOREGROUND
+from acdctool.data.loader import Augment, argmax_labels
+from acdctool.models.seg import build_seg_model
+from acdctool.train.interface import StepContext
 
 
 class SegTask:
@@ -87,9 +80,9 @@ class SegTask:
         loss = self.loss(logits, gt[:, None])
         pred = argmax_labels(logits)
         vol = batch["volume"]
-        inter = torch.zeros(self.n_val_volumes, 3, dtype=torch.float64, device=gt.device)
+        inter = torch.zeros(self.n_val_volumes, len(FOREGROUND), dtype=torch.float64, device=gt.device)
         size = torch.zeros_like(inter)
-        for i, label in enumerate((1, 2, 3)):
+        for i, label in enumerate(FOREGROUND):
             p, g = pred == label, gt == label
             inter[:, i].index_add_(0, vol, (p & g).sum((1, 2)).double())
             size[:, i].index_add_(0, vol, (p.sum((1, 2)) + g.sum((1, 2))).double())
@@ -105,96 +98,7 @@ class SegTask:
         # Both empty → Dice 1 (ACDC); only volumes actually present in the sums count.
         dice = torch.where(size > 0, 2 * inter / size.clamp_min(1), torch.ones_like(size))
         out = {"loss": float(sums["loss_sum"] / sums["n"].clamp_min(1))}
-        for i, name in enumerate(CLASS_NAMES):
+        for i, name in enumerate(CLASSES):
             out[f"dice_{name}"] = float(dice[:, i].mean())
         out["dice_mean"] = float(dice.mean())
         return out
-
-
-def train_seg(
-    path: Path | str,
-    run_dir: Path | str,
-    config: TrainSegConfig,
-    *,
-    resume: bool = False,
-    force: bool = False,
-    hooks: Hooks | None = None,
-    provenance: dict[str, Any] | None = None,
-) -> TrainResult:
-    """Train ``config.arch`` on a prep slice file; checkpoints and metrics go to ``run_dir``.
-
-    Args:
-        path: slice file of kind ``prep`` with ground truth.
-        run_dir: run folder (``best.pt``, ``last.pt``, ``metrics.csv``).
-        config: see :class:`acdctool.config.TrainSegConfig`.
-        resume: continue ``run_dir/last.pt`` if it exists (else start).
-        force: start over in an existing run folder.
-        hooks: progress callbacks (rank 0) and a stop hook.
-        provenance: stored in checkpoints.
-
-    Returns:
-        :class:`acdctool.train.loop.TrainResult`.
-
-    Raises:
-        InputMissingError, FileKindError, SchemaVersionError: unreadable input.
-        BadInputError: no ground truth, ``fold`` not in the file, empty train/val selection,
-            slice size the net cannot take, or resuming on another file.
-        ConfigError: bad net arguments, CUDA asked but absent, ``tensorboard`` not installed,
-            or resuming with other settings.
-        OutputError: ``run_dir`` exists (without ``resume``/``force``).
-        TrainingDivergedError: non-finite loss or weights (last good checkpoint kept).
-
-    Example:
-        >>> train_seg("slices.h5", "runs/unet-f0", TrainSegConfig(arch="unet", fold=0, epochs=2))  # doctest: +SKIP
-    """
-    path, run_dir = Path(path), Path(run_dir)
-    resolve_device(config.device)
-    check_run_dir(run_dir, resume, force)
-    args = resolve_args(config.arch, parse_net_args(config.net_args))
-    if config.tensorboard:
-        try:
-            import torch.utils.tensorboard  # noqa: F401
-        except ImportError:
-            raise ConfigError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
-    with SliceFile(path, kinds=("prep",)) as f:
-        if not f.has("gt"):
-            raise BadInputError(
-                f"{path}: has no ground-truth masks; train-seg needs a prep file made from "
-                f"patients with *_gt.nii.gz masks"
-            )
-        check_input_size(config.arch, args, f.shape, str(path))
-        index = f.index
-    train_rows, val_rows = select_rows(index, config.fold, str(path))
-    data = {
-        "path": str(path.resolve()),
-        "sha256": file_sha256(path),
-        "fold": config.fold,
-        "folds": patient_folds(index),
-        "train_patients": sorted(index.patient.iloc[train_rows].unique().tolist()),
-        "val_patients": sorted(index.patient.iloc[val_rows].unique().tolist()),
-        "rows": {"train": int(len(train_rows)), "val": int(len(val_rows))},
-    }
-    train_ds = SliceDataset(path, train_rows, arrays=("image", "gt"), in_memory=config.cache)
-    val_ds = SliceDataset(path, val_rows, arrays=("image", "gt"), in_memory=config.cache)
-    task = SegTask(
-        config.arch,
-        args,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        lr_schedule=config.lr_schedule,
-        epochs=config.epochs,
-        augment=Augment() if config.augment else None,
-        n_val_volumes=val_ds.n_volumes,
-    )
-    trainer = Trainer(
-        task,
-        LoopSettings.from_config(config),
-        run_dir,
-        config=config_to_dict(config),
-        data=data,
-        provenance=provenance,
-        resume=resume,
-        force=force,
-        hooks=hooks,
-    )
-    return trainer.fit(train_ds, val_ds)

@@ -9,6 +9,8 @@ Only invalid slices go through the NVAE, so a good segmentation costs one validi
 
 Every output row records ``refine_changed``, ``refine_reason`` and ``refine_agreement``
 (mean Dice between output and input).
+
+The candidates come from :mod:`.nvae_proposer` (the NVAE) or :mod:`.morph` (the baseline).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from acdctool.config import RefineConfig, config_to_dict
+from acdctool.config import Context, Gate, Method, RefineConfig, config_to_dict
 from acdctool.errors import BadInputError, ConfigError, FileKindError
 from acdctool.io.slices import INDEX_COLUMNS, SliceFile, SliceWriter
 from acdctool.metrics import anatomy, overlap
-from acdctool.provenance import make_provenance
-from acdctool.stages import morph
+from acdctool.progress import Progress, Tracker
+from acdctool.provenance import Provenance, make_provenance
+from acdctool.stages.refine import morph
 
 REASONS = ("valid-kept", "corrected", "no-valid-candidate", "ungated")
 COLUMNS = {"refine_changed": "int8", "refine_reason": "str", "refine_agreement": "float32"}
@@ -34,8 +37,23 @@ Proposer = Callable[[np.ndarray, np.ndarray | None], list[np.ndarray]]
 """(masks (B, H, W), context (B, 3, H, W) or None) → candidate label maps, each (B, H, W)."""
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What refine reads."""
+
+    seg: Path
+    """gen-seg output (kind ``seg``), make-3gram output (kind ``3gram``, required by
+    ``context="3gram"``), or a previous refine output."""
+    nvae: Path | None = None
+    """NVAE checkpoint (train-nvae ``best.pt``), needed by ``method="nvae"``."""
+    provenance: Provenance | None = None
+    """Stored in the file; None: made here, without a command line."""
+
+
 @dataclass
-class RefineResult:
+class Result:
+    """What refine wrote: rows, rows per reason, anatomically invalid slices before and after."""
+
     path: Path
     rows: int = 0
     counts: dict[str, int] = field(default_factory=dict)
@@ -43,34 +61,34 @@ class RefineResult:
     invalid_after: int = 0
 
 
-def refine(
-    src: Path,
-    out: Path,
-    config: RefineConfig = RefineConfig(),
-    *,
-    nvae: Path | None = None,
-    force: bool = False,
-    on_rows: Callable[[int], None] | None = None,
-    provenance: dict[str, Any] | None = None,
-) -> RefineResult:
-    """Refine the ``pred`` masks of a segmentation file into ``out`` (kind ``refined``).
+def run(
+    config: RefineConfig, inputs: Inputs, output: Path, *, force: bool = False, progress: Progress | None = None
+) -> Result:
+    """Refine the ``pred`` masks of a segmentation file into ``output`` (kind ``refined``).
+
+    The output keeps image, ground truth and index, so ``eval OUTPUT --baseline SEG`` compares
+    directly.
 
     Args:
-        src: gen-seg output (kind ``seg``), or make-3gram output (kind ``3gram``, required by
-            ``context="3gram"``), or a previous refine output.
-        out: output slice file; image, ground truth and index are kept so
-            ``eval out --baseline src`` compares directly.
         config: method, gate, context, sampling and device.
-        nvae: NVAE checkpoint (``method="nvae"``).
-        on_rows: called with the number of rows done after each batch (progress).
+        inputs: the segmentation file and the NVAE checkpoint (and provenance).
+        output: output slice file, written atomically.
+        force: replace an existing ``output``.
+        progress: one event per batch (unit ``rows``).
 
     Raises:
-        FileKindError: ``src`` is not a segmentation output; ``nvae`` is not an NVAE checkpoint.
+        FileKindError: the input is not a segmentation output; ``nvae`` is not an NVAE checkpoint.
         BadInputError: empty file; the checkpoint's input (4 or 12 channels, image size) does
             not match the file and ``context``.
         ConfigError: ``method="nvae"`` without a checkpoint.
+
+    Example:
+        >>> inputs = Inputs(Path("seg.h5"), nvae=Path("runs/nvae/best.pt"))
+        >>> run(RefineConfig(samples=8), inputs, Path("refined.h5")).invalid_after  # doctest: +SKIP
+        5
     """
-    kinds = ("3gram",) if config.context == "3gram" else ("seg", "3gram", "refined")
+    src, nvae, out = Path(inputs.seg), inputs.nvae, Path(output)
+    kinds = ("3gram",) if config.context == Context.TRIGRAM.value else ("seg", "3gram", "refined")
     with SliceFile(src, kinds=kinds) as f:
         if not f.has("pred"):
             raise FileKindError(f"{src}: no 'pred' masks: not a segmentation output (run gen-seg first)")
@@ -86,13 +104,16 @@ def refine(
             if c not in INDEX_COLUMNS and c not in COLUMNS
         }
         spacing = f.spacing()
-        result = RefineResult(Path(out), counts=dict.fromkeys(REASONS, 0))
+        result = Result(out, counts=dict.fromkeys(REASONS, 0))
+        tracker = Tracker(progress, len(f), "rows")
         stored = {**config_to_dict(config), "nvae": model_info, "input_config": f.config, "input_kind": f.kind}
         with SliceWriter(
             out,
             kind="refined",
             config=stored,
-            provenance=provenance or make_provenance([p for p in (src, nvae) if p]),
+            provenance=make_provenance([p for p in (src, nvae) if p])
+            if inputs.provenance is None
+            else inputs.provenance,
             shape=f.shape,
             arrays=specs,
             force=force,
@@ -102,7 +123,7 @@ def refine(
             for start in range(0, len(f), config.batch_size):
                 rows = slice(start, min(start + config.batch_size, len(f)))
                 masks = f.read("pred", rows)
-                context = f.read("context", rows) if config.context == "3gram" else None
+                context = f.read("context", rows) if config.context == Context.TRIGRAM.value else None
                 refined, reasons, valid_in, valid_out = gate(masks, context, spacing[rows], propose, config)
                 agreement = overlap.dice_batch(refined, masks)[0].mean(axis=1)
                 records = index.iloc[rows].to_dict("records")
@@ -115,8 +136,7 @@ def refine(
                 result.invalid_after += int((~valid_out).sum())
                 writer.append(records, **{n: f.read(n, rows) for n in keep}, pred=refined)
                 result.rows += len(records)
-                if on_rows is not None:
-                    on_rows(len(records))
+                tracker.advance(len(records))
     return result
 
 
@@ -129,7 +149,7 @@ def gate(
         (refined (B, H, W) uint8, reason per row, input valid (B,) bool, output valid (B,) bool).
     """
     _, valid = anatomy.evaluate_batch(masks, spacing)
-    if config.gate == "none":
+    if config.gate == Gate.NONE.value:
         out = propose(masks, context)[0].astype(np.uint8)
         return out, ["ungated"] * len(masks), valid, anatomy.evaluate_batch(out, spacing)[1]
     out = masks.copy()
@@ -198,11 +218,11 @@ def closest_valid(
 
 
 def _proposer(config: RefineConfig, nvae: Path | None, f: SliceFile) -> tuple[Proposer, dict[str, Any] | None]:
-    if config.method == "morph":
+    if config.method == Method.MORPH.value:
         return (lambda masks, context: [morph.clean_batch(masks)]), None
     if nvae is None:
         raise ConfigError("--method nvae needs --nvae CHECKPOINT (or use --method morph)")
-    from acdctool.stages.nvae_proposer import NvaeProposer
+    from acdctool.stages.refine.nvae_proposer import NvaeProposer
 
     proposer = NvaeProposer.load(nvae, config, image_shape=f.shape, path_for_errors=f.path)
     return proposer, proposer.info

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from acdctool.conventions import FOREGROUND
+
 _CROSS = ndimage.generate_binary_structure(2, 1)
 
 
@@ -37,7 +39,7 @@ def clean_slice(mask: np.ndarray) -> np.ndarray:
     # (background outside the box is one region touching the border), ~10× less to scan.
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     crop = np.pad(out[box], 1)
-    for label in (3, 2, 1):
+    for label in reversed(FOREGROUND):
         region = crop == label
         if not region.any():
             continue

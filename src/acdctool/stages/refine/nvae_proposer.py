@@ -14,7 +14,7 @@ from acdctool.conventions import resolve_device
 from acdctool.data.loader import argmax_labels, one_hot
 from acdctool.errors import BadInputError
 from acdctool.io.checkpoint import file_sha256, load_checkpoint
-from acdctool.stages import morph
+from acdctool.stages.refine import morph
 
 
 class NvaeProposer:
@@ -25,7 +25,7 @@ class NvaeProposer:
     ``config.partial``, and ``config.samples`` decodings with temperature
     ``config.temperature`` from a generator seeded with ``config.seed``, so a run is
     reproducible. With ``config.polish`` each is also offered after
-    :func:`acdctool.stages.morph.clean_batch`.
+    :func:`acdctool.stages.refine.morph.clean_batch`.
     """
 
     def __init__(self, model: torch.nn.Module, device: torch.device, config: RefineConfig, info: dict[str, Any]):
