@@ -82,7 +82,7 @@ def _bench(seg: Path, ckpt: Path, args, tmp: Path) -> None:
 
     from acdctool.config import RefineConfig
     from acdctool.io.slices import SliceFile
-    from acdctool.stages.refine import refine
+    from acdctool.stages import refine
 
     with SliceFile(seg) as f:
         n = len(f)
@@ -102,7 +102,7 @@ def _bench(seg: Path, ckpt: Path, args, tmp: Path) -> None:
     for name, config, nvae in runs:
         out = tmp / "out.h5"
         t = time.perf_counter()
-        result = refine(seg, out, config, nvae=nvae, force=True)
+        result = refine.run(config, refine.Inputs(seg, nvae), out, force=True)
         sec = time.perf_counter() - t
         print(
             f"{name:32s}: {n / sec:8.1f} slices/s  ({sec:6.2f} s; invalid {result.invalid_before} → "

@@ -31,3 +31,19 @@ def test_completions_up_to_date(shell):
     text = completion_script(shell)
     assert "_ACDCTOOL_COMPLETE" in text
     assert (ROOT / "completions" / f"acdctool.{shell}").read_text() == text, HINT
+
+
+def test_exit_codes_come_from_errors_py():
+    """README, --help and the man page all show errors.EXIT_CODES (scripts/gen_docs.py writes the README block)."""
+    from typer.testing import CliRunner
+
+    from acdctool.cli.app import app
+    from acdctool.cli.manpage import readme_exit_codes
+    from acdctool.errors import EXIT_CODES, exit_codes_line
+
+    assert readme_exit_codes() in (ROOT / "README.md").read_text(), f"README exit codes {HINT}"
+    res = CliRunner().invoke(app, ["--help"], terminal_width=400)
+    assert f"Exit codes: {exit_codes_line(', ')}." in res.output
+    main = render_all(__version__)["acdctool.1"]
+    for e in EXIT_CODES:
+        assert f"\\fB{e.code}\\fR" in main

@@ -177,3 +177,26 @@ def test_existing_report_needs_force(prepped, tmp_path):
     assert res.exit_code == 73 and (out / "keep.txt").exists()
     res = invoke("eval", prepped, "-o", out, "--no-plots", "--force")
     assert res.exit_code == 0 and not (out / "keep.txt").exists() and (out / "summary.json").exists()
+
+
+def test_terminal_table_gives_n_and_no_distance_for_absent_structures():
+    from acdctool.cli.common import err_console
+    from acdctool.cli.eval import print_summary
+
+    summary = {
+        "source": "pred vs gt",
+        "slices": {"n": 10},
+        "volumes": {"n": 2},
+        "anatomy": {"valid": 9, "invalid": 1, "valid_fraction": 0.9},
+    }
+    both = {"rv": (1.0, 10), "myo": (0.8, 10), "lv": (0.9, 10), "mean": (0.9, 10)}
+    overview = {
+        "slices": {"n": 10, "dice": both, "hd95_mm": {"rv": (None, 0), "myo": (2.5, 4), "lv": (1.25, 10)}},
+        "volumes": {"n": 2, "dice": both, "hd_mm": {"rv": (None, 0), "myo": (3.0, 1), "lv": (2.0, 2)}},
+    }
+    with err_console.capture() as captured:
+        print_summary(summary, overview)
+    text = captured.get()
+    hd95 = next(line for line in text.splitlines() if "HD95" in line)
+    assert "2.50 (4)" in hd95 and "1.25 (10)" in hd95 and "0.00" not in hd95 and " - " in hd95
+    assert "1.0000 (10)" in text and "slices or volumes the mean covers" in text

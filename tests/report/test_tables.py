@@ -81,3 +81,30 @@ def test_slice_metrics_same_with_workers():
 def test_position_thirds_base_first():
     s = position(pd.Series([0, 1, 2, 3, 4, 5, 6, 7, 8]), pd.Series([9] * 9))
     assert s.tolist() == ["base"] * 3 + ["mid"] * 3 + ["apex"] * 3
+
+
+def test_overview_counts_and_distances_only_where_both_masks_have_the_structure():
+    """RV absent from both masks everywhere: its Dice is 1 by convention (n = all slices), its
+    HD has no value ('-', n = 0), never a mean HD of 0; MYO present in 2 of 8 slices only."""
+    from acdctool.report.tables import overview
+
+    idx = _index()
+    gt = np.zeros((8, 32, 32), np.uint8)
+    gt[:, 8:24, 8:24] = 3  # LV everywhere
+    gt[:2, 4:8, 8:24] = 2  # MYO in two ED slices
+    pred = gt.copy()
+    pred[:, 8:24, 20:24] = 0  # LV a bit smaller: HD > 0
+    table = slice_metrics(idx, pred, gt)
+    volumes = volume_metrics(idx, pred, gt)
+    o = overview(table, volumes)
+    assert o["slices"]["n"] == 8 and o["volumes"]["n"] == 2
+    assert o["slices"]["dice"]["rv"] == (1.0, 8)
+    assert o["slices"]["hd95_mm"]["rv"] == (None, 0) and o["volumes"]["hd_mm"]["rv"] == (None, 0)
+    mean, n = o["slices"]["hd95_mm"]["myo"]
+    assert n == 2 and mean == pytest.approx(table["hd95_myo"].iloc[:2].mean())
+    mean, n = o["slices"]["hd95_mm"]["lv"]
+    assert n == 8 and mean > 0
+    assert o["volumes"]["hd_mm"]["myo"][1] == 1  # only the ED volume has MYO
+    assert o["slices"]["dice"]["mean"] == (pytest.approx(table["dice_mean"].mean()), 8)
+    # the summary's HD mean counts the both-absent slices as 0: the overview does not
+    assert table["hd95_rv"].mean() == 0.0
