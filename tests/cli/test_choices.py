@@ -106,6 +106,7 @@ def test_help_has_no_python_types_and_unwrapped_examples(command):
     doc = GROUP.commands[command].help or ""
     examples = [line.strip() for line in doc.partition("Example:")[2].splitlines() if line.strip()]
     assert examples and all(line.startswith(("acdctool ", "torchrun ")) for line in examples), command
-    shown = [line.strip() for line in res.output.splitlines()]
+    shown = {line.strip(): line for line in res.output.splitlines()}
     for line in examples:
         assert line in shown, f"{command}: example wrapped or missing: {line}"
+        assert len(shown[line]) <= 80, f"{command}: example wider than 80 columns: {line}"

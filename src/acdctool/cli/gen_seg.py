@@ -43,7 +43,7 @@ def gen_seg(
 
     \b
     Example:
-      acdctool gen-seg slices.h5 -m runs/unet-f0/best.pt -m runs/unet-f1/best.pt -o seg.h5
+      acdctool gen-seg slices.h5 -m unet-f0/best.pt -m unet-f1/best.pt -o seg.h5
     """
     from acdctool.stages import gen_seg as stage
 

@@ -83,7 +83,7 @@ def train_seg(
     \b
     Example:
       acdctool train-seg slices.h5 --arch attunet --fold 0 -o runs/attunet-f0
-      torchrun --nproc-per-node=4 --no-python acdctool train-seg slices.h5 -o runs/unet
+      torchrun --nproc-per-node=4 --no-python acdctool train-seg s.h5 -o runs/ddp
     """
     from acdctool.stages import train_seg as stage
     from acdctool.train.dist import env_rank

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from acdctool.conventions import N_CLASSES
+from acdctool.conventions import N_CLASSES, VOLUME_KEY
 from acdctool.errors import BadInputError
 from acdctool.io.slices import SliceFile
 
@@ -123,7 +123,7 @@ class SliceDataset(torch.utils.data.Dataset):
             self._cache = {name: f.read(name, self.rows) for name in arrays} if in_memory else None
         self.arrays, self.labels = tuple(arrays), tuple(n for n in arrays if n in labels)
         self.one_hot = tuple(one_hot)
-        keys = self.index[["patient", "phase", "model"]].astype(str).agg("/".join, axis=1)
+        keys = self.index[list(VOLUME_KEY)].astype(str).agg("/".join, axis=1)
         codes, uniques = pd.factorize(keys)
         self.volume = codes.astype(np.int64)
         self.volume_keys: list[str] = list(uniques)

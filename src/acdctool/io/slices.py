@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from acdctool import __version__
+from acdctool.conventions import VOLUME_KEY
 from acdctool.errors import BadInputError, FileKindError, InputMissingError, SchemaVersionError
 from acdctool.io.atomic import atomic_path
 
@@ -323,7 +324,7 @@ class SliceFile:
         """A JSON-ready summary for ``acdctool info``."""
         idx = self.index
         patients = idx.drop_duplicates("patient")
-        volumes = idx.drop_duplicates(["patient", "phase", "model"])
+        volumes = idx.drop_duplicates(list(VOLUME_KEY))
         by_split = idx.groupby("split").patient.nunique().to_dict()
         return {
             "path": str(self.path),
