@@ -8,6 +8,8 @@ tab completion and option errors (exit 2) stay fast.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import typer
 
 from acdctool import __version__
@@ -26,7 +28,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[..., None]] = {
     "synth": synth.synth,
     "prep": prep.prep,
     "info": info.info,

@@ -11,6 +11,7 @@ from acdctool.config import Context, Gate, Method, RefineConfig
 from acdctool.conventions import Device
 
 _D = RefineConfig()
+_PARTIAL = ",".join(f"{t:g}" for t in _D.partial)
 
 
 def refine(
@@ -31,7 +32,7 @@ def refine(
         Gate(_D.gate), "--gate", help="anatomy: only replace anatomically invalid slices; none: replace all."
     ),
     partial: str = typer.Option(
-        ",".join(f"{t:g}" for t in _D.partial),
+        _PARTIAL,
         "--partial",
         metavar="T,T,...",
         help="Partial-edit thresholds (comma-separated; none: whole reconstructions only).",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -23,6 +25,7 @@ from acdctool.config import Context, NvaeInput, TrainNvaeConfig
 from acdctool.conventions import CLASSES, Device
 
 _D = TrainNvaeConfig()
+_BETAS = ",".join(f"{b:g}" for b in _D.betas)
 
 
 def train_nvae(
@@ -57,7 +60,7 @@ def train_nvae(
         _D.se_reduction, "--se-reduction", metavar="N", help="Squeeze-excitation channel reduction factor."
     ),
     beta: str = typer.Option(
-        ",".join(f"{b:g}" for b in _D.betas),
+        _BETAS,
         "--beta",
         metavar="B,B,...",
         help="KL weight per scale, top first (e.g. 8,10,11).",
@@ -149,7 +152,7 @@ def train_nvae(
     main = env_rank() == 0
     quiet = quiet or not main
 
-    def on_epoch(rec: dict) -> None:
+    def on_epoch(rec: Mapping[str, Any]) -> None:
         dice = " ".join(f"{c.upper()} {rec[f'val_dice_{c}']:.3f}" for c in CLASSES)
         kl = " ".join(f"{rec[k]:.1f}" for k in sorted(rec) if k.startswith("val_kl_scale"))
         best = " (best)" if rec.get("best") else ""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -110,7 +112,7 @@ def train_seg(
     main = env_rank() == 0  # under torchrun only rank 0 talks
     quiet = quiet or not main
 
-    def on_epoch(rec: dict) -> None:
+    def on_epoch(rec: Mapping[str, Any]) -> None:
         dice = " ".join(f"{c.upper()} {rec[f'val_dice_{c}']:.3f}" for c in CLASSES)
         best = " (best)" if rec.get("best") else ""
         log(

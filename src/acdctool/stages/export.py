@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -90,7 +91,7 @@ def run(
             image_path, _ = frame_paths(patients[patient], int(first.frame))
             if not image_path.exists():
                 raise InputMissingError(f"{image_path}: missing (needed for its header and affine)")
-            src = nib.load(str(image_path))
+            src: Any = nib.load(str(image_path))  # a Nifti1Image
             if src.shape[:2] != (int(first.orig_rows), int(first.orig_cols)) or src.shape[2] != len(rows):
                 raise BadInputError(f"{image_path}: shape {src.shape} differs from what {path} was made from")
             volume = uncrop(masks[rows], int(first.crop_r0), int(first.crop_c0), int(first.crop_size), src.shape[:2])

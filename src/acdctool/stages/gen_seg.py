@@ -181,7 +181,9 @@ def run(
     nets = {(g.name, fold): _load_net(ck, device) for g in plan.groups for fold, ck in g.by_fold.items()}
     with SliceFile(plan.path, kinds=("prep",)) as f:
         index, has_gt = f.index, f.has("gt")
-        arrays = {"image": ("float32", ()), **({"gt": ("uint8", ())} if has_gt else {}), "pred": ("uint8", ())}
+        arrays: dict[str, tuple[str, tuple[int, ...]]] = {"image": ("float32", ()), "pred": ("uint8", ())}
+        if has_gt:
+            arrays = {"image": ("float32", ()), "gt": ("uint8", ()), "pred": ("uint8", ())}
         if config.save_probs:
             arrays["probs"] = ("float16", (N_CLASSES,))
         attrs = {
@@ -287,11 +289,12 @@ def _predict(nets, name: str, image: np.ndarray, who: list[tuple], device, amp: 
     for combo in sorted(set(who), key=str):
         sel = np.flatnonzero([w == combo for w in who])
         x = x_all[sel].to(device)
-        acc = None
+        acc: torch.Tensor | None = None
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             for fold in combo:
                 p = torch.softmax(nets[(name, fold)](x).float(), dim=1)
                 acc = p if acc is None else acc + p
+        assert acc is not None  # every combo names at least one fold model
         out[sel] = (acc / len(combo)).cpu().numpy()
     return out
 

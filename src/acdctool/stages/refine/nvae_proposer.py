@@ -4,7 +4,7 @@ towards it, optional samples, and their morphological clean-ups."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,6 +15,9 @@ from acdctool.data.loader import argmax_labels, one_hot
 from acdctool.errors import BadInputError
 from acdctool.io.checkpoint import file_sha256, load_checkpoint
 from acdctool.stages.refine import morph
+
+if TYPE_CHECKING:
+    from acdctool.models.nvae import NVAE
 
 
 class NvaeProposer:
@@ -28,7 +31,7 @@ class NvaeProposer:
     :func:`acdctool.stages.refine.morph.clean_batch`.
     """
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, config: RefineConfig, info: dict[str, Any]):
+    def __init__(self, model: NVAE, device: torch.device, config: RefineConfig, info: dict[str, Any]):
         self.model, self.device, self.config, self.info = model, device, config, info
 
     @classmethod
