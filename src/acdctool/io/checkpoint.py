@@ -139,7 +139,7 @@ def load_checkpoint(path: Path | str, kinds: Iterable[str] | None = None, map_lo
 
     Example:
         >>> ckpt = load_checkpoint("runs/unet-f0/best.pt", kinds=["seg-model"])  # doctest: +SKIP
-        >>> ckpt.model_name, ckpt.fold
+        >>> ckpt.model_name, ckpt.fold  # doctest: +SKIP
         ('unet', 0)
     """
     import pickle

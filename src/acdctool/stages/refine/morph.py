@@ -28,7 +28,7 @@ def clean_slice(mask: np.ndarray) -> np.ndarray:
 
     Example:
         >>> m = np.zeros((8, 8), np.uint8); m[1:6, 1:6] = 3; m[3, 3] = 0; m[7, 7] = 3
-        >>> clean_slice(m)[3, 3], clean_slice(m)[7, 7]
+        >>> int(clean_slice(m)[3, 3]), int(clean_slice(m)[7, 7])
         (3, 0)
     """
     out = mask.copy()
