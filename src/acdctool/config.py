@@ -8,15 +8,21 @@ Options with a fixed set of values have an ``Enum`` of ``str`` here (:class:`Arc
 ...), the single home of those values: the CLI offers them as choices (tab completion, typos
 fail with exit 2 before anything heavy is imported), the dataclasses keep plain strings (so the
 stored config is plain JSON) and check them against the same enum.
+
+Every config first runs :func:`check_fields`: each field has the type its annotation says,
+every float is finite (``--temperature nan`` or ``--lr inf`` is a usage error, not a silent
+run) and every integer lies within the class's ``_LIMITS`` (``--batch-size 99999999999`` is
+refused before anything is allocated).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from acdctool.conventions import Device, check_device
 from acdctool.errors import ConfigError
@@ -50,6 +56,13 @@ class MaskInterp(str, Enum):
 
     SMOOTH = "smooth"
     NEAREST = "nearest"
+
+
+class NonFinite(str, Enum):
+    """``prep --nonfinite``: what to do with NaN/inf image voxels inside the crop."""
+
+    ERROR = "error"
+    ZERO = "zero"
 
 
 class Masks(str, Enum):
@@ -96,6 +109,70 @@ def choices(enum: type[Enum]) -> tuple[str, ...]:
     return tuple(str(m.value) for m in enum)
 
 
+SEED_MAX = 2**32 - 1
+"""Largest ``--seed`` (NumPy's seeds are 32-bit)."""
+_OPTION_NAMES = {"betas": "--beta", "net_args": "--net-arg", "partial": "--partial", "write_4d": "--4d"}
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "int | None": (int, type(None)),
+    "str | None": (str, type(None)),
+}
+_ITEM_TYPES: dict[str, tuple[type, ...]] = {
+    "tuple[int, ...]": (int,),
+    "tuple[float, ...]": (int, float),
+    "tuple[str, ...]": (str,),
+}
+
+
+def option_name(field_name: str) -> str:
+    """The CLI option of a config field, e.g. ``batch_size`` → ``--batch-size``.
+
+    >>> option_name("batch_size"), option_name("betas")
+    ('--batch-size', '--beta')
+    """
+    return _OPTION_NAMES.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+def check_fields(config: Any) -> None:
+    """Refuse a field of the wrong type, a float that is NaN or infinite, or an integer outside
+    ``config._LIMITS[name]`` (inclusive bounds); run first by every config's ``__post_init__``.
+
+    Raises:
+        ConfigError: naming the option.
+
+    Example:
+        >>> RefineConfig(temperature=float("nan"))
+        Traceback (most recent call last):
+        acdctool.errors.ConfigError: --temperature must be a finite number, got nan
+    """
+    limits: dict[str, tuple[int, int]] = getattr(config, "_LIMITS", {})
+    for f in dataclasses.fields(config):
+        value, option = getattr(config, f.name), option_name(f.name)
+        kind = str(f.type)
+        if kind in _TYPES:
+            ok = isinstance(value, _TYPES[kind]) and (kind == "bool" or not isinstance(value, bool))
+            items: tuple[Any, ...] = (value,)
+        elif kind in _ITEM_TYPES:
+            ok = isinstance(value, tuple) and all(
+                isinstance(v, _ITEM_TYPES[kind]) and not isinstance(v, bool) for v in value
+            )
+            items = value if ok else ()
+        else:
+            ok, items = True, ()
+        if not ok:
+            raise ConfigError(f"{option}: expected {kind}, got {value!r}")
+        for v in items:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{option} must be a finite number, got {v}")
+            if isinstance(v, int) and f.name in limits:
+                lo, hi = limits[f.name]
+                if not lo <= v <= hi:
+                    raise ConfigError(f"{option} must be within {lo}..{hi}, got {v}")
+
+
 def check_choice(option: str, value: str, enum: type[Enum]) -> None:
     """Refuse a value that is not one of ``enum``'s (``option`` names it, e.g. ``--roi``).
 
@@ -127,7 +204,16 @@ class SynthConfig:
     first_id: int = 1
     """Number of the first patient (``patient001`` by default)."""
 
+    _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
+        "patients": (0, 999),
+        "test_patients": (0, 999),
+        "seed": (0, SEED_MAX),
+        "frames": (4, 1000),
+        "first_id": (1, 999),
+    }
+
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.patients < 0 or self.test_patients < 0:
             raise ConfigError("patient counts must be >= 0")
         if self.patients + self.test_patients == 0:
@@ -165,12 +251,24 @@ class PrepConfig:
     """Continue past broken patients and list them at the end instead of failing."""
     workers: int = 2
     """Patients processed concurrently (threads); output is identical for any value."""
+    nonfinite: str = NonFinite.ERROR.value
+    """NaN/inf image voxels inside the crop: ``error`` (refuse, naming file and slice) or
+    ``zero`` (set them to 0 before normalising). Outside the crop they never matter."""
+
+    _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
+        "size": (16, 1024),
+        "folds": (1, 100),
+        "seed": (0, SEED_MAX),
+        "workers": (1, 256),
+    }
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.size < 16 or self.size > 1024:
             raise ConfigError(f"--size must be within 16..1024, got {self.size}")
         check_choice("--roi", self.roi, Roi)
         check_choice("--mask-interp", self.mask_interp, MaskInterp)
+        check_choice("--nonfinite", self.nonfinite, NonFinite)
         if not 0 <= self.margin <= 2:
             raise ConfigError(f"--margin must be within 0..2, got {self.margin}")
         if self.roi_mm <= 0:
@@ -200,7 +298,10 @@ class EvalConfig:
     workers: int = 2
     """Processes for the per-slice metrics; the result is identical for any value."""
 
+    _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {"top_k": (0, 10_000), "workers": (1, 256)}
+
     def __post_init__(self) -> None:
+        check_fields(self)
         if not 0 <= self.threshold < 1:
             raise ConfigError(f"--threshold must be within [0, 1), got {self.threshold}")
         if self.top_k < 0:
@@ -217,6 +318,7 @@ class NgramConfig:
     """Masks stacked as context: ``pred`` (a segmentation output) or ``gt`` (ground truth)."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         check_choice("--source", self.source, Masks)
 
 
@@ -250,7 +352,14 @@ class RefineConfig:
     device: str = Device.AUTO.value
     seed: int = 0
 
+    _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
+        "samples": (0, 1000),
+        "batch_size": (1, 65_536),
+        "seed": (0, SEED_MAX),
+    }
+
     def __post_init__(self) -> None:
+        check_fields(self)
         check_choice("--method", self.method, Method)
         check_choice("--context", self.context, Context)
         check_choice("--gate", self.gate, Gate)
@@ -275,6 +384,7 @@ class ExportConfig:
     """Masks to export: ``pred`` or ``gt``; None: ``pred`` when the file has it, else ``gt``."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.array is not None:
             check_choice("--array", self.array, Masks)
 
@@ -347,7 +457,16 @@ class TrainSegConfig:
     grad_clip: float = 0.0
     """Clip the gradient norm to this value (0: off)."""
 
+    _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
+        "fold": (0, 100),
+        "epochs": (1, 100_000),
+        "batch_size": (1, 65_536),
+        "seed": (0, SEED_MAX),
+        "workers": (0, 256),
+    }
+
     def __post_init__(self) -> None:
+        check_fields(self)
         check_choice("--arch", self.arch, Arch)
         if self.fold is not None and self.fold < 0:
             raise ConfigError(f"--fold must be >= 0, got {self.fold}")
@@ -373,7 +492,10 @@ class GenSegConfig:
     save_probs: bool = False
     """Also store the softmax probabilities, float16 ``probs`` (N, 4, H, W)."""
 
+    _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {"batch_size": (1, 65_536)}
+
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         check_device(self.device)
@@ -428,7 +550,23 @@ class TrainNvaeConfig:
     grad_clip: float = 200.0
     """Gradient-norm clip (0: off); a safety net for early KL spikes."""
 
+    _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
+        "stem_channels": (1, 1024),
+        "scales": (1, 8),
+        "groups_per_scale": (1, 64),
+        "latent_channels": (1, 1024),
+        "se_reduction": (1, 1024),
+        "warmup_steps": (0, 10**9),
+        "fold": (0, 100),
+        "epochs": (1, 100_000),
+        "batch_size": (1, 65_536),
+        "lr_warmup_steps": (0, 10**9),
+        "seed": (0, SEED_MAX),
+        "workers": (0, 256),
+    }
+
     def __post_init__(self) -> None:
+        check_fields(self)
         check_choice("--input", self.input, NvaeInput)
         check_choice("--context", self.context, Context)
         if len(self.groups_per_scale) != self.scales:

@@ -12,7 +12,19 @@ import typer
 from typer.testing import CliRunner
 
 from acdctool.cli.app import COMMANDS, app
-from acdctool.config import Arch, Context, Gate, LrSchedule, MaskInterp, Masks, Method, NvaeInput, Roi, choices
+from acdctool.config import (
+    Arch,
+    Context,
+    Gate,
+    LrSchedule,
+    MaskInterp,
+    Masks,
+    Method,
+    NonFinite,
+    NvaeInput,
+    Roi,
+    choices,
+)
 from acdctool.conventions import Device
 
 runner = CliRunner()
@@ -21,6 +33,7 @@ GROUP = typer.main.get_command(app)
 CHOICES = {
     ("prep", "roi"): Roi,
     ("prep", "mask_interp"): MaskInterp,
+    ("prep", "nonfinite"): NonFinite,
     ("train-seg", "arch"): Arch,
     ("train-seg", "lr_schedule"): LrSchedule,
     ("train-seg", "device"): Device,
@@ -38,6 +51,7 @@ CHOICES = {
 BAD = [
     ["prep", "ACDC", "-o", "x.h5", "--roi", "centre"],
     ["prep", "ACDC", "-o", "x.h5", "--mask-interp", "linear"],
+    ["prep", "ACDC", "-o", "x.h5", "--nonfinite", "ignore"],
     ["train-seg", "s.h5", "-o", "run", "--arch", "vnet"],
     ["train-seg", "s.h5", "-o", "run", "--lr-schedule", "step"],
     ["train-seg", "s.h5", "-o", "run", "--device", "gpu"],

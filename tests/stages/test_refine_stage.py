@@ -41,7 +41,8 @@ def test_gate_keeps_valid_rows_bit_identical():
     assert out[0].tobytes() == masks[0].tobytes()
     np.testing.assert_array_equal(out[1], valid[1])  # the valid candidate closest to the input wins
     out, reasons, _, _ = gate(masks, None, spacing, propose, RefineConfig(method="morph", gate="none"))
-    assert reasons == ["ungated"] * 2 and not out.any()
+    # Ungated, the empty candidate would erase both slices: never admissible, the input stays.
+    assert reasons == ["no-valid-candidate"] * 2 and (out == masks).all()
 
 
 def _disc(size=32, myo=10, lv=6):

@@ -15,8 +15,8 @@ import typer
 from acdctool import __version__
 from acdctool.cli import eval as eval_
 from acdctool.cli import export, gen_seg, info, make_3gram, prep, refine, synth, train_nvae, train_seg
-from acdctool.cli.common import Command
-from acdctool.errors import exit_codes_line
+from acdctool.cli.common import Command, err_console, install_signal_handlers, interrupted_message
+from acdctool.errors import Interrupted, exit_codes_line
 
 app = typer.Typer(
     name="acdctool",
@@ -61,4 +61,10 @@ def _main(
 
 
 def main() -> None:
-    app(prog_name="acdctool")
+    """The ``acdctool`` entry point: SIGINT, SIGTERM and SIGHUP stop every command cleanly."""
+    install_signal_handlers()
+    try:
+        app(prog_name="acdctool")
+    except Interrupted as exc:  # a signal outside a stage (e.g. while importing torch)
+        err_console.print(f"[bold red]acdctool: error:[/] {interrupted_message(exc.signum)}", highlight=False)
+        raise SystemExit(exc.exit_code) from None

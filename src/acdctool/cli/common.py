@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -18,7 +19,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand
 
-from acdctool.errors import EX_INTERRUPTED, EX_SOFTWARE, EX_USAGE, AcdcToolError
+from acdctool.errors import EX_CANTCREAT, EX_INTERRUPTED, EX_SOFTWARE, EX_USAGE, AcdcToolError, Interrupted
 
 if TYPE_CHECKING:
     from acdctool.progress import Progress, ProgressEvent
@@ -63,21 +64,60 @@ def fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+"""The signals every command stops cleanly on (see :mod:`acdctool.errors` for exit codes)."""
+
+
+def install_signal_handlers() -> None:
+    """Make SIGINT, SIGTERM and SIGHUP raise :class:`~acdctool.errors.Interrupted` in the main thread.
+
+    The exception unwinds the stage like Ctrl-C does, so every ``finally`` runs: temp files
+    and folders are removed and worker pools ended; :func:`call` then prints one line and
+    exits 128 + the signal number. A second signal during that clean-up exits at once (what
+    is left behind has recognisable temp names, removed by the next run).
+    """
+    got: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if got:
+            os.write(2, f"acdctool: {signal.Signals(signum).name} again: exiting now\n".encode())
+            os._exit(128 + signum)
+        got.append(signum)
+        raise Interrupted(signum)
+
+    for name in STOP_SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, handler)
+
+
+def interrupted_message(signum: int | None) -> str:
+    """``interrupted (SIGTERM)``, the one line a stopped command prints."""
+    return "interrupted" if signum is None else f"interrupted ({signal.Signals(signum).name})"
+
+
 def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Call a library function, turning its typed errors into a one-line message + exit code.
 
-    Unexpected exceptions exit 1 with their one-line summary; ``ACDCTOOL_DEBUG=1`` re-raises
-    them for a full traceback.
+    A signal (:class:`~acdctool.errors.Interrupted`) or Ctrl-C exits 128 + its number; a full
+    disk exits 73. Unexpected exceptions exit 1 with their one-line summary;
+    ``ACDCTOOL_DEBUG=1`` re-raises them for a full traceback.
     """
+    from acdctool.io.atomic import disk_full
+
     try:
         return fn(*args, **kwargs)
     except AcdcToolError as exc:
         fail(_escape(str(exc)), exc.exit_code)
+    except Interrupted as exc:
+        fail(interrupted_message(exc.signum), exc.exit_code)
     except KeyboardInterrupt:
         fail("interrupted", EX_INTERRUPTED)
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
         if os.environ.get("ACDCTOOL_DEBUG"):
             raise
+        if disk_full(exc):
+            fail(_escape(f"no space left on device ({type(exc).__name__}); free some space and rerun"), EX_CANTCREAT)
         fail(_escape(f"unexpected {type(exc).__name__}: {exc} (set ACDCTOOL_DEBUG=1 for a traceback)"), EX_SOFTWARE)
     raise AssertionError("unreachable")
 
@@ -198,18 +238,21 @@ def print_path(path: Any) -> None:
 def finish_training(result: Any, output: Any, main: bool, quiet: bool) -> None:
     """Report a :class:`acdctool.train.loop.TrainResult` the same way for every training command.
 
-    Exits 130 when the run was interrupted (``last.pt`` saved: rerun with ``--resume``);
-    otherwise prints the run folder on stdout (rank 0 only under ``torchrun``).
+    Exits 128 + the signal number when a signal stopped the run (130 for a stop request;
+    ``last.pt`` saved: rerun with ``--resume``); otherwise prints the run folder on stdout
+    (rank 0 only under ``torchrun``).
     """
+    from acdctool.errors import signal_exit_code
+
     for note in result.notes:
-        log(f"[yellow]note:[/] {note}", quiet)
+        log(f"[yellow]note:[/] {_escape(note)}", quiet)
     if result.status == "interrupted":
         log(
-            f"stopped at epoch {result.epoch + 1}, step {result.step}; saved {output / 'last.pt'}; "
-            "rerun the same command with --resume to continue",
+            f"{interrupted_message(result.signal)}: stopped at epoch {result.epoch + 1}, step {result.step}; "
+            f"saved {output / 'last.pt'}; rerun the same command with --resume to continue",
             quiet=not main,
         )
-        raise typer.Exit(EX_INTERRUPTED)
+        raise typer.Exit(signal_exit_code(result.signal))
     if result.status == "up-to-date":
         log(f"{output}: already trained for {result.epoch} epochs (raise --epochs to continue)", quiet)
     elif result.best_epoch is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from acdctool.cli.common import FORCE, QUIET, call, log, make_config, print_path, provenance, reporter
-from acdctool.config import MaskInterp, PrepConfig, Roi
+from acdctool.config import MaskInterp, NonFinite, PrepConfig, Roi
 
 _D = PrepConfig()
 
@@ -46,6 +46,9 @@ def prep(
     workers: int = typer.Option(
         _D.workers, "--workers", metavar="N", help="Patients processed concurrently (same output for any value)."
     ),
+    nonfinite: NonFinite = typer.Option(
+        NonFinite(_D.nonfinite), "--nonfinite", help="NaN/inf voxels inside the crop: error (refuse) or zero."
+    ),
     force: bool = FORCE,
     quiet: bool = QUIET,
 ) -> None:
@@ -72,6 +75,7 @@ def prep(
         seed=seed,
         skip_bad=skip_bad,
         workers=workers,
+        nonfinite=nonfinite.value,
     )
     inputs = stage.Inputs(acdc_dir, provenance=provenance(acdc_dir))
     with reporter("prep", quiet) as progress:

@@ -110,7 +110,7 @@ def train_nvae(
     Logs reconstruction loss, KL per scale, Dice per class and anatomical validity of the
     validation reconstructions every epoch. A NaN or exploding KL stops training with a
     message naming the term, keeping the last good checkpoint. SIGTERM saves last.pt and
-    exits 130: rerun with --resume.
+    exits 143 (Ctrl-C: 130): rerun with --resume.
 
     \b
     Example:

@@ -78,8 +78,10 @@ def train_seg(
 ) -> None:
     """Train a segmentation net; checkpoints are written atomically every epoch.
 
-    SIGTERM or Ctrl-C saves last.pt and exits 130: rerun the same command with --resume
-    (e.g. a requeued SLURM job). A non-finite loss exits 1, keeping the last good checkpoint.
+    SIGTERM, SIGHUP or Ctrl-C saves last.pt and exits 143, 129 or 130: rerun the same
+    command with --resume (e.g. a requeued SLURM job). A non-finite loss exits 1, keeping
+    the last good checkpoint. --force keeps the previous run until the new one has saved
+    its first last.pt; a second process on the same run folder is refused.
     Multi-GPU: run it under torchrun (second example).
 
     \b

@@ -15,12 +15,12 @@ from __future__ import annotations
 import math
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from acdctool.config import PrepConfig
+from acdctool.config import NonFinite, PrepConfig
 from acdctool.conventions import FOREGROUND, PHASES
 from acdctool.errors import AcdcToolError, BadInputError
 from acdctool.io.acdc import Frame, PatientInfo, PatientRef, frame_paths, load_frame
@@ -91,7 +91,7 @@ def patient_rows(
 
     Raises:
         InputMissingError, BadInputError: unreadable frames, ED/ES shapes that differ, no
-            ground truth to place ``roi="gt"``.
+            ground truth to place ``roi="gt"``, NaN/inf inside the crop (:func:`finite_frame`).
     """
     frames = {
         phase: load_frame(patient, f, with_mask=has_gt) for phase, f in zip(PHASES, (info.ed, info.es), strict=True)
@@ -102,6 +102,7 @@ def patient_rows(
             f"{es.image_path}: in-plane shape {es.image.shape[:2]} differs from ED {ed.image.shape[:2]}"
         )
     box = roi_box(frames, config, patient)
+    frames = {phase: finite_frame(frame, box, config) for phase, frame in frames.items()}
     rows, images, masks = [], [], []
     for phase, frame in frames.items():
         img, mask = resize_crop(frame, box, config)
@@ -164,6 +165,31 @@ def roi_box(frames: dict[str, Frame], config: PrepConfig, patient: PatientRef) -
     return CropBox(r0, c0, side)
 
 
+def finite_frame(frame: Frame, box: CropBox, config: PrepConfig) -> Frame:
+    """``frame``, checked for NaN/inf image voxels inside ``box`` (per ``config.nonfinite``).
+
+    With ``nonfinite="zero"`` every non-finite voxel becomes 0; outside the crop they are
+    harmless either way (the crop's padding comes from the finite voxels).
+
+    Raises:
+        BadInputError: ``nonfinite="error"`` and the crop holds NaN/inf (file, count, first slice).
+    """
+    image = frame.image
+    if np.isfinite(image).all():
+        return frame
+    if config.nonfinite == NonFinite.ZERO.value:
+        return replace(frame, image=np.where(np.isfinite(image), image, 0).astype(image.dtype))
+    inside = crop(image, box, 0.0)
+    bad = ~np.isfinite(inside)
+    if bad.any():
+        z = int(np.flatnonzero(bad.any(axis=(0, 1)))[0])
+        raise BadInputError(
+            f"{frame.image_path}: {int(bad.sum())} NaN/inf voxels inside the crop, first in slice {z}; "
+            "fix the image or use --nonfinite zero"
+        )
+    return frame
+
+
 def crop(volume: np.ndarray, box: CropBox, fill: float) -> np.ndarray:
     """Crop (X, Y, Z) → (size, size, Z), padding with ``fill`` where the box overhangs."""
     rows, cols = volume.shape[:2]
@@ -189,7 +215,8 @@ def resize_crop(frame: Frame, box: CropBox, config: PrepConfig) -> tuple[np.ndar
     affine = np.diag([sr, sc, sz, 1.0])
     z = frame.image.shape[2]
     resize = tio.Resize((config.size, config.size, z), image_interpolation="linear")
-    image = crop(frame.image, box, float(frame.image.min()))
+    finite = frame.image[np.isfinite(frame.image)]
+    image = crop(frame.image, box, float(finite.min()) if finite.size else 0.0)
     mask = None if frame.mask is None else crop(frame.mask, box, 0)
     channels = [image[None]]
     if mask is not None and config.mask_interp == "smooth":

@@ -83,10 +83,12 @@ def load_predictions(path: Path, gt_path: Path | None = None, with_image: bool =
     A ``prep`` file (no ``pred`` array) is its ground truth evaluated against itself.
 
     Raises:
-        BadInputError: no ground truth and no ``gt_path``; rows without a match (named);
+        BadInputError: no rows; no ground truth and no ``gt_path``; rows without a match (named);
             different geometry between matched rows; labels outside 0..3; bad spacing.
     """
     with SliceFile(path) as f:
+        if len(f) == 0:
+            raise BadInputError(f"{path}: the file has no rows; nothing to evaluate")
         index = f.index.copy()
         name = "pred" if f.has("pred") else "gt"
         if name == "gt" and not f.has("gt"):
@@ -178,7 +180,7 @@ def run(
 
     Raises:
         BadInputError, FileKindError, SchemaVersionError, InputMissingError: bad inputs (nothing
-            is written); OutputError: the folder exists without ``force``.
+            is written); OutputError: the folder exists without ``force``, or holds an input.
 
     Example:
         >>> run(EvalConfig(), Inputs(Path("refined.h5"), baseline=Path("seg.h5")), Path("report"))  # doctest: +SKIP
@@ -200,7 +202,7 @@ def run(
         if not np.array_equal(before.gt, after.gt):
             raise BadInputError(f"{baseline_path}: its ground truth differs from that of {pred_path}")
     tracker = Tracker(progress, 3 + (before is not None) + bool(config.plots), "parts")
-    with atomic_dir(out_dir, force) as tmp:
+    with atomic_dir(out_dir, force, inputs=[pred_path, gt_path, baseline_path]) as tmp:
         table = slice_metrics(after.index, after.pred, after.gt, hausdorff=config.hausdorff, workers=config.workers)
         tracker.advance()
         volumes = volume_metrics(after.index, after.pred, after.gt, hausdorff=config.hausdorff, workers=config.workers)

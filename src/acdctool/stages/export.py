@@ -62,7 +62,8 @@ def run(
     Raises:
         BadInputError: the file lacks the array; a volume has missing slices; the source image
             has another shape than the file recorded. InputMissingError: a patient or frame is
-            not in ``like``. OutputError: ``output`` exists without ``force``.
+            not in ``like``. OutputError: ``output`` exists without ``force``, or would replace
+            the slice file or a patient folder of ``like``.
 
     Example:
         >>> run(ExportConfig(), Inputs(Path("refined.h5"), Path("ACDC/training")), Path("nifti"))  # doctest: +SKIP
@@ -75,10 +76,13 @@ def run(
         name = config.array or (Masks.PRED.value if f.has(Masks.PRED.value) else Masks.GT.value)
         masks = f.read(name)
         index = f.index
+    if len(index) == 0:
+        raise BadInputError(f"{path}: the file has no rows; nothing to export")
     volumes = index.groupby(list(VOLUME_KEY), sort=True).indices
     result = Result(out_dir)
     tracker = Tracker(progress, len(volumes), "volumes")
-    with atomic_dir(out_dir, force) as tmp:
+    # The ACDC patient folders and the slice file are inputs: the output may not replace them.
+    with atomic_dir(out_dir, force, inputs=[path, *(p.path for p in patients.values())]) as tmp:
         for (patient, phase, model), rows in volumes.items():
             rows = rows[np.argsort(index["slice"].to_numpy()[rows])]
             first = index.iloc[rows[0]]

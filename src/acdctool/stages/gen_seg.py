@@ -31,7 +31,7 @@ import numpy as np
 
 from acdctool.config import GenSegConfig, config_to_dict
 from acdctool.conventions import N_CLASSES, resolve_device
-from acdctool.errors import BadInputError
+from acdctool.errors import BadInputError, ConfigError
 from acdctool.io.atomic import check_output
 from acdctool.io.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from acdctool.io.slices import SliceFile, SliceWriter
@@ -175,7 +175,7 @@ def run(
     plan = plan_gen_seg(inputs.slices, inputs.models, config)
     provenance = make_provenance([inputs.slices, *inputs.models]) if inputs.provenance is None else inputs.provenance
     output = Path(output)
-    check_output(output, force, [plan.path])
+    check_output(output, force, [plan.path, *inputs.models])
     device = resolve_device(config.device)
     tracker = Tracker(progress, plan.n_batches, "batches")
     nets = {(g.name, fold): _load_net(ck, device) for g in plan.groups for fold, ck in g.by_fold.items()}
@@ -200,7 +200,7 @@ def run(
             arrays=arrays,
             force=force,
             attrs=attrs,
-            inputs=[plan.path],
+            inputs=[plan.path, *inputs.models],
         ) as writer:
             for group in plan.groups:
                 for start in range(0, len(group.rows), plan.batch_size):
@@ -270,12 +270,12 @@ def _assign(group: ModelGroup, patients: np.ndarray, folds: np.ndarray, warnings
 def _load_net(ck: Checkpoint, device):
     from acdctool.models.seg import build_seg_model
 
-    net = build_seg_model(ck.model_name, ck.model_args)
     try:
+        net = build_seg_model(ck.model_name, ck.model_args)
         net.load_state_dict(ck.state_dict)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, ValueError, KeyError, ConfigError) as exc:
         raise BadInputError(
-            f"{ck.path}: weights do not fit its stored architecture ({str(exc).splitlines()[0]})"
+            f"{ck.path}: weights do not fit its stored architecture ({(str(exc).strip().splitlines() or ['?'])[0]})"
         ) from None
     return net.to(device).eval()
 

@@ -55,9 +55,11 @@ def run(
     Raises:
         InputMissingError: the folder or a file it needs is missing.
         BadInputError: malformed Info.cfg or NIfTI, shape mismatch, labels outside 0..3, no
-            ground truth with ``roi="gt"`` (each naming the file); with ``skip_bad`` these
+            ground truth with ``roi="gt"``, NaN/inf inside the crop (with
+            ``nonfinite="error"``), each naming the file; with ``skip_bad`` these
             skip the patient instead, unless every patient fails.
-        OutputError: ``output`` exists (without ``force``) or cannot be written.
+        OutputError: ``output`` exists (without ``force``), lies in (or is) a patient folder
+            and exists, or cannot be written.
 
     Example:
         >>> run(PrepConfig(folds=5), Inputs(Path("ACDC/training")), Path("slices.h5"))  # doctest: +SKIP
@@ -92,6 +94,7 @@ def run(
         shape=(config.size, config.size),
         arrays=arrays,
         force=force,
+        inputs=[p.path for p in patients],  # the output may not replace anything a patient folder holds
     ) as writer:
         work = lambda p: patient_rows(p, infos[p.name], splits[p.name], config, has_gt)  # noqa: E731
         for p, outcome in ordered_map(work, usable, workers=config.workers):

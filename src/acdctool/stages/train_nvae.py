@@ -77,7 +77,7 @@ def run(
 
     path, run_dir = Path(inputs.data), Path(output)
     resolve_device(config.device)
-    check_run_dir(run_dir, resume, force)
+    check_run_dir(run_dir, resume, force, [path])
     check_tensorboard(config.tensorboard)
     input_key, target_key = nvae_arrays(config)
     with SliceFile(path) as f:
@@ -135,5 +135,6 @@ def run(
         resume=resume,
         force=force,
         hooks=training_hooks(progress, config.epochs, should_stop),
+        inputs=(path,),
     )
     return trainer.fit(train_ds, val_ds)

@@ -151,7 +151,10 @@ def gate(
     _, valid = anatomy.evaluate_batch(masks, spacing)
     if config.gate == Gate.NONE.value:
         out = propose(masks, context)[0].astype(np.uint8)
-        return out, ["ungated"] * len(masks), valid, anatomy.evaluate_batch(out, spacing)[1]
+        emptied = _emptied(out, masks)
+        out[emptied] = masks[emptied]  # never wipe out every structure of a slice that had them
+        reasons = ["no-valid-candidate" if e else "ungated" for e in emptied]
+        return out, reasons, valid, anatomy.evaluate_batch(out, spacing)[1]
     out = masks.copy()
     valid_out = valid.copy()
     reasons = ["valid-kept" if v else "no-valid-candidate" for v in valid]
@@ -176,7 +179,10 @@ def closest_valid(
     Candidates are checked lazily, best agreement first, so a row costs as many anatomy
     checks as candidates it rejects (usually one or two), not one per candidate; the result
     is the same as checking all. Ties go to the earlier candidate. A candidate identical to
-    the (invalid) input is never taken.
+    the (invalid) input is never taken, nor one that removes every structure (all
+    background) of an input that has some: an empty mask is anatomically "valid", but it is
+    no correction (a broken model, e.g. ``--temperature`` gone wrong, would otherwise erase
+    every slice it touches).
 
     Args:
         masks: (B, H, W) input label maps, all anatomically invalid.
@@ -201,7 +207,8 @@ def closest_valid(
         return choice
     agreement = np.stack([overlap.dice_batch(c, masks)[0].mean(axis=1) for c in candidates], axis=1)
     unchanged = np.stack([(c == masks).all(axis=(1, 2)) for c in candidates], axis=1)
-    agreement[unchanged | (agreement < min_agreement)] = -np.inf
+    emptied = np.stack([_emptied(c, masks) for c in candidates], axis=1)
+    agreement[unchanged | emptied | (agreement < min_agreement)] = -np.inf
     order = np.argsort(-agreement, axis=1, kind="stable")
     pending = np.arange(n)
     for rank in range(len(candidates)):
@@ -215,6 +222,12 @@ def closest_valid(
         choice[pending[ok]] = k[ok]
         pending = pending[~ok]
     return choice
+
+
+def _emptied(candidate: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(B,) bool: rows where ``candidate`` is all background but ``masks`` is not."""
+    flat_c, flat_m = candidate.reshape(len(candidate), -1), masks.reshape(len(masks), -1)
+    return ~flat_c.any(axis=1) & flat_m.any(axis=1)
 
 
 def _proposer(config: RefineConfig, nvae: Path | None, f: SliceFile) -> tuple[Proposer, dict[str, Any] | None]:

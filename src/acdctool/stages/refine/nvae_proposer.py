@@ -12,7 +12,7 @@ import torch
 from acdctool.config import RefineConfig
 from acdctool.conventions import resolve_device
 from acdctool.data.loader import argmax_labels, one_hot
-from acdctool.errors import BadInputError
+from acdctool.errors import BadInputError, ConfigError
 from acdctool.io.checkpoint import file_sha256, load_checkpoint
 from acdctool.stages.refine import morph
 
@@ -42,7 +42,8 @@ class NvaeProposer:
 
         Raises:
             FileKindError: not an NVAE checkpoint. BadInputError: wrong input channels
-            (4 = single mask, 12 = 3-gram) or image size for this file.
+            (4 = single mask, 12 = 3-gram) or image size for this file, or weights that do
+            not fit the stored model arguments.
         """
         from acdctool.models.nvae import NVAE
 
@@ -62,8 +63,13 @@ class NvaeProposer:
                 f"{path}: NVAE made for {size}×{size} slices, {path_for_errors} has {image_shape[0]}×{image_shape[1]}"
             )
         device = resolve_device(config.device)
-        model = NVAE.from_args(args)
-        model.load_state_dict(ckpt.state_dict)
+        try:
+            model = NVAE.from_args(args)
+            model.load_state_dict(ckpt.state_dict)
+        except (RuntimeError, TypeError, ValueError, KeyError, ConfigError) as exc:
+            raise BadInputError(
+                f"{path}: weights do not fit the NVAE its arguments describe ({str(exc).strip().splitlines()[0]})"
+            ) from None
         model.to(device).eval()
         info = {
             "path": str(Path(path).resolve()),
