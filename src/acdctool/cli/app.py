@@ -62,9 +62,22 @@ def _main(
 
 def main() -> None:
     """The ``acdctool`` entry point: SIGINT, SIGTERM and SIGHUP stop every command cleanly."""
-    install_signal_handlers()
+    signals = install_signal_handlers()
     try:
         app(prog_name="acdctool")
     except Interrupted as exc:  # a signal outside a stage (e.g. while importing torch)
-        err_console.print(f"[bold red]acdctool: error:[/] {interrupted_message(exc.signum)}", highlight=False)
-        raise SystemExit(exc.exit_code) from None
+        signals.reported = True
+        _stopped(exc.signum)
+    except SystemExit:
+        pending = signals.unreported()
+        if pending is not None:  # a signal that something swallowed still stops the command
+            signals.finish()
+            _stopped(pending)
+        raise
+    finally:
+        signals.finish()  # the exit status is decided: late signals are ignored
+
+
+def _stopped(signum: int) -> None:
+    err_console.print(f"[bold red]acdctool: error:[/] {interrupted_message(signum)}", highlight=False)
+    raise SystemExit(128 + signum) from None

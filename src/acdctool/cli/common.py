@@ -68,27 +68,86 @@ STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 """The signals every command stops cleanly on (see :mod:`acdctool.errors` for exit codes)."""
 
 
-def install_signal_handlers() -> None:
+class SignalState:
+    """The CLI's signal handling (:func:`install_signal_handlers`): what arrived, what was reported.
+
+    A signal can land while Python runs a finaliser (a ``__del__``, a weakref callback of the
+    garbage collector), which would print an exception there and swallow it, and the command
+    would go on. Such a signal is deferred: an alarm 20 ms later raises it in ordinary code.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.raised = False  # an Interrupted has been raised
+        self.reported = False  # and its one line printed
+        self.muted = False  # the work is done: late signals are only noted
+        self.pending: int | None = None  # deferred out of a finaliser
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if self.muted:
+            self.received.append(signum)
+            return
+        if self.raised:
+            os.write(2, f"acdctool: {signal.Signals(signum).name} again: exiting now\n".encode())
+            os._exit(128 + signum)
+        self.received.append(signum)
+        self._raise(self.pending or signum, frame)
+
+    def alarm(self, signum: int, frame: Any) -> None:
+        if self.pending is not None and not self.muted and not self.raised:
+            self._raise(self.pending, frame)
+
+    def _raise(self, signum: int, frame: Any) -> None:
+        if _in_finaliser(frame):
+            self.pending = signum
+            signal.setitimer(signal.ITIMER_REAL, 0.02)
+            return
+        self.pending, self.raised = None, True
+        raise Interrupted(signum)
+
+    def unreported(self) -> int | None:
+        """The first signal that no error line has reported yet (e.g. one a finaliser swallowed)."""
+        return None if self.reported or self.muted or not self.received else self.received[0]
+
+    def finish(self) -> None:
+        """The command is done: ignore further signals, even while Python shuts down (whose
+        clean-up would otherwise restore the default handlers, and die of a late signal)."""
+        self.muted = True
+        for name in (*STOP_SIGNALS, "SIGALRM"):
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                signal.signal(sig, signal.SIG_IGN)
+
+
+def _in_finaliser(frame: Any) -> bool:
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or (code.co_name in ("remove", "_remove") and "weakref" in code.co_filename):
+            return True
+        frame = frame.f_back
+    return False
+
+
+SIGNAL_STATE = SignalState()
+
+
+def install_signal_handlers() -> SignalState:
     """Make SIGINT, SIGTERM and SIGHUP raise :class:`~acdctool.errors.Interrupted` in the main thread.
 
     The exception unwinds the stage like Ctrl-C does, so every ``finally`` runs: temp files
     and folders are removed and worker pools ended; :func:`call` then prints one line and
     exits 128 + the signal number. A second signal during that clean-up exits at once (what
-    is left behind has recognisable temp names, removed by the next run).
+    is left behind has recognisable temp names, removed by the next run). Once the stage has
+    returned (its outputs are in place), a late signal is only noted: the command reports
+    and exits 0.
     """
-    got: list[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        if got:
-            os.write(2, f"acdctool: {signal.Signals(signum).name} again: exiting now\n".encode())
-            os._exit(128 + signum)
-        got.append(signum)
-        raise Interrupted(signum)
-
     for name in STOP_SIGNALS:
         sig = getattr(signal, name, None)
         if sig is not None:
-            signal.signal(sig, handler)
+            signal.signal(sig, SIGNAL_STATE.handler)
+    if hasattr(signal, "SIGALRM"):
+        signal.signal(signal.SIGALRM, SIGNAL_STATE.alarm)
+    return SIGNAL_STATE
 
 
 def interrupted_message(signum: int | None) -> str:
@@ -97,19 +156,28 @@ def interrupted_message(signum: int | None) -> str:
 
 
 def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call a library function, turning its typed errors into a one-line message + exit code.
+    """Call a stage's ``run``, turning its typed errors into a one-line message + exit code.
 
     A signal (:class:`~acdctool.errors.Interrupted`) or Ctrl-C exits 128 + its number; a full
     disk exits 73. Unexpected exceptions exit 1 with their one-line summary;
-    ``ACDCTOOL_DEBUG=1`` re-raises them for a full traceback.
+    ``ACDCTOOL_DEBUG=1`` re-raises them for a full traceback. Once ``fn`` has returned, its
+    outputs are in place: a later signal no longer stops the command.
     """
+    return _guarded(fn, args, kwargs, finishes=True)
+
+
+def _guarded(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], finishes: bool) -> T:
     from acdctool.io.atomic import disk_full
 
     try:
-        return fn(*args, **kwargs)
+        result = fn(*args, **kwargs)
+        if finishes:
+            SIGNAL_STATE.muted = True
+        return result
     except AcdcToolError as exc:
         fail(_escape(str(exc)), exc.exit_code)
     except Interrupted as exc:
+        SIGNAL_STATE.reported = True
         fail(interrupted_message(exc.signum), exc.exit_code)
     except KeyboardInterrupt:
         fail("interrupted", EX_INTERRUPTED)
@@ -144,7 +212,7 @@ def parse_numbers(text: str, option: str, kind: type = float) -> tuple[Any, ...]
 
 def make_config(cls: type[T], **kwargs: Any) -> T:
     """Build a stage config; an inconsistent one is a usage error (exit 2)."""
-    return call(cls, **kwargs)
+    return _guarded(cls, (), kwargs, finishes=False)
 
 
 def log(message: str, quiet: bool = False) -> None:

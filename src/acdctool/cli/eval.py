@@ -58,13 +58,14 @@ def eval_cmd(
     Example:
       acdctool eval refined.h5 --baseline seg.h5 -o report/
     """
-    from acdctool.stages import eval as stage
-
     config = make_config(
         EvalConfig, threshold=threshold, top_k=top_k, plots=plots, hausdorff=hausdorff, workers=workers
     )
     if not quiet:
         err_console.print(f"evaluating {pred} ...")
+    # Imported after the options are checked: a bad option fails before torch loads.
+    from acdctool.stages import eval as stage
+
     inputs = stage.Inputs(pred, gt, baseline, provenance=provenance(pred, gt, baseline))
     with reporter("eval", quiet) as progress:
         result = call(stage.run, config, inputs, output, force=force, progress=progress)

@@ -61,8 +61,6 @@ def prep(
     Example:
       acdctool prep ACDC/training -o slices.h5 --folds 5
     """
-    from acdctool.stages import prep as stage
-
     config = make_config(
         PrepConfig,
         size=size,
@@ -77,6 +75,9 @@ def prep(
         workers=workers,
         nonfinite=nonfinite.value,
     )
+    # Imported after the options are checked: a bad option fails before torch loads.
+    from acdctool.stages import prep as stage
+
     inputs = stage.Inputs(acdc_dir, provenance=provenance(acdc_dir))
     with reporter("prep", quiet) as progress:
         result = call(stage.run, config, inputs, output, force=force, progress=progress)

@@ -65,8 +65,6 @@ def refine(
     Example:
       acdctool refine seg.h5 --nvae runs/nvae/best.pt -o refined.h5 --samples 8
     """
-    from acdctool.stages import refine as stage
-
     config = make_config(
         RefineConfig,
         method=method.value,
@@ -81,6 +79,9 @@ def refine(
         device=device.value,
         seed=seed,
     )
+
+    # Imported after the options are checked: a bad option fails before torch loads.
+    from acdctool.stages import refine as stage
 
     inputs = stage.Inputs(seg, nvae, provenance=provenance(seg, nvae))
     with reporter("refine", quiet) as progress:

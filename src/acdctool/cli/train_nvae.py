@@ -116,9 +116,6 @@ def train_nvae(
     Example:
       acdctool train-nvae slices.h5 --input gt --beta 8,10,11 -o runs/nvae-gt
     """
-    from acdctool.stages import train_nvae as stage
-    from acdctool.train.dist import env_rank
-
     groups = parse_numbers(groups_per_scale, "--groups-per-scale", int)
     config = make_config(
         TrainNvaeConfig,
@@ -149,6 +146,10 @@ def train_nvae(
         tensorboard=tensorboard,
         grad_clip=grad_clip,
     )
+    # Imported after the options are checked: a bad option fails before torch loads.
+    from acdctool.stages import train_nvae as stage
+    from acdctool.train.dist import env_rank
+
     main = env_rank() == 0
     quiet = quiet or not main
 

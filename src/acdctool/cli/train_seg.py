@@ -89,9 +89,6 @@ def train_seg(
       acdctool train-seg slices.h5 --arch attunet --fold 0 -o runs/attunet-f0
       torchrun --nproc-per-node=4 --no-python acdctool train-seg s.h5 -o runs/ddp
     """
-    from acdctool.stages import train_seg as stage
-    from acdctool.train.dist import env_rank
-
     config = make_config(
         TrainSegConfig,
         arch=arch.value,
@@ -111,6 +108,10 @@ def train_seg(
         tensorboard=tensorboard,
         grad_clip=grad_clip,
     )
+    # Imported after the options are checked: a bad option fails before torch loads.
+    from acdctool.stages import train_seg as stage
+    from acdctool.train.dist import env_rank
+
     main = env_rank() == 0  # under torchrun only rank 0 talks
     quiet = quiet or not main
 

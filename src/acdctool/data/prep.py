@@ -50,7 +50,8 @@ def ordered_map(fn, items, workers: int):
             yield item, _capture(fn, item)
         return
     window = workers + 1
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         pending = deque((item, pool.submit(_capture, fn, item)) for item in items[:window])
         nxt = window
         while pending:
@@ -59,6 +60,9 @@ def ordered_map(fn, items, workers: int):
                 pending.append((items[nxt], pool.submit(_capture, fn, items[nxt])))
                 nxt += 1
             yield item, future.result()
+    finally:
+        # Stopped early (an error, Ctrl-C, a signal): start no further patient.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _capture(fn, item):

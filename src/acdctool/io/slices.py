@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -113,12 +114,13 @@ class SliceWriter:
         self._columns = {**INDEX_COLUMNS, **(columns or {})}
         self._rows: dict[str, list[Any]] = {c: [] for c in self._columns}
         self._n = 0
-        self._ctx = None
+        self._ctx: AbstractContextManager[Path] | None = None
+        self._tmp = self.path
         self._h5: h5py.File | None = None
 
     def __enter__(self) -> SliceWriter:
-        self._ctx = atomic_path(self.path, self._force, self._inputs)
-        self._tmp = self._ctx.__enter__()
+        ctx = self._ctx = atomic_path(self.path, self._force, self._inputs)
+        self._tmp = ctx.__enter__()
         # In memory; the bytes go to the temp file at the end (see the module docstring).
         self._h5 = h5py.File(self._tmp, "w", driver="core", backing_store=False, block_size=1 << 22)
         for name, (dtype, extra) in self._specs.items():
