@@ -463,6 +463,15 @@ def make_cases(fx: dict[str, Path]) -> list[Case]:
         check=_no_output("run"),
     )
     add(
+        "gen-seg NaN image",
+        "input",
+        acdctool("gen-seg", "bad.h5", "-m", U0, "-m", U1, "-o", "g.h5", "--device", "cpu", "-q"),
+        65,
+        setup=derived("bad.h5", nan_img),
+        message="row 4",
+        check=_no_output("g.h5"),
+    )
+    add(
         "eval labels > 3 in pred",
         "input",
         acdctool("eval", "bad.h5", "-o", "rep", "-q"),

@@ -34,7 +34,7 @@ from acdctool.conventions import N_CLASSES, resolve_device
 from acdctool.errors import BadInputError, ConfigError
 from acdctool.io.atomic import check_output
 from acdctool.io.checkpoint import Checkpoint, file_sha256, load_checkpoint
-from acdctool.io.slices import SliceFile, SliceWriter
+from acdctool.io.slices import SliceFile, SliceWriter, check_values
 from acdctool.progress import Progress, Tracker
 from acdctool.provenance import Provenance, make_provenance
 
@@ -163,8 +163,9 @@ def run(
 
     Raises:
         InputMissingError, FileKindError, SchemaVersionError, BadInputError: see
-            :func:`plan_gen_seg`.
-        OutputError: ``output`` exists (without ``force``) or cannot be written.
+            :func:`plan_gen_seg`; an image with NaN/inf (naming the row).
+        OutputError: ``output`` exists (without ``force``), is one of the inputs, or cannot
+            be written.
         ConfigError: ``device`` is ``cuda`` without a CUDA device.
 
     Example:
@@ -207,6 +208,7 @@ def run(
                     rows = group.rows[start : start + plan.batch_size]
                     who = group.predictors[start : start + plan.batch_size]
                     image = f.read("image", rows)
+                    check_values(plan.path, "image", image, rows, f)  # NaN would decode as empty masks
                     probs = _predict(nets, group.name, image, who, device, config.amp and device.type == "cuda")
                     out = {"image": image, "pred": probs.argmax(1).astype(np.uint8)}
                     if has_gt:
