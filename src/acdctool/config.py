@@ -191,6 +191,9 @@ class EvalConfig:
 
     threshold: float = 0.01
     """With a baseline: a row improved (deteriorated) when its mean Dice rose (fell) by more."""
+    worse_threshold: float = 0.05
+    """With a baseline: also count slices better (worse) by more than this, in mean Dice and per
+    class (the harm a correction may do)."""
     top_k: int = 8
     """Rows shown in the montages of most improved / most deteriorated (or worst) slices."""
     plots: bool = True
@@ -203,6 +206,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.threshold < 1:
             raise ConfigError(f"--threshold must be within [0, 1), got {self.threshold}")
+        if not 0 <= self.worse_threshold < 1:
+            raise ConfigError(f"--worse-threshold must be within [0, 1), got {self.worse_threshold}")
         if self.top_k < 0:
             raise ConfigError(f"--top-k must be >= 0, got {self.top_k}")
         if self.workers < 1:

@@ -35,6 +35,12 @@ def eval_cmd(
         metavar="DICE",
         help="|Δ mean Dice| above which a row counts as improved/deteriorated.",
     ),
+    worse_threshold: float = typer.Option(
+        _D.worse_threshold,
+        "--worse-threshold",
+        metavar="DICE",
+        help="With --baseline: also count slices better/worse by more than this (mean and per class).",
+    ),
     top_k: int = typer.Option(_D.top_k, "--top-k", metavar="N", help="Rows shown in each montage."),
     plots: bool = typer.Option(_D.plots, "--plots/--no-plots", help="Write the PNG figures."),
     hausdorff: bool = typer.Option(_D.hausdorff, "--hausdorff/--no-hausdorff", help="Compute HD and HD95 (mm)."),
@@ -46,7 +52,11 @@ def eval_cmd(
     """Evaluate masks against ground truth.
 
     Dice, HD/HD95 (mm), 16 anatomical criteria and clinical indices per slice, volume and
-    patient; with --baseline, the before/after comparison.
+    patient; with --baseline, the before/after comparison: slices improved/deteriorated
+    (--threshold), slices better/worse by more than --worse-threshold (mean and per class),
+    HD95 per class before and after (slices where both are defined), and the mean absolute
+    error of the clinical indices (LV/RV EF, EDV, ESV, MYO mass) against ground truth before
+    and after.
 
     Writes slices.csv, volumes.csv, clinical.csv, summary.json and PNG figures (with
     --baseline also comparison.csv, delta histogram, scatter and montages).
@@ -61,7 +71,13 @@ def eval_cmd(
     from acdctool.stages import eval as stage
 
     config = make_config(
-        EvalConfig, threshold=threshold, top_k=top_k, plots=plots, hausdorff=hausdorff, workers=workers
+        EvalConfig,
+        threshold=threshold,
+        worse_threshold=worse_threshold,
+        top_k=top_k,
+        plots=plots,
+        hausdorff=hausdorff,
+        workers=workers,
     )
     if not quiet:
         err_console.print(f"evaluating {pred} ...")
@@ -108,8 +124,46 @@ def print_summary(s: dict[str, Any], overview: dict[str, Any]) -> None:
     )
     c = s.get("comparison")
     if c:
+        print_comparison(c)
+
+
+def print_comparison(c: dict[str, Any]) -> None:
+    """The before/after block on stderr: counts, better/worse per class, HD95 and clinical errors."""
+    from rich.table import Table
+
+    err_console.print(
+        f"vs baseline: {c['improved']} improved, {c['unchanged']} unchanged, {c['deteriorated']} deteriorated "
+        f"(|Δ| > {c['threshold']}); mean Dice {c['dice_before']['mean']:.4f} → {c['dice_after']['mean']:.4f}; "
+        f"invalid slices {c['invalid_before']} → {c['invalid_after']}"
+    )
+    bw = c.get("better_worse")
+    if bw:
+        per = ", ".join(f"{k.upper()} {v['better']}/{v['worse']}" for k, v in bw["per_class"].items())
         err_console.print(
-            f"vs baseline: {c['improved']} improved, {c['unchanged']} unchanged, {c['deteriorated']} deteriorated "
-            f"(|Δ| > {c['threshold']}); mean Dice {c['dice_before']['mean']:.4f} → {c['dice_after']['mean']:.4f}; "
-            f"invalid slices {c['invalid_before']} → {c['invalid_after']}"
+            f"better/worse by > {bw['threshold']:g} Dice: {bw['better']}/{bw['worse']} of {bw['rows']} slices "
+            f"(per class: {per})"
+        )
+
+    def num(value: float | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    table = Table(title="before → after", title_justify="left")
+    table.add_column("", justify="left")
+    for col in ("before", "after", "n"):
+        table.add_column(col, justify="right")
+    for name, v in (c.get("hd95_mm") or {}).items():
+        table.add_row(f"HD95 mm {name.upper()} (slice)", num(v["before"], 2), num(v["after"], 2), str(v["n"]))
+    units = {"ef": "%", "edv": "mL", "esv": "mL", "mass": "g"}
+    for name, v in (c.get("clinical_mae") or {}).items():
+        label = name.replace("_", " ").upper().replace("MYO MASS", "MYO mass")
+        table.add_row(
+            f"MAE {label} {units[name.rsplit('_', 1)[1]]}", num(v["before"], 2), num(v["after"], 2), str(v["n"])
+        )
+    if table.row_count:
+        err_console.print(table)
+    fams = c.get("by_family")
+    if fams and bw:
+        err_console.print(
+            f"by refine family (rows, better/worse by > {bw['threshold']:g}): "
+            + ", ".join(f"{k} {v['rows']} ({v['better']}/{v['worse']})" for k, v in fams.items())
         )

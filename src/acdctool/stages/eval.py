@@ -24,7 +24,7 @@ from acdctool.metrics import anatomy
 from acdctool.progress import Progress, Tracker
 from acdctool.provenance import Provenance, make_provenance
 from acdctool.report import plots
-from acdctool.report.compare import compare
+from acdctool.report.compare import clinical_change, compare
 from acdctool.report.tables import (
     clinical_agreement,
     clinical_table,
@@ -219,8 +219,14 @@ def run(
         figures = {}
         compared = None
         if before is not None:
-            base_table = slice_metrics(before.index, before.pred, before.gt, hausdorff=False, workers=config.workers)
-            deltas, comparison = compare(base_table, table, config.threshold, config.top_k)
+            base_table = slice_metrics(
+                before.index, before.pred, before.gt, hausdorff=config.hausdorff, workers=config.workers
+            )
+            families = after.index["refine_family"] if "refine_family" in after.index else None
+            deltas, comparison = compare(
+                base_table, table, config.threshold, config.top_k, config.worse_threshold, families
+            )
+            comparison["clinical_mae"] = clinical_change(clinical_table(before.index, before.pred, before.gt), clinical)
             deltas.to_csv(tmp / "comparison.csv", index=False, float_format="%.6g")
             comparison["baseline_file"] = str(Path(baseline_path).resolve())  # type: ignore[arg-type]
             summary["comparison"] = comparison
