@@ -87,6 +87,24 @@ class Gate(str, Enum):
     NONE = "none"
 
 
+class Choose(str, Enum):
+    """``refine --choose``: how the gate ranks the valid candidates of an invalid slice."""
+
+    MASK = "mask"
+    SOFT_DICE = "soft-dice"
+    LOGLIK = "loglik"
+
+
+class Family(str, Enum):
+    """``refine --candidates``: the candidate families the gate may choose from."""
+
+    RECON = "recon"
+    PARTIAL = "partial"
+    STRUCTURE = "structure"
+    LATENT = "latent"
+    SAMPLES = "samples"
+
+
 def choices(enum: type[Enum]) -> tuple[str, ...]:
     """The values of a choice enum, in order.
 
@@ -227,7 +245,7 @@ class NgramConfig:
 
 @dataclass(frozen=True)
 class RefineConfig:
-    """Correction of segmentations (``acdctool refine``)."""
+    """Correction of segmentations (``acdctool refine``); the rules are in :mod:`acdctool.stages.refine`."""
 
     method: str = Method.NVAE.value
     """``nvae``: NVAE reconstruction (needs ``--nvae``); ``morph``: per class, keep the largest
@@ -237,20 +255,36 @@ class RefineConfig:
     masks (12 channels, needs a make-3gram file and a 3-gram NVAE)."""
     gate: str = Gate.ANATOMY.value
     """``anatomy``: keep anatomically valid slices bit-identical, replace invalid ones by the
-    valid candidate closest (Dice) to the input; ``none``: replace every slice."""
+    valid candidate that agrees best with the segmentation (``choose``); ``none``: replace
+    every slice by the NVAE's posterior-mean reconstruction."""
+    choose: str = Choose.MASK.value
+    """How the gate ranks valid candidates: ``mask``, mean Dice with the input mask;
+    ``soft-dice``, expected Dice under the segmentation's softmax; ``loglik``, geometric mean
+    of the softmax probability of the candidate's labels (both need ``probs``: gen-seg
+    ``--save-probs``)."""
+    candidates: tuple[str, ...] = tuple(f.value for f in Family)
+    """Candidate families offered to the gate (:class:`Family` values): ``recon``,
+    ``partial``, ``structure``, ``latent``, ``samples`` (the last only with ``samples`` > 0)."""
     partial: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5)
     """Partial edits offered to the gate: per threshold t, the input with only the pixels whose
     input label the NVAE gives a probability below t replaced by the NVAE's label (small t:
     small edits). Empty: whole reconstructions only."""
+    latent_steps: tuple[float, ...] = (0.25, 0.5, 0.75)
+    """Latent steps: per α, every latent group decoded at (1 − α) · posterior mean + α · prior
+    mean, a path from the input's own encoding (α = 0, the reconstruction) towards the NVAE's
+    mean shape (α = 1)."""
     samples: int = 0
     """Extra candidates decoded by sampling the posterior (on top of its mean), for the gate."""
     temperature: float = 0.7
     """Scale of the posterior standard deviations when sampling candidates."""
     min_agreement: float = 0.0
-    """Gate: a candidate must agree with the input at least this much (mean Dice) to replace it."""
+    """Gate: a candidate's score under ``choose`` (in [0, 1]) must be at least this to replace
+    the input."""
     polish: bool = True
-    """Also offer each NVAE candidate after the morphological clean-up (stray pixels removed,
-    holes filled) to the gate."""
+    """Also offer each NVAE candidate (not the per-structure edits) after the morphological
+    clean-up (stray pixels removed, holes filled) to the gate."""
+    allow_seen: bool = False
+    """Refine patients with an NVAE that trained on them (recorded per row); refused otherwise."""
     batch_size: int = 64
     device: str = Device.AUTO.value
     seed: int = 0
@@ -259,6 +293,11 @@ class RefineConfig:
         check_choice("--method", self.method, Method)
         check_choice("--context", self.context, Context)
         check_choice("--gate", self.gate, Gate)
+        check_choice("--choose", self.choose, Choose)
+        for family in self.candidates:
+            check_choice("--candidates", family, Family)
+        if not self.candidates:
+            raise ConfigError(f"--candidates needs at least one of {', '.join(choices(Family))}")
         check_device(self.device)
         if self.samples < 0 or self.batch_size < 1:
             raise ConfigError("--samples must be >= 0 and --batch-size >= 1")
@@ -268,6 +307,8 @@ class RefineConfig:
             raise ConfigError(f"--min-agreement must be within [0, 1], got {self.min_agreement}")
         if any(not 0 < t <= 1 for t in self.partial):
             raise ConfigError(f"--partial thresholds must be within (0, 1], got {','.join(map(str, self.partial))}")
+        if any(not 0 < a <= 1 for a in self.latent_steps):
+            raise ConfigError(f"--latent-steps must be within (0, 1], got {','.join(map(str, self.latent_steps))}")
         if self.method == Method.MORPH.value and (self.context != Context.NONE.value or self.samples):
             raise ConfigError("--method morph takes no --context or --samples (they are NVAE options)")
 

@@ -57,7 +57,8 @@ def test_morph_refine_through_eval_baseline(seg_file_factory, tmp_path):
     assert c["invalid_after"] < c["invalid_before"] and c["improved"] > 3 * c["deteriorated"]
 
 
-def _tiny_nvae_checkpoint(path, in_channels=4, size=64):
+def _tiny_nvae_checkpoint(path, in_channels=4, size=64, data=None):
+    """An untrained NVAE; by default one that trained on no patient (refine accepts it for any)."""
     from acdctool.io.checkpoint import save_checkpoint
     from acdctool.models.nvae import NVAE
 
@@ -71,7 +72,7 @@ def _tiny_nvae_checkpoint(path, in_channels=4, size=64):
         model_args=model.args,
         state_dict=model.state_dict(),
         config={},
-        data={"input": "gt"},
+        data={"input": "gt", "fold": None, "train_patients": []} if data is None else data,
     )
     return path
 
@@ -85,7 +86,7 @@ def test_nvae_refine_runs_and_is_reproducible(seg_file_factory, tmp_path):
         assert res.exit_code == 0, res.output
         with SliceFile(tmp_path / name) as f:
             outs.append(f.read("pred"))
-            assert json.loads(f.attrs["config"])["nvae"]["args"]["in_channels"] == 4
+            assert json.loads(f.attrs["config"])["nvae"][0]["args"]["in_channels"] == 4
     np.testing.assert_array_equal(*outs)
 
 

@@ -49,6 +49,12 @@ def test_gt_mode_trains_and_checkpoints(prepped, tmp_path):
     ck = load_checkpoint(run / "best.pt", kinds=("nvae-model",))
     assert ck.model_args["in_channels"] == 4 and ck.model_args["image_size"] == 64
     assert list(ck.config["betas"]) == [1.0, 1.0] and ck.data["input"] == "gt"
+    from acdctool.io.slices import SliceFile
+
+    with SliceFile(prepped) as f:  # refine's leakage check reads these
+        first = f.index.drop_duplicates("patient")
+    assert ck.data["train_patients"] == sorted(first.patient[first.split == "train"])
+    assert ck.data["val_patients"] == sorted(first.patient[first.split == "val"])
     metrics = pd.read_csv(run / "metrics.csv")
     assert len(metrics) == 2
     for col in ("val_recon", "val_kl_scale0", "val_kl_scale1", "val_dice_lv", "val_valid_fraction"):

@@ -121,6 +121,9 @@ def run(
         "context": config.context,
         "fold": config.fold,
         "folds": patient_folds(index),
+        # refine refuses to correct a patient with an NVAE that trained on it
+        "train_patients": sorted(index.patient.iloc[train_rows].unique().tolist()),
+        "val_patients": sorted(index.patient.iloc[val_rows].unique().tolist()),
         "rows": {"train": int(len(train_rows)), "val": int(len(val_rows))},
     }
     steps = max(1, len(train_ds) // config.batch_size)
