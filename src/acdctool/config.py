@@ -262,9 +262,15 @@ class RefineConfig:
     ``soft-dice``, expected Dice under the segmentation's softmax; ``loglik``, geometric mean
     of the softmax probability of the candidate's labels (both need ``probs``: gen-seg
     ``--save-probs``)."""
-    candidates: tuple[str, ...] = tuple(f.value for f in Family)
+    candidates: tuple[str, ...] = (
+        Family.RECON.value,
+        Family.PARTIAL.value,
+        Family.STRUCTURE.value,
+        Family.SAMPLES.value,
+    )
     """Candidate families offered to the gate (:class:`Family` values): ``recon``,
-    ``partial``, ``structure``, ``latent``, ``samples`` (the last only with ``samples`` > 0)."""
+    ``partial``, ``structure``, ``latent``, ``samples`` (the last only with ``samples`` > 0).
+    ``latent`` is off by default: it costs one decoding per step and invalid slice."""
     partial: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5)
     """Partial edits offered to the gate: per threshold t, the input with only the pixels whose
     input label the NVAE gives a probability below t replaced by the NVAE's label (small t:

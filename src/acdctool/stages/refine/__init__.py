@@ -11,7 +11,8 @@ different one. Only invalid slices go through the NVAE, so a good segmentation c
 validity check. Gate ``none`` replaces every slice by the NVAE's posterior-mean reconstruction
 (or the morphological clean-up).
 
-**Candidates** (``candidates``, families; :class:`acdctool.config.Family`), for the NVAE:
+**Candidates** (``candidates``, families; :class:`acdctool.config.Family`; all but ``latent``
+by default), for the NVAE:
 
 - ``recon``: the posterior-mean reconstruction;
 - ``partial``: the input with only the pixels whose label the NVAE gives a probability below
@@ -23,8 +24,8 @@ validity check. Gate ``none`` replaces every slice by the NVAE's posterior-mean 
 - ``samples``: ``samples`` decodings sampled from the posterior at ``temperature``;
 - ``structure``: per-structure edits: only the structures whose criteria fail (the pairs for
   the hole-between, gap and frontier criteria) are taken from each unpolished NVAE candidate
-  (the reconstruction always among them); every other structure keeps its pixels
-  bit-identical and wins any overlap (:mod:`.structure`);
+  (the reconstruction always among them; an edit equal to its offered source is dropped);
+  every other structure keeps its pixels bit-identical and wins any overlap (:mod:`.structure`);
 - with ``polish``, each offered candidate but the per-structure edits is offered again after
   the morphological clean-up (family ``<family>+polish``).
 
@@ -363,6 +364,9 @@ def gate(
             replace = failing_structures(anatomy.criteria_passed(values[todo]))
             for k in [k for k in range(len(cands)) if cands.source[k]]:
                 edit = structure_edits(sub, cands.arrays[k], replace)
+                if cands.offered[k]:  # an edit equal to its offered source would only be checked twice
+                    same = (edit == cands.arrays[k]).all(axis=(1, 2))
+                    edit[same] = sub[same]  # equal to the input: never taken
                 cands.add(edit, f"structure<{cands.names[k]}>", Family.STRUCTURE.value)
         offered = [k for k in range(len(cands)) if cands.offered[k]]
         arrays = [cands.arrays[k] for k in offered]
