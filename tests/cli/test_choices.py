@@ -12,7 +12,19 @@ import typer
 from typer.testing import CliRunner
 
 from acdctool.cli.app import COMMANDS, app
-from acdctool.config import Arch, Context, Gate, LrSchedule, MaskInterp, Masks, Method, NvaeInput, Roi, choices
+from acdctool.config import (
+    Arch,
+    Choose,
+    Context,
+    Gate,
+    LrSchedule,
+    MaskInterp,
+    Masks,
+    Method,
+    NvaeInput,
+    Roi,
+    choices,
+)
 from acdctool.conventions import Device
 
 runner = CliRunner()
@@ -32,6 +44,7 @@ CHOICES = {
     ("refine", "method"): Method,
     ("refine", "context"): Context,
     ("refine", "gate"): Gate,
+    ("refine", "choose"): Choose,
     ("refine", "device"): Device,
     ("export", "array"): Masks,
 }
@@ -47,6 +60,7 @@ BAD = [
     ["make-3gram", "seg.h5", "-o", "s3.h5", "--source", "image"],
     ["refine", "seg.h5", "-o", "r.h5", "--method", "nvea"],
     ["refine", "seg.h5", "-o", "r.h5", "--gate", "all"],
+    ["refine", "seg.h5", "-o", "r.h5", "--choose", "dice"],
     ["export", "seg.h5", "--like", "ACDC", "-o", "nifti", "--array", "probs"],
 ]
 
