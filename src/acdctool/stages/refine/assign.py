@@ -155,9 +155,9 @@ def _refusal(patients: list[str], models: Sequence[ModelPatients]) -> str:
             f"patients to refine); retrain it (train-nvae --fold k), or pass --allow-seen to refine anyway "
             f"(recorded in the output)"
         )
-    note = " (some store no training patients)" if unknown else ""
+    verb = "trained (or, storing no training patients, may have trained) on" if unknown else "trained on"
     return (
-        f"every NVAE given ({paths}){note} trained on {name_some(patients)}, which it would refine "
+        f"every NVAE given ({paths}) {verb} {name_some(patients)}, which it would refine "
         f"({len(patients)} patients); give the NVAE of each patient's fold (train-nvae --fold k), or pass "
         f"--allow-seen to refine anyway (recorded in the output)"
     )
