@@ -22,7 +22,7 @@ import numpy as np
 
 from acdctool.config import PrepConfig
 from acdctool.conventions import FOREGROUND, PHASES
-from acdctool.errors import AcdcToolError, BadInputError
+from acdctool.errors import AcdcToolError, BadInputError, InputMissingError
 from acdctool.io.acdc import Frame, PatientInfo, PatientRef, frame_paths, load_frame
 
 MIN_CROP_PX = 16
@@ -102,9 +102,16 @@ def patient_rows(
             f"{es.image_path}: in-plane shape {es.image.shape[:2]} differs from ED {ed.image.shape[:2]}"
         )
     box = roi_box(frames, config, patient)
-    rows, images, masks = [], [], []
+    rows: list[dict[str, Any]] = []
+    images: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
     for phase, frame in frames.items():
+        number = info.ed if phase == PHASES[0] else info.es
         img, mask = resize_crop(frame, box, config)
+        if has_gt:
+            if mask is None:  # removed after ground_truth_present looked
+                raise InputMissingError(f"{frame_paths(patient, number)[1]}: missing ground truth")
+            masks.append(mask)
         n = img.shape[0]
         scale = box.size / config.size
         for z in range(n):
@@ -113,7 +120,7 @@ def patient_rows(
                     "patient": patient.name,
                     "group": info.group,
                     "phase": phase,
-                    "frame": info.ed if phase == PHASES[0] else info.es,
+                    "frame": number,
                     "slice": z,
                     "n_slices": n,
                     "spacing_row": frame.spacing[0] * scale,
@@ -130,7 +137,6 @@ def patient_rows(
                 }
             )
         images.append(img)
-        masks.append(mask)
     return rows, np.concatenate(images), (np.concatenate(masks) if has_gt else None)
 
 

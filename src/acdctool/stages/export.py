@@ -15,12 +15,11 @@ from typing import Any
 import numpy as np
 
 from acdctool.config import ExportConfig, Masks
-from acdctool.conventions import VOLUME_KEY
 from acdctool.errors import BadInputError, InputMissingError
 from acdctool.io.acdc import find_patients, frame_paths
 from acdctool.io.atomic import atomic_dir
 from acdctool.io.export import uncrop
-from acdctool.io.slices import SliceFile
+from acdctool.io.slices import SliceFile, volume_groups
 from acdctool.progress import Progress, Tracker
 
 _NAME_RE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -75,12 +74,11 @@ def run(
         name = config.array or (Masks.PRED.value if f.has(Masks.PRED.value) else Masks.GT.value)
         masks = f.read(name)
         index = f.index
-    volumes = index.groupby(list(VOLUME_KEY), sort=True).indices
+    volumes = volume_groups(index)
     result = Result(out_dir)
     tracker = Tracker(progress, len(volumes), "volumes")
     with atomic_dir(out_dir, force) as tmp:
-        for (patient, phase, model), rows in volumes.items():
-            rows = rows[np.argsort(index["slice"].to_numpy()[rows])]
+        for (patient, phase, model), rows in volumes:
             first = index.iloc[rows[0]]
             if len(rows) != int(first.n_slices):
                 raise BadInputError(

@@ -126,11 +126,12 @@ def run(
                 context = f.read("context", rows) if config.context == Context.TRIGRAM.value else None
                 refined, reasons, valid_in, valid_out = gate(masks, context, spacing[rows], propose, config)
                 agreement = overlap.dice_batch(refined, masks)[0].mean(axis=1)
-                records = index.iloc[rows].to_dict("records")
-                for rec, reason, agree, changed in zip(
-                    records, reasons, agreement, (refined != masks).any(axis=(1, 2)), strict=False
-                ):
-                    rec.update(refine_changed=int(changed), refine_reason=reason, refine_agreement=float(agree))
+                records = index.iloc[rows].assign(
+                    refine_changed=(refined != masks).any(axis=(1, 2)).astype(int),
+                    refine_reason=list(reasons),
+                    refine_agreement=agreement.astype(float),
+                )
+                for reason in reasons:
                     result.counts[reason] += 1
                 result.invalid_before += int((~valid_in).sum())
                 result.invalid_after += int((~valid_out).sum())
