@@ -16,10 +16,12 @@ from acdctool import __version__
 from acdctool.cli import eval as eval_
 from acdctool.cli import (
     export,
+    export_model,
     gen_seg,
     import_seg,
     info,
     make_3gram,
+    predict,
     prep,
     refine,
     synth,
@@ -51,6 +53,8 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "eval": eval_.eval_cmd,
     "export": export.export,
     "import-seg": import_seg.import_seg,
+    "predict": predict.predict,
+    "export-model": export_model.export_model,
 }
 """Command name → its function in ``cli/<name>.py``; the stage is ``acdctool.stages.<name>`` (``-`` → ``_``)."""
 for _name, _fn in COMMANDS.items():
