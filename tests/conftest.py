@@ -161,3 +161,64 @@ def nvae_checkpoint_factory():
         return path
 
     return make
+
+
+NNUNET_LABELS = {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}
+"""nnU-Net's own ACDC dataset (Dataset027_ACDC) names its labels so."""
+
+
+def _write_nnunet(
+    src: Path, dst: Path, *, patients: list[str] | None = None, coding: dict[str, int] | None = None
+) -> Path:
+    """Write an ACDC folder's frames in the nnU-Net raw layout (tests only).
+
+    ``training/`` patients go to imagesTr (``KEY_0000.nii.gz``, copied byte for byte) and labelsTr
+    (``KEY.nii.gz``; re-coded when ``coding`` maps names to other values), ``testing/`` patients to
+    imagesTs; ``dataset.json`` names the labels (nnU-Net's ACDC names by default).
+    """
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    names = dict(coding or NNUNET_LABELS)
+    ours = {"background": 0, "RV": 1, "MLV": 2, "LVC": 3, "LV": 3, "MYO": 2}
+    lut = np.zeros(4, np.uint8)
+    for name, value in names.items():
+        lut[ours[name]] = value
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (dst / sub).mkdir(parents=True, exist_ok=True)
+    roots = [(src / "training", "Tr"), (src / "testing", "Ts")] if (src / "training").is_dir() else [(src, "Tr")]
+    for folder, split in roots:
+        if not folder.is_dir():
+            continue
+        for patient in sorted(p for p in folder.iterdir() if p.is_dir()):
+            if patients is not None and patient.name not in patients:
+                continue
+            for image in sorted(patient.glob("*_frame??.nii.gz")):
+                key = image.name[: -len(".nii.gz")]
+                shutil.copy(image, dst / f"images{split}" / f"{key}_0000.nii.gz")
+                gt = image.with_name(f"{key}_gt.nii.gz")
+                if split == "Tr" and gt.exists():
+                    if coding is None:
+                        shutil.copy(gt, dst / "labelsTr" / f"{key}.nii.gz")
+                    else:
+                        img = nib.load(gt)
+                        data = lut[np.asanyarray(img.dataobj)]
+                        nib.Nifti1Image(data, img.affine, img.header).to_filename(dst / "labelsTr" / f"{key}.nii.gz")
+    (dst / "dataset.json").write_text(
+        json.dumps({"channel_names": {"0": "cineMRI"}, "labels": names, "file_ending": ".nii.gz"}, indent=1)
+    )
+    return dst
+
+
+@pytest.fixture(scope="session")
+def nnunet_raw(synth_root, tmp_path_factory) -> Path:
+    """The synthetic ACDC root in the nnU-Net raw layout (imagesTr/labelsTr/imagesTs, dataset.json)."""
+    return _write_nnunet(synth_root, tmp_path_factory.mktemp("nnunet") / "Dataset900_Synth")
+
+
+@pytest.fixture(scope="session")
+def write_nnunet():
+    """:func:`_write_nnunet`: an ACDC folder copied into the nnU-Net raw layout."""
+    return _write_nnunet
