@@ -124,7 +124,7 @@ def run(
         "rows": {"train": int(len(train_rows)), "val": int(len(val_rows))},
     }
     steps = max(1, len(train_ds) // config.batch_size)
-    task = NvaeTask(model_args, config, steps, spacing)
+    task = NvaeTask(model_args, config, steps, spacing, n_val_volumes=val_ds.n_volumes)
     trainer = Trainer(
         task,
         LoopSettings.from_config(config),
