@@ -47,7 +47,10 @@ class NvaeTask:
 
     checkpoint_kind = "nvae-model"
     model_name = "nvae"
-    best_metric = "val_dice_mean"
+    best_metric = "val_select"
+    """``val_dice_mean`` once the KL warm-up is over (or in the last epoch of a run shorter than
+    it), NaN before, so never picked: during warm-up the KL barely counts and the model is an
+    auto-encoder, not yet the shape model."""
     best_mode = "max"
     scheduler_interval = "step"
 
@@ -67,6 +70,7 @@ class NvaeTask:
         self.augment = Augment(images=(), labels=keys, flip=0.0, rotate_deg=10.0, scale=1.1) if config.augment else None
         self.loss: Any = None
         self._step: CompiledStep | None = None
+        self._warm = False  # the KL warm-up is over (set by train_step; drives best.pt)
 
     def build_model(self) -> torch.nn.Module:
         """The NVAE from ``model_args``; also builds its loss (``self.loss``) from the stage config."""
@@ -116,6 +120,8 @@ class NvaeTask:
     def train_step(self, model, batch: dict[str, torch.Tensor], ctx: StepContext):
         from acdctool.models.nvae_guard import check_finite
 
+        # A run shorter than its warm-up still gets a best.pt: from its last epoch.
+        self._warm = ctx.global_step + 1 >= min(self.config.warmup_steps, self.total_steps)
         if self.augment is not None:
             batch = self.augment(batch, ctx.generator)
         x, target = self._inputs(batch)
@@ -163,6 +169,7 @@ class NvaeTask:
         for i, name in enumerate(CLASSES):
             out[f"dice_{name}"] = float(dice[i])
         out["dice_mean"] = float(dice.mean())
+        out["select"] = out["dice_mean"] if self._warm else float("nan")
         inter, size = sums["v_inter"], sums["v_size"]
         # Only volumes with pixels in either mask carry information; absent volumes (size 0 for
         # every class) are those of other ranks' or never seen: skip them, as eval does.
