@@ -49,7 +49,7 @@ class NvaeTask:
     model_name = "nvae"
     best_metric = "val_select"
     """``val_dice_mean`` once the KL warm-up is over (or in the last epoch of a run shorter than
-    it), NaN before, so never picked: during warm-up the KL barely counts and the model is an
+    it), -inf before, so never picked: during warm-up the KL barely counts and the model is an
     auto-encoder, not yet the shape model."""
     best_mode = "max"
     scheduler_interval = "step"
@@ -169,7 +169,7 @@ class NvaeTask:
         for i, name in enumerate(CLASSES):
             out[f"dice_{name}"] = float(dice[i])
         out["dice_mean"] = float(dice.mean())
-        out["select"] = out["dice_mean"] if self._warm else float("nan")
+        out["select"] = out["dice_mean"] if self._warm else float("-inf")
         inter, size = sums["v_inter"], sums["v_size"]
         # Only volumes with pixels in either mask carry information; absent volumes (size 0 for
         # every class) are those of other ranks' or never seen: skip them, as eval does.
