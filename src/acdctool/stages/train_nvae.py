@@ -127,7 +127,7 @@ def run(
         "prep": prep,  # the crop the masks were made with (None unless a prep file)
     }
     steps = max(1, len(train_ds) // config.batch_size)
-    task = NvaeTask(model_args, config, steps, spacing)
+    task = NvaeTask(model_args, config, steps, spacing, n_val_volumes=val_ds.n_volumes)
     trainer = Trainer(
         task,
         LoopSettings.from_config(config),
