@@ -17,7 +17,7 @@ from acdctool.io.slices import SliceFile
 runner = CliRunner()
 TINY_NVAE = [
     *("--stem-channels", "4", "--scales", "2", "--groups-per-scale", "1,1", "--latent-channels", "4"),
-    *("--beta", "1,1", "--warmup-steps", "10", "--batch-size", "16", "--device", "cpu"),
+    *("--beta", "1,1", "--warmup-steps", "10", "--batch-size", "16", "--device", "cpu", "--no-compile"),
 ]
 
 
