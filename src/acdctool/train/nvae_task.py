@@ -81,7 +81,8 @@ class NvaeTask:
         self.loss = NVAELoss(model, NVAELossConfig.from_config(self.config))
         # channels_last: oneDNN's depthwise 5×5 convolutions (a quarter of the step in NCHW)
         # run 2.5–3× faster in NHWC, forward and backward; the maths is unchanged.
-        return model.to(memory_format=torch.channels_last)
+        # (torch's stubs omit Module.to's memory_format keyword, which it has had since 1.5)
+        return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def configure_optimizer(self, model: torch.nn.Module):
         c = self.config
