@@ -38,7 +38,7 @@ acdctool make-3gram "$out/seg.h5" -o "$out/seg3.h5" --force -q
 say "train-nvae on ground-truth masks, one per fold (small)"
 for k in 0 1; do
   acdctool train-nvae "$out/slices.h5" --input gt --fold "$k" --groups-per-scale 2,1,1 --latent-channels 10 \
-    --warmup-steps 100 --batch-size 16 --epochs "$nvae_epochs" -o "$out/runs/nvae-f$k" --force
+    --warmup-steps 100 --batch-size 16 --epochs "$nvae_epochs" --no-compile -o "$out/runs/nvae-f$k" --force
 done
 
 say "refine: NVAE (anatomy-gated, 4 samples; each patient by the fold NVAE that never saw it) and morph"

@@ -58,7 +58,8 @@ def test_crossval_runs_tiny_and_resumes(tmp_path):
         "DEVICE": "cpu",
         "PREP_ARGS": "--size 64",
         "SEG_ARGS": "--net-arg channels=4,8,8 --net-arg strides=2,2 --batch-size 16",
-        "NVAE_ARGS": "--stem-channels 4 --groups-per-scale 1,1,1 --latent-channels 4 --warmup-steps 10 --batch-size 16",
+        "NVAE_ARGS": "--stem-channels 4 --groups-per-scale 1,1,1 --latent-channels 4 --warmup-steps 10 --batch-size 16"
+        " --no-compile",  # compiling takes minutes
         "REFINE_ARGS": "--candidates recon,partial,structure,latent --latent-steps 0.5",
         "EVAL_ARGS": "--no-plots --workers 1",
         "PYTHON": sys.executable,

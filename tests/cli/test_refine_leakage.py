@@ -15,6 +15,7 @@ from acdctool.io.slices import SliceFile, SliceWriter
 runner = CliRunner()
 TINY = ["--stem-channels", "4", "--scales", "2", "--groups-per-scale", "1,1", "--latent-channels", "4"]
 TINY += ["--beta", "1,1", "--warmup-steps", "10", "--batch-size", "16", "--epochs", "1", "--device", "cpu", "-q"]
+TINY += ["--no-compile"]  # compiling takes minutes
 
 
 @pytest.fixture(scope="module", autouse=True)

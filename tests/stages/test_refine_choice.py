@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from acdctool.config import RefineConfig
+from acdctool.correct.gate import Candidates, closest_valid, gate
+from acdctool.correct.patients import SEEN, UNKNOWN, UNSEEN, ModelPatients
+from acdctool.correct.scores import PROB_FLOOR, Scorer
+from acdctool.correct.structure import CRITERION_STRUCTURES, failing_structures, structure_edits
 from acdctool.errors import BadInputError
 from acdctool.metrics import anatomy, overlap
-from acdctool.stages.refine import Candidates, closest_valid, gate
-from acdctool.stages.refine.assign import SEEN, UNKNOWN, UNSEEN, ModelPatients, assign
-from acdctool.stages.refine.scores import PROB_FLOOR, Scorer
-from acdctool.stages.refine.structure import CRITERION_STRUCTURES, failing_structures, structure_edits
+from acdctool.stages.refine.assign import assign
 
 SP = (1.0, 1.0)
 

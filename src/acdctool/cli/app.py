@@ -14,7 +14,20 @@ import typer
 
 from acdctool import __version__
 from acdctool.cli import eval as eval_
-from acdctool.cli import export, gen_seg, info, make_3gram, prep, refine, synth, train_nvae, train_seg
+from acdctool.cli import (
+    export,
+    export_model,
+    gen_seg,
+    import_seg,
+    info,
+    make_3gram,
+    predict,
+    prep,
+    refine,
+    synth,
+    train_nvae,
+    train_seg,
+)
 from acdctool.cli.common import Command
 from acdctool.errors import exit_codes_line
 
@@ -39,6 +52,9 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "refine": refine.refine,
     "eval": eval_.eval_cmd,
     "export": export.export,
+    "import-seg": import_seg.import_seg,
+    "predict": predict.predict,
+    "export-model": export_model.export_model,
 }
 """Command name → its function in ``cli/<name>.py``; the stage is ``acdctool.stages.<name>`` (``-`` → ``_``)."""
 for _name, _fn in COMMANDS.items():

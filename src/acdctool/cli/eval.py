@@ -17,17 +17,34 @@ _D = EvalConfig()
 
 def eval_cmd(
     pred: Path = typer.Argument(
-        ..., metavar="PRED", help="Slice file to evaluate (prep, gen-seg, make-3gram or refine output)."
+        ...,
+        metavar="PRED",
+        help="Slice file to evaluate (any stage's output), or a folder of NIfTI masks (native resolution).",
     ),
     output: Path = typer.Option(..., "--output", "-o", metavar="DIR", help="Report folder to create."),
     gt: Path | None = typer.Option(
-        None, "--gt", metavar="FILE", help="Take ground truth from this file (rows matched by patient/phase/slice)."
+        None,
+        "--gt",
+        metavar="FILE|DIR",
+        help="Ground truth: a slice file (rows matched by patient/phase/slice), or a NIfTI folder for a PRED folder.",
     ),
     baseline: Path | None = typer.Option(
         None,
         "--baseline",
         metavar="FILE",
         help="Masks before the correction, e.g. the gen-seg file given to refine.",
+    ),
+    native: bool = typer.Option(
+        False, "--native", help="Slice file: export its masks and evaluate at native resolution (3D, mm)."
+    ),
+    like: Path | None = typer.Option(
+        None, "--like", metavar="ACDC_DIR", help="--native: the ACDC folder the file was prepped from."
+    ),
+    labels: str | None = typer.Option(
+        _D.labels, "--labels", metavar="JSON|SPEC", help="NIfTI masks: label map (dataset.json or RV=1,MYO=2,LV=3)."
+    ),
+    gt_labels: str | None = typer.Option(
+        _D.gt_labels, "--gt-labels", metavar="JSON|SPEC", help="NIfTI ground truth: label map (as --labels)."
     ),
     threshold: float = typer.Option(
         _D.threshold,
@@ -64,9 +81,15 @@ def eval_cmd(
     The terminal table shows each mean with the number of slices or volumes it covers;
     distances cover only those where both masks hold the structure.
 
+    At native resolution (a folder of NIfTI masks with --gt GT_DIR, or a slice file with
+    --native): the ACDC challenge's metrics per ED/ES volume (Dice, HD in mm from pixdim),
+    clinical indices and the 16 criteria per slice at the native spacing.
+
     \b
     Example:
       acdctool eval refined.h5 --baseline seg.h5 -o report/
+      acdctool eval nnunet_out/ --gt ACDC/training -o report-native/
+      acdctool eval refined.h5 --native --like ACDC/training -o report-n/
     """
     from acdctool.stages import eval as stage
 
@@ -78,10 +101,12 @@ def eval_cmd(
         plots=plots,
         hausdorff=hausdorff,
         workers=workers,
+        labels=labels,
+        gt_labels=gt_labels,
     )
     if not quiet:
         err_console.print(f"evaluating {pred} ...")
-    inputs = stage.Inputs(pred, gt, baseline, provenance=provenance(pred, gt, baseline))
+    inputs = stage.Inputs(pred, gt, baseline, native, like, provenance=provenance(pred, gt, baseline, like))
     with reporter("eval", quiet) as progress:
         result = call(stage.run, config, inputs, output, force=force, progress=progress)
     if not quiet:
@@ -119,6 +144,14 @@ def print_summary(s: dict[str, Any], overview: dict[str, Any]) -> None:
     table.add_row("HD mm (volume)", *(cell(v["hd_mm"][k], 2) for k in CLASSES), "")
     a = s["anatomy"]
     err_console.print(table)
+    for model, phases in (s.get("acdc") or {}).items():
+        for phase, m in phases.items():
+            err_console.print(
+                f"ACDC {model} {phase} ({m['n']} volumes): Dice "
+                + " ".join(f"{c.upper()} {_fmt(m['dice'][c], 3)}" for c in CLASSES)
+                + ", HD mm "
+                + " ".join(f"{c.upper()} {_fmt(m['hd_mm'][c], 1)}" for c in CLASSES)
+            )
     err_console.print(
         f"anatomically valid: {a['valid']}/{a['valid'] + a['invalid']} slices ({100 * (a['valid_fraction'] or 0):.1f}%)"
     )
@@ -144,20 +177,17 @@ def print_comparison(c: dict[str, Any]) -> None:
             f"(per class: {per})"
         )
 
-    def num(value: float | None, digits: int) -> str:
-        return "-" if value is None else f"{value:.{digits}f}"
-
     table = Table(title="before → after", title_justify="left")
     table.add_column("", justify="left")
     for col in ("before", "after", "n"):
         table.add_column(col, justify="right")
     for name, v in (c.get("hd95_mm") or {}).items():
-        table.add_row(f"HD95 mm {name.upper()} (slice)", num(v["before"], 2), num(v["after"], 2), str(v["n"]))
+        table.add_row(f"HD95 mm {name.upper()} (slice)", _fmt(v["before"], 2), _fmt(v["after"], 2), str(v["n"]))
     units = {"ef": "%", "edv": "mL", "esv": "mL", "mass": "g"}
     for name, v in (c.get("clinical_mae") or {}).items():
         label = name.replace("_", " ").upper().replace("MYO MASS", "MYO mass")
         table.add_row(
-            f"MAE {label} {units[name.rsplit('_', 1)[1]]}", num(v["before"], 2), num(v["after"], 2), str(v["n"])
+            f"MAE {label} {units[name.rsplit('_', 1)[1]]}", _fmt(v["before"], 2), _fmt(v["after"], 2), str(v["n"])
         )
     if table.row_count:
         err_console.print(table)
@@ -167,3 +197,7 @@ def print_comparison(c: dict[str, Any]) -> None:
             f"by refine family (rows, better/worse by > {bw['threshold']:g}): "
             + ", ".join(f"{k} {v['rows']} ({v['better']}/{v['worse']})" for k, v in fams.items())
         )
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

@@ -1,9 +1,8 @@
 """Which NVAE refines which patient: never one that trained on it (the way gen-seg assigns fold models).
 
-An NVAE's training patients are read from its checkpoint (``data.train_patients``, stored by
-train-nvae). Older checkpoints lack them: with ``data.fold`` k and ``data.folds`` every patient
-of another fold counts as seen (a superset: train-nvae used the other folds' ``train`` split);
-without a fold they are unknown, and the NVAE is treated as having seen everyone.
+An NVAE's training patients are read from its checkpoint
+(:class:`acdctool.correct.patients.ModelPatients`: stored by train-nvae, derived from the folds
+for older checkpoints, else unknown, and the NVAE is treated as having seen everyone).
 
 Per patient of fold f (:func:`assign`):
 
@@ -17,61 +16,16 @@ Per patient of fold f (:func:`assign`):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from acdctool.correct.patients import UNSEEN, ModelPatients
 from acdctool.errors import BadInputError
 
 TEST_POLICY = "lowest-fold"
 """Fold −1 patients (seen by no fold NVAE): the unseen NVAE of the lowest fold."""
-
-SEEN, UNSEEN, UNKNOWN = 1, 0, -1
-"""``refine_nvae_seen`` values: trained on the patient, never did, cannot tell (old checkpoint)."""
-
-
-@dataclass(frozen=True)
-class ModelPatients:
-    """An NVAE's fold and training patients, as far as its checkpoint tells."""
-
-    path: Path
-    fold: int | None
-    trained: frozenset[str] | None
-    """None: unknown (no patient list, no fold to derive one from)."""
-    source: str
-    """``stored``, ``derived`` (every patient of the other folds) or ``unknown``."""
-
-    @property
-    def label(self) -> str:
-        """Short name for the ``refine_model`` column: ``f0``, ``f1``, ... or ``split``."""
-        return "split" if self.fold is None else f"f{self.fold}"
-
-    @classmethod
-    def from_data(cls, path: Path | str, data: Mapping[str, Any]) -> ModelPatients:
-        """Read a checkpoint's ``data`` record.
-
-        Example:
-            >>> m = ModelPatients.from_data("n.pt", {"fold": 0, "folds": {"p1": 0, "p2": 1, "p3": -1}})
-            >>> sorted(m.trained), m.source, m.label
-            (['p2'], 'derived', 'f0')
-        """
-        fold = data.get("fold")
-        fold = None if fold is None else int(fold)
-        if "train_patients" in data:
-            return cls(Path(path), fold, frozenset(map(str, data["train_patients"])), "stored")
-        folds = data.get("folds")
-        if fold is not None and isinstance(folds, Mapping) and folds:
-            others = frozenset(str(p) for p, f in folds.items() if int(f) >= 0 and int(f) != fold)
-            return cls(Path(path), fold, others, "derived")
-        return cls(Path(path), fold, None, "unknown")
-
-    def seen(self, patient: str) -> int:
-        if self.trained is None:
-            return UNKNOWN
-        return SEEN if patient in self.trained else UNSEEN
 
 
 @dataclass
@@ -81,7 +35,7 @@ class Assignment:
     model: np.ndarray
     """(N,) int64."""
     seen: np.ndarray
-    """(N,) int8: :data:`SEEN`, :data:`UNSEEN` or :data:`UNKNOWN`."""
+    """(N,) int8: :data:`~acdctool.correct.patients.SEEN`, ``UNSEEN`` or ``UNKNOWN``."""
 
 
 def name_some(names: Sequence[str], most: int = 5) -> str:
@@ -110,6 +64,7 @@ def assign(
             saw or may have seen (at most 5 named).
 
     Example:
+        >>> from pathlib import Path
         >>> a = ModelPatients(Path("a.pt"), 0, frozenset({"p2"}), "stored")
         >>> b = ModelPatients(Path("b.pt"), 1, frozenset({"p1"}), "stored")
         >>> assign(np.array(["p1", "p2", "p9"]), np.array([0, 1, -1]), [a, b]).model.tolist()

@@ -1,5 +1,6 @@
-"""NVAE candidates for ``refine``: the posterior-mean reconstruction, partial edits of the input
-towards it, latent steps towards the prior, optional samples, and their morphological clean-ups."""
+"""NVAE candidates for the anatomy gate (``refine``, ``predict --nvae``): the posterior-mean
+reconstruction, partial edits of the input towards it, latent steps towards the prior, optional
+samples, and their morphological clean-ups."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import torch
 
 from acdctool.config import Family, RefineConfig
 from acdctool.conventions import resolve_device
+from acdctool.correct import morph
+from acdctool.correct.gate import Candidates
+from acdctool.correct.patients import ModelPatients
 from acdctool.data.loader import argmax_labels, one_hot
 from acdctool.errors import BadInputError
 from acdctool.io.checkpoint import file_sha256, load_checkpoint
-from acdctool.stages.refine import Candidates, morph
-from acdctool.stages.refine.assign import ModelPatients
 
 if TYPE_CHECKING:
     from acdctool.models.nvae import NVAE
@@ -35,7 +37,7 @@ class NvaeProposer:
     - ``samples``: ``config.samples`` decodings at temperature ``config.temperature`` from a
       generator seeded with ``config.seed``, so a run is reproducible;
     - with ``config.polish``, each offered one again after
-      :func:`acdctool.stages.refine.morph.clean_batch` (family ``<family>+polish``).
+      :func:`acdctool.correct.morph.clean_batch` (family ``<family>+polish``).
 
     Every unpolished one is a source of the gate's per-structure edits.
     """
