@@ -22,6 +22,7 @@ from acdctool.config import (
     Masks,
     Method,
     NvaeInput,
+    Precision,
     Roi,
     choices,
 )
@@ -40,6 +41,7 @@ CHOICES = {
     ("train-nvae", "input"): NvaeInput,
     ("train-nvae", "context"): Context,
     ("train-nvae", "device"): Device,
+    ("train-nvae", "precision"): Precision,
     ("make-3gram", "source"): Masks,
     ("refine", "method"): Method,
     ("refine", "context"): Context,
@@ -59,6 +61,7 @@ BAD = [
     ["gen-seg", "s.h5", "-m", "a.pt", "-o", "seg.h5", "--device", "tpu"],
     ["train-nvae", "s.h5", "-o", "run", "--input", "pred"],
     ["train-nvae", "s.h5", "-o", "run", "--context", "2gram"],
+    ["train-nvae", "s.h5", "-o", "run", "--precision", "fp16"],
     ["make-3gram", "seg.h5", "-o", "s3.h5", "--source", "image"],
     ["refine", "seg.h5", "-o", "r.h5", "--method", "nvea"],
     ["refine", "seg.h5", "-o", "r.h5", "--gate", "all"],
