@@ -34,6 +34,8 @@ CHOICES = {
     ("refine", "gate"): Gate,
     ("refine", "device"): Device,
     ("export", "array"): Masks,
+    ("qc", "device"): Device,
+    ("qc-calibrate", "device"): Device,
 }
 BAD = [
     ["prep", "ACDC", "-o", "x.h5", "--roi", "centre"],
@@ -48,6 +50,7 @@ BAD = [
     ["refine", "seg.h5", "-o", "r.h5", "--method", "nvea"],
     ["refine", "seg.h5", "-o", "r.h5", "--gate", "all"],
     ["export", "seg.h5", "--like", "ACDC", "-o", "nifti", "--array", "probs"],
+    ["qc", "seg.h5", "-o", "qc", "--device", "gpu"],
 ]
 
 

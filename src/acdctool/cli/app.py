@@ -14,7 +14,7 @@ import typer
 
 from acdctool import __version__
 from acdctool.cli import eval as eval_
-from acdctool.cli import export, gen_seg, info, make_3gram, prep, refine, synth, train_nvae, train_seg
+from acdctool.cli import export, gen_seg, info, make_3gram, prep, qc, qc_calibrate, refine, synth, train_nvae, train_seg
 from acdctool.cli.common import Command
 from acdctool.errors import exit_codes_line
 
@@ -38,6 +38,8 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "make-3gram": make_3gram.make_3gram,
     "refine": refine.refine,
     "eval": eval_.eval_cmd,
+    "qc": qc.qc,
+    "qc-calibrate": qc_calibrate.qc_calibrate,
     "export": export.export,
 }
 """Command name → its function in ``cli/<name>.py``; the stage is ``acdctool.stages.<name>`` (``-`` → ``_``)."""

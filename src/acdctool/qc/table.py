@@ -1,0 +1,162 @@
+"""The QC slice table of a segmentation file: every signal of every row, in file order.
+
+:func:`slice_table` reads the ``pred`` masks in batches (with ``probs`` when the file has them,
+and ``gt`` only to add the true Dice ``gt_dice``, which no signal uses), computes the
+per-slice signals (:mod:`.signals`), the NVAE agreement with the checkpoint assigned to each
+patient (:mod:`.nvae`), the volume signals (:mod:`.volume`) and the uncalibrated
+:func:`risk`.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from acdctool.errors import BadInputError
+from acdctool.io.slices import SliceFile
+from acdctool.metrics import overlap
+from acdctool.progress import Progress, Tracker
+from acdctool.qc import signals
+from acdctool.qc.nvae import NvaeBank
+from acdctool.qc.volume import volume_signals
+
+__all__ = ["KEY_COLUMNS", "SliceTable", "slice_table", "risk"]
+
+KEY_COLUMNS = ("patient", "group", "phase", "slice", "n_slices", "model", "split", "fold")
+"""Index columns copied into every QC table (rows are identified by patient/phase/slice/model)."""
+_CARRIED = ("thickness",)
+
+
+@dataclass
+class SliceTable:
+    """The slice table and what went into it."""
+
+    table: pd.DataFrame
+    has_probs: bool
+    has_gt: bool
+    nvae: dict[str, Any] = field(default_factory=dict)
+    """Checkpoints and the patients each scored (empty without NVAE)."""
+
+
+def slice_table(
+    f: SliceFile,
+    *,
+    bank: NvaeBank | None = None,
+    band_px: int = 2,
+    batch_size: int = 32,
+    use_probs: bool = True,
+    progress: Progress | None = None,
+) -> SliceTable:
+    """All QC signals of every row of a file with ``pred`` masks.
+
+    Args:
+        f: an open slice file (gen-seg, make-3gram, refine or imported output).
+        bank: NVAE checkpoints (None: no NVAE signals).
+        band_px: half-width of the boundary band for ``entropy_band`` (px).
+        batch_size: rows read and run through the NVAE at once.
+        use_probs: compute the probability signals when the file has ``probs``.
+        progress: one event per batch (unit ``rows``).
+
+    Returns:
+        :class:`SliceTable`: one row per file row, in file order.
+
+    Raises:
+        BadInputError: no ``pred`` array, no rows, labels outside 0..3, bad spacing.
+    """
+    if not f.has("pred"):
+        raise BadInputError(f"{f.path}: no 'pred' masks to check (a prep file? run gen-seg or import masks first)")
+    n = len(f)
+    if n == 0:
+        raise BadInputError(f"{f.path}: the file has no rows")
+    index = f.index.reset_index(drop=True)
+    spacing = f.spacing()
+    has_probs, has_gt = use_probs and f.has("probs"), f.has("gt")
+    assignment = bank.assign(index["patient"].to_numpy()) if bank is not None else None
+    parts: list[dict[str, np.ndarray]] = []
+    tracker = Tracker(progress, n, "rows")
+    # The NVAE runs in a second thread (torch releases the GIL) while this one computes the
+    # numpy signals of the same batch: on a CPU the two overlap on different cores.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for start in range(0, n, batch_size):
+            rows = slice(start, min(start + batch_size, n))
+            masks = f.read("pred", rows)
+            try:
+                overlap.check_label_map(masks, 3, "pred")
+            except BadInputError as exc:
+                raise BadInputError(f"{f.path}: rows {rows.start}..{rows.stop - 1}: {exc}") from None
+            nvae_job = (
+                pool.submit(_nvae_columns, bank, assignment.model[rows], masks)
+                if bank is not None and assignment is not None
+                else None
+            )
+            try:
+                cols = signals.mask_signals(masks, spacing[rows])
+            except BadInputError as exc:
+                raise BadInputError(f"{f.path}: rows {rows.start}..{rows.stop - 1}: {exc}") from None
+            if has_probs:
+                cols.update(signals.prob_signals(f.read("probs", rows), masks, band_px))
+            if has_gt:
+                cols["gt_dice"] = signals.true_dice(masks, f.read("gt", rows))
+            if nvae_job is not None:
+                cols.update(nvae_job.result())
+            parts.append(cols)
+            tracker.advance(rows.stop - rows.start)
+    data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    table = pd.concat([index[list(KEY_COLUMNS + _CARRIED)], pd.DataFrame(data)], axis=1)
+    table = volume_signals(table)
+    nvae: dict[str, Any] = {}
+    if bank is not None and assignment is not None:
+        table["nvae_checkpoint"] = assignment.model
+        table["nvae_held_out"] = assignment.held_out
+        nvae = {"checkpoints": bank.info, **assignment.summary(bank, index)}
+    table["risk"] = risk(table)
+    return SliceTable(_ordered(table), has_probs, has_gt, nvae)
+
+
+def _nvae_columns(bank: NvaeBank, which: np.ndarray, masks: np.ndarray) -> dict[str, np.ndarray]:
+    n = len(masks)
+    out = signals.empty_nvae_signals(n)
+    run = masks.reshape(n, -1).any(axis=1)  # an empty mask is not run through the NVAE
+    for k in np.unique(which[run]):
+        rows = np.flatnonzero(run & (which == k))
+        recon, logp = bank.agreement(int(k), masks[rows])
+        for name, values in signals.nvae_signals(masks[rows], recon, logp).items():
+            out[name][rows] = values
+    return out
+
+
+def risk(table: pd.DataFrame) -> np.ndarray:
+    """Uncalibrated risk in [0, 1] (higher: look first), from whatever signals the table has.
+
+    ``risk = max(1 − prob_dice_mean, 1 − nvae_dice_mean, 0.15·invalid + 0.3·missing_mid +
+    0.15·jump_max)``, the first two only when present (so an anatomically invalid slice alone
+    stays under the default flag level 0.2: most invalid slices of a good net are fine). A
+    heuristic ranking for runs without a calibration, not a predicted Dice.
+
+    Example:
+        >>> t = pd.DataFrame({"valid": [1, 0], "missing_mid": [0, 0], "jump_max": [0.0, 0.5],
+        ...                   "nvae_dice_mean": [0.95, 0.6]})
+        >>> risk(t).round(2).tolist()
+        [0.05, 0.4]
+    """
+    mask_part = (
+        0.15 * (1 - table["valid"].to_numpy(np.float64))
+        + 0.3 * table["missing_mid"].to_numpy(np.float64)
+        + 0.15 * table["jump_max"].to_numpy(np.float64)
+    )
+    terms = [mask_part]
+    for col in ("prob_dice_mean", "nvae_dice_mean"):
+        if col in table.columns:
+            terms.append(1.0 - table[col].to_numpy(np.float64))
+    return np.clip(np.max(terms, axis=0), 0.0, 1.0)
+
+
+def _ordered(table: pd.DataFrame) -> pd.DataFrame:
+    first = [*KEY_COLUMNS, "position", "z"]
+    last = [c for c in ("risk", "gt_dice") if c in table.columns]
+    middle = [c for c in table.columns if c not in first and c not in last]
+    return table[first + middle + last]
