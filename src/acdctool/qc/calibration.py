@@ -1,8 +1,8 @@
 """The ``qc-calibration`` file: a fitted QC combination, versioned and self-describing (JSON).
 
 Written by ``acdctool qc-calibrate``, read by ``acdctool qc --calibration``; the format is
-documented in ``docs/FORMAT.md``. It holds the feature names, the slice model (ridge +
-isotonic, :class:`acdctool.qc.model.LinearIsotonic`), the patient model (``mean`` of the slice
+documented in ``docs/FORMAT.md``. It holds the feature names, the slice model (per-class
+hurdle models averaged and calibrated, :class:`acdctool.qc.hurdle.SliceModel`), the patient model (``mean`` of the slice
 predictions, or ``linear`` on :data:`acdctool.qc.patients.PATIENT_FEATURES`), the patients it
 was fitted on, its out-of-fold scores, config and provenance. A file of another format, kind
 or schema version is refused.
@@ -26,6 +26,8 @@ from acdctool import __version__
 from acdctool.errors import BadInputError, FileKindError, InputMissingError, SchemaVersionError
 from acdctool.io.atomic import atomic_path
 from acdctool.qc.features import feature_matrix, groups_of
+from acdctool.qc.fit import class_inputs
+from acdctool.qc.hurdle import SliceModel
 from acdctool.qc.model import LinearIsotonic
 from acdctool.qc.patients import PATIENT_FEATURES, patient_features
 
@@ -52,7 +54,7 @@ class Calibration:
         tool_version: acdctool version that wrote it.
     """
 
-    slice_model: LinearIsotonic
+    slice_model: SliceModel
     patient_type: str = "mean"
     patient_model: LinearIsotonic | None = None
     training_patients: list[str] = field(default_factory=list)
@@ -88,7 +90,9 @@ class Calibration:
         Raises:
             BadInputError: the table lacks the signals some feature needs.
         """
-        return self.slice_model.predict(feature_matrix(table, self.features))
+        feature_matrix(table.iloc[:0], self.features)  # one clear error for missing signals
+        xs, present = class_inputs(table, {c: m.features for c, m in self.slice_model.classes.items()})
+        return self.slice_model.predict(xs, present)
 
     def predict_patients(self, patients: pd.DataFrame) -> np.ndarray:
         """Predicted Dice of every row of a patient table (whose ``pred_*`` come from :meth:`predict_slices`)."""
@@ -160,7 +164,7 @@ class Calibration:
             pm = d["patient_model"]
             ptype = pm["type"]
             return cls(
-                slice_model=LinearIsotonic.from_dict(d["slice_model"]),
+                slice_model=SliceModel.from_dict(d["slice_model"]),
                 patient_type=ptype,
                 patient_model=LinearIsotonic.from_dict(pm["model"]) if ptype == "linear" else None,
                 training_patients=list(d.get("training_patients", [])),

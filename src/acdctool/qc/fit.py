@@ -5,9 +5,9 @@ and:
 
 1. **out of fold**: for each outer fold (the file's ``fold`` column; patients dealt into 5
    parts when there are fewer than two folds), fits the slice model on the other folds
-   (:func:`acdctool.qc.model.fit`, isotonic map on cross-fitted scores over the remaining
-   folds), predicts the held-out fold, and fits the ``linear`` patient model on the training
-   patients' cross-fitted slice predictions;
+   (:func:`acdctool.qc.hurdle.fit_slice_model`, isotonic maps on cross-fitted scores over the
+   remaining folds), predicts the held-out fold, and fits the ``linear`` patient model on the
+   training patients' cross-fitted slice predictions;
 2. scores the out-of-fold predictions (:func:`acdctool.qc.scoring.score_level`): the
    combination and every single signal, per slice and per patient, and both patient models;
 3. keeps the patient model with the lower out-of-fold MAE (``mean`` on ties, and always
@@ -21,19 +21,21 @@ patient; the final model is fitted on all of them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from acdctool.conventions import CLASSES
 from acdctool.qc.features import SIGNALS, feature_matrix
+from acdctool.qc.hurdle import SliceModel, fit_slice_model
 from acdctool.qc.model import DEFAULT_ALPHA, LinearIsotonic, fit, parts_of
 from acdctool.qc.patients import PATIENT_FEATURES, PATIENT_KEY, patient_features, patient_table
 from acdctool.qc.scoring import PATIENT_THRESHOLD, SLICE_THRESHOLD, mae, score_level
 
-__all__ = ["QcFit", "fit_qc", "score_tables", "MIN_PATIENTS_LINEAR"]
+__all__ = ["QcFit", "fit_qc", "class_inputs", "score_tables", "MIN_PATIENTS_LINEAR"]
 
 MIN_PATIENTS_LINEAR = 20
 """Fewest patients for the ``linear`` patient model to be considered."""
@@ -43,7 +45,7 @@ MIN_PATIENTS_LINEAR = 20
 class QcFit:
     """What :func:`fit_qc` returns."""
 
-    slice_model: LinearIsotonic
+    slice_model: SliceModel
     patient_type: str
     patient_model: LinearIsotonic | None
     oof_slices: pd.DataFrame
@@ -53,9 +55,18 @@ class QcFit:
     scores: dict[str, Any]
 
 
+def class_inputs(
+    table: pd.DataFrame, features: Mapping[str, Sequence[str]]
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each class's feature matrix and whether each mask holds each class ``(N, 3)``."""
+    xs = {c: feature_matrix(table, list(features[c])) for c in CLASSES}
+    present = np.stack([table[f"area_{c}"].to_numpy() > 0 for c in CLASSES], axis=1)
+    return xs, present
+
+
 def fit_qc(
     table: pd.DataFrame,
-    features: Sequence[str],
+    features: Mapping[str, Sequence[str]],
     *,
     key: Sequence[str] = PATIENT_KEY,
     alpha: float = DEFAULT_ALPHA,
@@ -65,10 +76,11 @@ def fit_qc(
     """Fit and score the QC combination (see the module docstring).
 
     Args:
-        table: QC slice table with ``gt_dice``, ``fold`` and ``patient`` (training patients).
-        features: feature names (:data:`acdctool.qc.features.FEATURES`).
+        table: QC slice table with the truth columns (``gt_dice``, ``gt_dice_<c>``,
+            ``gt_has_<c>``), ``fold`` and ``patient`` (training patients).
+        features: class → its feature names (:func:`acdctool.qc.features.feature_names`).
         key: columns identifying a patient in ``table``.
-        alpha: ridge penalty of both models.
+        alpha: ridge / logistic penalty of every model.
         slice_threshold, patient_threshold: what counts as a bad slice / patient in the scores.
 
     Raises:
@@ -76,8 +88,9 @@ def fit_qc(
         ValueError: fewer than two patients.
     """
     table = table.reset_index(drop=True)
-    names = list(features)
-    x = feature_matrix(table, names)
+    xs, present = class_inputs(table, features)
+    has = np.stack([table[f"gt_has_{c}"].to_numpy() > 0 for c in CLASSES], axis=1)
+    dice = np.stack([table[f"gt_dice_{c}"].to_numpy(np.float64) for c in CLASSES], axis=1)
     y = table["gt_dice"].to_numpy(np.float64)
     folds, groups = table["fold"].to_numpy(), table["patient"].to_numpy()
     if pd.unique(groups).size < 2:
@@ -87,9 +100,19 @@ def fit_qc(
     pats: list[pd.DataFrame] = []
     for f in np.unique(outer):
         test = outer == f
-        model, inner = fit(x[~test], y[~test], parts_of(folds[~test], groups[~test]), names, alpha)
-        oof[test] = model.predict(x[test])
-        pmodel = _patient_model(table[~test].assign(pred_dice=inner), key, alpha)
+        tr = ~test
+        model, inner = fit_slice_model(
+            {c: x[tr] for c, x in xs.items()},
+            present[tr],
+            has[tr],
+            dice[tr],
+            y[tr],
+            parts_of(folds[tr], groups[tr]),
+            features,
+            alpha,
+        )
+        oof[test] = model.predict({c: x[test] for c, x in xs.items()}, present[test])
+        pmodel = _patient_model(table[tr].assign(pred_dice=inner), key, alpha)
         held = patient_table(table[test].assign(pred_dice=oof[test]), key)
         held["pred_linear"] = pmodel.predict(patient_features(held))
         pats.append(held)
@@ -106,7 +129,7 @@ def fit_qc(
         "linear": {"mae": linear_mae, **_brief(patients["pred_linear"], patients["gt_dice"], patient_threshold)},
         "chosen": ptype,
     }
-    final, inner = fit(x, y, parts_of(folds, groups), names, alpha)
+    final, inner = fit_slice_model(xs, present, has, dice, y, parts_of(folds, groups), features, alpha)
     final_patient = _patient_model(table.assign(pred_dice=inner), key, alpha) if ptype == "linear" else None
     keep = [c for c in (*key, "phase", "slice", "fold", "gt_dice", "pred_dice") if c in slices.columns]
     out_patients = patients[[*key, "fold", "gt_dice", "pred_dice", "pred_mean", "pred_linear"]]

@@ -15,6 +15,9 @@ signal              meaning (units)
 ``entropy_band``    mean entropy over a band of ± ``band_px`` px around the mask's boundaries
 ``margin_fg``       mean top-1 minus top-2 probability over the foreground pixels (0..1)
 ``uncertain_frac``  Σ over all pixels of (1 − top-1 probability), per foreground pixel
+``entropy_<c>``     mean entropy over the pixels the mask gives class c (0 without any)
+``mass_<c>``        probability mass of class c: Σ p_c × pixel area (mm²), to set against
+                    ``area_<c>`` (a net unsure of a structure puts mass where the mask has none)
 ``prob_dice_<c>``   soft Dice between the probabilities of class c and the mask (1 px
                     smoothing, so a class absent from both scores 1), and its ``_mean``
                     over classes and ``_min``
@@ -46,7 +49,7 @@ from scipy import ndimage
 from acdctool.conventions import CLASSES, FOREGROUND, N_CLASSES
 from acdctool.metrics import anatomy, overlap
 
-__all__ = ["mask_signals", "prob_signals", "nvae_signals", "true_dice", "Columns"]
+__all__ = ["mask_signals", "prob_signals", "nvae_signals", "true_dice", "truth_columns", "Columns"]
 
 Columns = dict[str, np.ndarray]
 _EPS = 1e-7
@@ -79,13 +82,14 @@ def mask_signals(masks: np.ndarray, spacing: np.ndarray) -> Columns:
     return cols
 
 
-def prob_signals(probs: np.ndarray, masks: np.ndarray, band_px: int = 2) -> Columns:
+def prob_signals(probs: np.ndarray, masks: np.ndarray, band_px: int = 2, px_mm2: np.ndarray | float = 1.0) -> Columns:
     """Uncertainty of the segmentation's softmax, around the mask it produced.
 
     Args:
         probs: ``(N, 4, H, W)`` class probabilities (any float dtype; float16 in slice files).
         masks: ``(N, H, W)`` the masks they go with.
         band_px: half-width (px) of the band around the mask's boundaries.
+        px_mm2: pixel area (mm²), one per slice or one for all (for ``mass_<c>``).
     """
     p = np.clip(probs.astype(np.float32), _EPS, 1.0)
     ent = -(p * np.log(p)).sum(axis=1)  # (N, H, W) nats
@@ -105,9 +109,13 @@ def prob_signals(probs: np.ndarray, masks: np.ndarray, band_px: int = 2) -> Colu
     for c, lab in zip(CLASSES, FOREGROUND, strict=True):
         pc = p[:, lab]
         own = masks == lab
+        n_own = own.sum(axis=(1, 2))
         inter = (pc * own).sum(axis=(1, 2))
-        d = (2 * inter + SMOOTH_PX) / (pc.sum(axis=(1, 2)) + own.sum(axis=(1, 2)) + SMOOTH_PX)
+        mass = pc.sum(axis=(1, 2))
+        d = (2 * inter + SMOOTH_PX) / (mass + n_own + SMOOTH_PX)
         cols[f"prob_dice_{c}"] = d
+        cols[f"entropy_{c}"] = _masked_mean(ent, own, n_own, 0.0)
+        cols[f"mass_{c}"] = mass * px_mm2
         dices.append(d)
     stack = np.stack(dices, axis=1)
     cols["prob_dice_mean"], cols["prob_dice_min"] = stack.mean(axis=1), stack.min(axis=1)
@@ -140,6 +148,19 @@ def empty_nvae_signals(n: int) -> Columns:
 def true_dice(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """Mean Dice over RV, MYO, LV of each slice, ACDC conventions (both empty → 1): ``(N,)``."""
     return overlap.dice_batch(pred, gt)[0].mean(axis=1)
+
+
+def truth_columns(pred: np.ndarray, gt: np.ndarray) -> Columns:
+    """What the QC learns from when ground truth exists (never a signal): ``gt_dice`` (mean
+    over classes), ``gt_dice_<c>`` (ACDC conventions) and ``gt_has_<c>`` (1 when the ground
+    truth holds class c)."""
+    dice, _ = overlap.dice_batch(pred, gt)
+    counts = _class_counts(overlap.check_label_map(gt, 3, "gt"))
+    cols: Columns = {"gt_dice": dice.mean(axis=1)}
+    for j, (c, lab) in enumerate(zip(CLASSES, FOREGROUND, strict=True)):
+        cols[f"gt_dice_{c}"] = dice[:, j]
+        cols[f"gt_has_{c}"] = (counts[:, lab] > 0).astype(np.int8)
+    return cols
 
 
 def boundary_band(masks: np.ndarray, band_px: int) -> np.ndarray:

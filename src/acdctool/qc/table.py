@@ -1,7 +1,8 @@
 """The QC slice table of a segmentation file: every signal of every row, in file order.
 
 :func:`slice_table` reads the ``pred`` masks in batches (with ``probs`` when the file has them,
-and ``gt`` only to add the true Dice ``gt_dice``, which no signal uses), computes the
+and ``gt`` only to add the true Dice ``gt_dice``, per class ``gt_dice_<c>`` and ``gt_has_<c>``,
+which no signal uses), computes the
 per-slice signals (:mod:`.signals`), the NVAE agreement with the checkpoint assigned to each
 patient (:mod:`.nvae`), the volume signals (:mod:`.volume`) and the uncalibrated
 :func:`risk`.
@@ -98,9 +99,10 @@ def slice_table(
             except BadInputError as exc:
                 raise BadInputError(f"{f.path}: rows {rows.start}..{rows.stop - 1}: {exc}") from None
             if has_probs:
-                cols.update(signals.prob_signals(f.read("probs", rows), masks, band_px))
+                px = spacing[rows, 0] * spacing[rows, 1]
+                cols.update(signals.prob_signals(f.read("probs", rows), masks, band_px, px))
             if has_gt:
-                cols["gt_dice"] = signals.true_dice(masks, f.read("gt", rows))
+                cols.update(signals.truth_columns(masks, f.read("gt", rows)))
             if nvae_job is not None:
                 cols.update(nvae_job.result())
             parts.append(cols)
@@ -157,6 +159,6 @@ def risk(table: pd.DataFrame) -> np.ndarray:
 
 def _ordered(table: pd.DataFrame) -> pd.DataFrame:
     first = [*KEY_COLUMNS, "position", "z"]
-    last = [c for c in ("risk", "gt_dice") if c in table.columns]
+    last = [c for c in table.columns if c == "risk" or c.startswith("gt_")]
     middle = [c for c in table.columns if c not in first and c not in last]
     return table[first + middle + last]

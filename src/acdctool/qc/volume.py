@@ -12,6 +12,10 @@ by ``slice``, base first in ACDC):
                     neighbours scores near 1; ``jump_max`` is the largest over classes
 ``rel_area_<c>``    area / largest area of class c in the volume (0 … 1)
 ``missing_mid``     1 for a mid slice lacking RV, MYO or LV
+``nb_<c>``          neighbouring slices (0–2) whose mask holds class c
+``end_<c>``         1 when the slice holds class c but a neighbour (or the volume's end)
+                    does not: the first or last slice of the structure, where annotators
+                    and nets disagree most on whether it is there at all
 ==================  =====================================================================
 
 Per patient (:func:`patient_volumes`): the ED and ES volumes of LV, RV and MYO in mL (areas
@@ -58,6 +62,8 @@ def volume_signals(table: pd.DataFrame) -> pd.DataFrame:
     out["position"] = position(out["slice"], out["n_slices"]).to_numpy()
     jumps = {c: np.zeros(n) for c in CLASSES}
     rel = {c: np.zeros(n) for c in CLASSES}
+    nbs = {c: np.zeros(n) for c in CLASSES}
+    ends = {c: np.zeros(n) for c in CLASSES}
     if n:
         groups = out.reset_index(drop=True).groupby(list(VOLUME_KEY), sort=False).indices
         for members in groups.values():
@@ -67,11 +73,17 @@ def volume_signals(table: pd.DataFrame) -> pd.DataFrame:
                 jumps[c][rows] = _jumps(a)
                 top = a.max()
                 rel[c][rows] = a / top if top > 0 else 0.0
+                has = (a > 0).astype(np.float64)
+                left, right = np.r_[0.0, has[:-1]], np.r_[has[1:], 0.0]
+                nbs[c][rows] = left + right
+                ends[c][rows] = has * ((left == 0) | (right == 0))
     for c in CLASSES:
         out[f"jump_{c}"] = jumps[c]
     out["jump_max"] = np.max([jumps[c] for c in CLASSES], axis=0) if n else np.zeros(0)
     for c in CLASSES:
         out[f"rel_area_{c}"] = rel[c]
+        out[f"nb_{c}"] = nbs[c]
+        out[f"end_{c}"] = ends[c]
     absent = np.zeros(n, bool)
     for c in CLASSES:
         absent |= out[f"area_{c}"].to_numpy() <= 0
