@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from acdctool.config import QcCalibrateConfig, config_to_dict
+from acdctool.conventions import CLASSES
 from acdctool.errors import BadInputError, ConfigError
 from acdctool.io.atomic import atomic_path, check_output
 from acdctool.io.checkpoint import file_sha256
@@ -122,7 +123,7 @@ def run(
     table = table[train].reset_index(drop=True)
     if table["patient"].nunique() < 2:
         raise BadInputError("fewer than two training patients (fold >= 0) in the inputs: nothing to fit out of fold")
-    names = feature_names(groups)
+    names = {c: feature_names(groups, cls=c) for c in CLASSES}
     fitted = fit_qc(
         table,
         names,
@@ -175,7 +176,7 @@ def run(
         rows=len(table),
         patients=int(table["patient"].nunique()),
         excluded_rows=excluded,
-        features=names,
+        features=fitted.slice_model.features,
         patient_model=fitted.patient_type,
         notes=notes,
     )
