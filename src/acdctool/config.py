@@ -288,6 +288,9 @@ class QcConfig:
     batch_size: int = 32
     """Slices per NVAE forward pass (and per read)."""
     device: str = Device.AUTO.value
+    workers: int = 2
+    """Processes for the anatomical criteria, beside the NVAE and probability signals; the
+    result is identical for any value."""
     plots: bool = True
     """Write the figure (predicted vs true Dice with ground truth, else a histogram)."""
 
@@ -297,6 +300,8 @@ class QcConfig:
                 raise ConfigError(f"{name} must be within [0, 1], got {value}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
         check_device(self.device)
 
 
@@ -316,8 +321,12 @@ class QcCalibrateConfig:
     use_probs: bool = True
     batch_size: int = 32
     device: str = Device.AUTO.value
+    workers: int = 2
+    """Processes for the anatomical criteria; the result is identical for any value."""
 
     def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
         for f in self.features:
             check_choice("--features", f, QcFeatures)
         if not self.alpha >= 0:

@@ -25,14 +25,14 @@ def calibration(qc_seg, fold_nvaes, tmp_path_factory):
     out = tmp_path_factory.mktemp("cal") / "qc_calibration.json"
     oof = out.with_name("oof.csv")
     res = qc_calibrate.run(
-        QcCalibrateConfig(device="cpu"), qc_calibrate.Inputs((qc_seg,), tuple(fold_nvaes)), out, oof_csv=oof
+        QcCalibrateConfig(device="cpu", workers=1), qc_calibrate.Inputs((qc_seg,), tuple(fold_nvaes)), out, oof_csv=oof
     )
     return out, oof, res
 
 
 def test_qc_without_ground_truth_or_calibration(prepped, tmp_path):
     seg = write_seg(prepped, tmp_path / "seg.h5", gt=False, probs=False)
-    res = qc.run(QcConfig(plots=True), qc.Inputs(seg), tmp_path / "qc")
+    res = qc.run(QcConfig(plots=True, workers=1), qc.Inputs(seg), tmp_path / "qc")
     d = tmp_path / "qc"
     assert sorted(p.name for p in d.iterdir()) == [
         "flags.csv",
@@ -83,8 +83,8 @@ def test_calibration_round_trips_and_refuses_other_files(calibration, qc_seg, fo
     again = tmp_path / "again.json"
     cal.save(again)
     table = pd.read_csv(path.with_name("oof.csv"))  # any table with the columns would do; use the qc run's
-    res = qc.run(QcConfig(plots=False), qc.Inputs(qc_seg, tuple(fold_nvaes), path), tmp_path / "a")
-    res2 = qc.run(QcConfig(plots=False), qc.Inputs(qc_seg, tuple(fold_nvaes), again), tmp_path / "b")
+    res = qc.run(QcConfig(plots=False, workers=1), qc.Inputs(qc_seg, tuple(fold_nvaes), path), tmp_path / "a")
+    res2 = qc.run(QcConfig(plots=False, workers=1), qc.Inputs(qc_seg, tuple(fold_nvaes), again), tmp_path / "b")
     a = pd.read_csv(tmp_path / "a" / "slices.csv")["pred_dice"]
     b = pd.read_csv(tmp_path / "b" / "slices.csv")["pred_dice"]
     pd.testing.assert_series_equal(a, b)
@@ -119,7 +119,7 @@ def test_corrupted_masks_score_worse_than_their_clean_version(calibration, prepp
     dirty = write_seg(prepped, tmp_path / "dirty.h5", severity=sev, seed=5)
     out = {}
     for name, seg in (("clean", clean), ("dirty", dirty)):
-        qc.run(QcConfig(plots=False), qc.Inputs(seg, tuple(fold_nvaes), path), tmp_path / name)
+        qc.run(QcConfig(plots=False, workers=1), qc.Inputs(seg, tuple(fold_nvaes), path), tmp_path / name)
         out[name] = pd.read_csv(tmp_path / name / "slices.csv")
     c, d = out["clean"], out["dirty"]
     hit = sev > 0
@@ -135,7 +135,10 @@ def test_corrupted_masks_score_worse_than_their_clean_version(calibration, prepp
 
 
 def test_qc_with_ground_truth_scores_itself_and_uses_held_out_nvaes(qc_seg, fold_nvaes, tmp_path):
-    res = qc.run(QcConfig(plots=True), qc.Inputs(qc_seg, tuple(fold_nvaes)), tmp_path / "q")
+    res = qc.run(QcConfig(plots=True, workers=2, batch_size=16), qc.Inputs(qc_seg, tuple(fold_nvaes)), tmp_path / "q")
+    qc.run(QcConfig(plots=False, workers=1, batch_size=50), qc.Inputs(qc_seg, tuple(fold_nvaes)), tmp_path / "q1")
+    a, b = (pd.read_csv(tmp_path / d / "slices.csv") for d in ("q", "q1"))
+    pd.testing.assert_frame_equal(a, b)  # worker processes and batch size change nothing
     s = res.summary
     assert s["nvae"]["held_out"] == {"yes": s["patients"]}
     slices = pd.read_csv(tmp_path / "q" / "slices.csv")

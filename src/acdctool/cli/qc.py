@@ -43,6 +43,7 @@ def qc(
     ),
     batch_size: int = typer.Option(_D.batch_size, "--batch-size", metavar="N", help="Slices per NVAE pass."),
     device: Device = typer.Option(Device(_D.device), "--device", help="auto: CUDA when available."),
+    workers: int = typer.Option(_D.workers, "--workers", metavar="N", help="Processes for the anatomical criteria."),
     plots: bool = typer.Option(_D.plots, "--plots/--no-plots", help="Write the figure qc_dice.png."),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json on stdout instead of the folder path."),
     force: bool = FORCE,
@@ -73,6 +74,7 @@ def qc(
         use_probs=probs,
         batch_size=batch_size,
         device=device.value,
+        workers=workers,
         plots=plots,
     )
     inputs = stage.Inputs(seg, tuple(nvae), calibration, provenance=provenance(seg, *nvae, calibration))

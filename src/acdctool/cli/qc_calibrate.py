@@ -50,6 +50,7 @@ def qc_calibrate(
     probs: bool = typer.Option(_D.use_probs, "--probs/--no-probs", help="Use the files' softmax 'probs'."),
     batch_size: int = typer.Option(_D.batch_size, "--batch-size", metavar="N", help="Slices per NVAE pass."),
     device: Device = typer.Option(Device(_D.device), "--device", help="auto: CUDA when available."),
+    workers: int = typer.Option(_D.workers, "--workers", metavar="N", help="Processes for the anatomical criteria."),
     oof: Path | None = typer.Option(
         None, "--oof", metavar="FILE", help="Also write the out-of-fold predictions per slice (.csv)."
     ),
@@ -80,6 +81,7 @@ def qc_calibrate(
         use_probs=probs,
         batch_size=batch_size,
         device=device.value,
+        workers=workers,
     )
     inputs = stage.Inputs(tuple(segs), tuple(nvae), provenance=provenance(*segs, *nvae))
     with reporter("qc-calibrate", quiet) as progress:

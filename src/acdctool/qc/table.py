@@ -10,7 +10,9 @@ patient (:mod:`.nvae`), the volume signals (:mod:`.volume`) and the uncalibrated
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +52,7 @@ def slice_table(
     band_px: int = 2,
     batch_size: int = 32,
     use_probs: bool = True,
+    workers: int = 1,
     progress: Progress | None = None,
 ) -> SliceTable:
     """All QC signals of every row of a file with ``pred`` masks.
@@ -60,6 +63,9 @@ def slice_table(
         band_px: half-width of the boundary band for ``entropy_band`` (px).
         batch_size: rows read and run through the NVAE at once.
         use_probs: compute the probability signals when the file has ``probs``.
+        workers: processes for the anatomical criteria (the slowest mask signal); with more
+            than one, they run beside the probability signals and the NVAE. The table does not
+            depend on it.
         progress: one event per batch (unit ``rows``).
 
     Returns:
@@ -77,37 +83,45 @@ def slice_table(
     spacing = f.spacing()
     has_probs, has_gt = use_probs and f.has("probs"), f.has("gt")
     assignment = bank.assign(index["patient"].to_numpy()) if bank is not None else None
-    parts: list[dict[str, np.ndarray]] = []
+    parts: list[tuple[signals.Columns, Future[signals.Columns] | None]] = []
     tracker = Tracker(progress, n, "rows")
-    # The NVAE runs in a second thread (torch releases the GIL) while this one computes the
-    # numpy signals of the same batch: on a CPU the two overlap on different cores.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        for start in range(0, n, batch_size):
-            rows = slice(start, min(start + batch_size, n))
-            masks = f.read("pred", rows)
-            try:
-                overlap.check_label_map(masks, 3, "pred")
-            except BadInputError as exc:
-                raise BadInputError(f"{f.path}: rows {rows.start}..{rows.stop - 1}: {exc}") from None
-            nvae_job = (
-                pool.submit(_nvae_columns, bank, assignment.model[rows], masks)
-                if bank is not None and assignment is not None
-                else None
-            )
-            try:
-                cols = signals.mask_signals(masks, spacing[rows])
-            except BadInputError as exc:
-                raise BadInputError(f"{f.path}: rows {rows.start}..{rows.stop - 1}: {exc}") from None
-            if has_probs:
-                px = spacing[rows, 0] * spacing[rows, 1]
-                cols.update(signals.prob_signals(f.read("probs", rows), masks, band_px, px))
-            if has_gt:
-                cols.update(signals.truth_columns(masks, f.read("gt", rows)))
-            if nvae_job is not None:
-                cols.update(nvae_job.result())
-            parts.append(cols)
-            tracker.advance(rows.stop - rows.start)
-    data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    # The NVAE runs in a second thread (torch releases the GIL) and the anatomical criteria in
+    # worker processes, while this thread reads the file and computes the probability signals.
+    procs = ProcessPoolExecutor(max_workers=workers) if workers > 1 and n > batch_size else None
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            for start in range(0, n, batch_size):
+                rows = slice(start, min(start + batch_size, n))
+                where = f"{f.path}: rows {rows.start}..{rows.stop - 1}"
+                masks = f.read("pred", rows)
+                with _context(where):
+                    overlap.check_label_map(masks, 3, "pred")
+                    overlap.check_spacings(spacing[rows], len(masks))
+                nvae_job = (
+                    pool.submit(_nvae_columns, bank, assignment.model[rows], masks)
+                    if bank is not None and assignment is not None
+                    else None
+                )
+                mask_job = procs.submit(signals.mask_signals, masks, spacing[rows]) if procs is not None else None
+                cols = signals.mask_signals(masks, spacing[rows]) if mask_job is None else {}
+                if has_probs:
+                    px = spacing[rows, 0] * spacing[rows, 1]
+                    cols.update(signals.prob_signals(f.read("probs", rows), masks, band_px, px))
+                if has_gt:
+                    cols.update(signals.truth_columns(masks, f.read("gt", rows)))
+                if nvae_job is not None:
+                    cols.update(nvae_job.result())
+                parts.append((cols, mask_job))
+                _bound_in_flight(parts, 4 * workers)
+                tracker.advance(rows.stop - rows.start)
+        for i, (cols, job) in enumerate(parts):
+            if job is not None:
+                parts[i] = ({**job.result(), **cols}, None)  # mask columns first, as without workers
+    finally:
+        if procs is not None:
+            procs.shutdown(cancel_futures=True)
+    columns = [cols for cols, _ in parts]
+    data = {k: np.concatenate([c[k] for c in columns]) for k in columns[0]}
     table = pd.concat([index[list(KEY_COLUMNS + _CARRIED)], pd.DataFrame(data)], axis=1)
     table = volume_signals(table)
     nvae: dict[str, Any] = {}
@@ -117,6 +131,21 @@ def slice_table(
         nvae = {"checkpoints": bank.info, **assignment.summary(bank, index)}
     table["risk"] = risk(table)
     return SliceTable(_ordered(table), has_probs, has_gt, nvae)
+
+
+@contextmanager
+def _context(where: str) -> Iterator[None]:
+    try:
+        yield
+    except BadInputError as exc:
+        raise BadInputError(f"{where}: {exc}") from None
+
+
+def _bound_in_flight(parts: list[tuple[signals.Columns, Future[signals.Columns] | None]], limit: int) -> None:
+    """Wait for the oldest worker results while more than ``limit`` are pending (bounds memory)."""
+    pending = [job for _, job in parts if job is not None and not job.done()]
+    for job in pending[: max(0, len(pending) - limit)]:
+        job.result()
 
 
 def _nvae_columns(bank: NvaeBank, which: np.ndarray, masks: np.ndarray) -> dict[str, np.ndarray]:

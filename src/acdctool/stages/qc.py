@@ -91,7 +91,14 @@ def run(
     notes: list[str] = []
     with SliceFile(seg) as f:
         bank = NvaeBank.load(inputs.nvae, f.shape[0], config.device) if inputs.nvae else None
-        st = slice_table(f, bank=bank, batch_size=config.batch_size, use_probs=config.use_probs, progress=progress)
+        st = slice_table(
+            f,
+            bank=bank,
+            batch_size=config.batch_size,
+            use_probs=config.use_probs,
+            workers=config.workers,
+            progress=progress,
+        )
         file_info = {"path": str(seg.resolve()), "kind": f.kind, "rows": len(f), "has_gt": st.has_gt}
     table = st.table
     calib_info: dict[str, Any] | None = None

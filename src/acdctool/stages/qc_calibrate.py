@@ -111,6 +111,7 @@ def run(
                 bank=bank,
                 batch_size=config.batch_size,
                 use_probs=config.use_probs,
+                workers=config.workers,
                 progress=None if progress is None else _phase(progress, path.name),
             )
             files.append({"path": str(path.resolve()), "sha256": file_sha256(path), "kind": f.kind, "rows": len(f)})
