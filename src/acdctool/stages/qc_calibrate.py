@@ -95,6 +95,8 @@ def run(
     srcs = (*segs, *inputs.nvae)
     check_output(Path(output), force, srcs)
     if oof_csv is not None:
+        if Path(oof_csv).resolve() == Path(output).resolve():
+            raise ConfigError(f"--oof {oof_csv}: the same path as the calibration file")
         check_output(Path(oof_csv), force, srcs)
     tables, files, probs_everywhere, bank, shape = [], [], True, None, None
     for i, path in enumerate(segs):
