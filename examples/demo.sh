@@ -37,7 +37,7 @@ acdctool make-3gram "$out/seg.h5" -o "$out/seg3.h5" --force -q
 
 say "train-nvae on ground-truth masks (small)"
 acdctool train-nvae "$out/slices.h5" --input gt --groups-per-scale 2,1,1 --latent-channels 10 \
-  --warmup-steps 100 --batch-size 16 --epochs "$nvae_epochs" -o "$out/runs/nvae" --force
+  --warmup-steps 100 --batch-size 16 --epochs "$nvae_epochs" --no-compile -o "$out/runs/nvae" --force
 
 say "refine: NVAE (anatomy-gated, 4 samples) and the morphological baseline"
 acdctool refine "$out/seg.h5" --nvae "$out/runs/nvae/best.pt" --samples 4 -o "$out/refined.h5" --force

@@ -43,6 +43,7 @@ class Roi(str, Enum):
 
     GT = "gt"
     CENTER = "center"
+    HEART = "heart"
 
 
 class MaskInterp(str, Enum):
@@ -64,6 +65,13 @@ class NvaeInput(str, Enum):
 
     GT = "gt"
     SEG = "seg"
+
+
+class Precision(str, Enum):
+    """``train-nvae --precision``: arithmetic of the forward pass."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
 
 
 class Context(str, Enum):
@@ -146,11 +154,13 @@ class PrepConfig:
     """Output in-plane size (px); the crop is square, so proportions are kept."""
     roi: str = Roi.GT.value
     """``gt``: square box around the ground-truth heart plus a margin; ``center``: a fixed
-    physical square (``roi_mm``) around the image centre (no ground truth needed)."""
+    physical square (``roi_mm``) around the image centre (no ground truth needed); ``heart``:
+    that square centred on the ground-truth heart, which ``predict`` reproduces without ground
+    truth (centred on the heart it segments; :mod:`acdctool.data.crop_rule`)."""
     margin: float = 0.25
     """``roi=gt``: margin added on each side, as a fraction of the heart's larger extent."""
     roi_mm: float = 200.0
-    """``roi=center``: side of the square crop in mm."""
+    """``roi=center`` and ``roi=heart``: side of the square crop in mm."""
     mask_interp: str = MaskInterp.SMOOTH.value
     """``smooth``: resize each label's one-hot channel linearly and take the argmax (keeps
     anatomy valid, SPEC §3); ``nearest``: nearest-neighbour on the label map."""
@@ -199,6 +209,11 @@ class EvalConfig:
     """Compute Hausdorff distance and HD95 (the slowest metric; off for quick looks)."""
     workers: int = 2
     """Processes for the per-slice metrics; the result is identical for any value."""
+    labels: str | None = None
+    """Native evaluation of NIfTI folders: label map of the predictions (a dataset.json or
+    ``RV=1,MYO=2,LV=3``); None: a dataset.json in (or above) the folder, else ACDC's coding."""
+    gt_labels: str | None = None
+    """Native evaluation: label map of the ground truth, as ``labels``."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.threshold < 1:
@@ -495,8 +510,12 @@ class TrainNvaeConfig:
     """Small rotations and zooms of the masks (no flips: a mirrored heart is not a plausible shape)."""
     seed: int = 0
     device: str = Device.AUTO.value
-    amp: bool = False
-    """bf16 autocast on CUDA (off by default: the KL terms are sensitive to precision)."""
+    precision: str = Precision.FP32.value
+    """``fp32``, or ``bf16``: bf16 autocast of the forward pass on CPU (AMX) and CUDA; the KL
+    and the loss stay fp32."""
+    compile: bool = True
+    """Compile the training step with ``torch.compile`` (minutes on the first step, then a
+    faster step); falls back to eager, with one line on stderr, where compilation fails."""
     workers: int = 0
     cache: bool = True
     tensorboard: bool = False
@@ -506,6 +525,7 @@ class TrainNvaeConfig:
     def __post_init__(self) -> None:
         check_choice("--input", self.input, NvaeInput)
         check_choice("--context", self.context, Context)
+        check_choice("--precision", self.precision, Precision)
         if len(self.groups_per_scale) != self.scales:
             raise ConfigError(f"--groups-per-scale has {len(self.groups_per_scale)} values for --scales {self.scales}")
         if len(self.betas) != self.scales:
@@ -519,3 +539,115 @@ class TrainNvaeConfig:
         if min(self.warmup_steps, self.lr_warmup_steps, self.workers) < 0 or self.weight_decay < 0:
             raise ConfigError("warm-up steps, --workers and --weight-decay must be >= 0")
         check_device(self.device)
+
+
+class ImportRoi(str, Enum):
+    """``import-seg --roi``: where the crop goes, without ground truth."""
+
+    PRED = "pred"
+    HEART = "heart"
+    CENTER = "center"
+
+
+@dataclass(frozen=True)
+class ImportSegConfig:
+    """Predictions made elsewhere (NIfTI) → a ``seg`` slice file (``acdctool import-seg``).
+
+    Crop, resize and normalisation follow prep (same defaults), but the crop is placed without
+    ground truth.
+    """
+
+    roi: str = ImportRoi.PRED.value
+    """``pred``: prep's ``--roi gt`` box placed around the *predicted* heart (the largest
+    component of the foreground of all frames and models of a patient), the crop NVAEs trained
+    on ``prep --roi gt`` expect; ``heart``: a
+    ``roi_mm`` square centred on the predicted heart; ``center``: at the image centre. An empty
+    prediction falls back to ``center``."""
+    margin: float = PrepConfig.margin
+    roi_mm: float = PrepConfig.roi_mm
+    size: int = PrepConfig.size
+    mask_interp: str = PrepConfig.mask_interp
+    low_percentile: float = PrepConfig.low_percentile
+    high_percentile: float = PrepConfig.high_percentile
+    labels: str | None = None
+    """Label map of the predictions: a ``dataset.json`` or ``RV=1,MYO=2,LV=3``; None: the
+    ``dataset.json`` in (or above) the predictions folder, else ACDC's coding."""
+    gt_labels: str | None = None
+    """Label map of the ground truth, as ``labels`` (searched beside the ground truth)."""
+    model: str = "pred"
+    """Model name of predictions whose file names carry none (``_pred``, ``_gt`` or no suffix)."""
+    allow_missing: bool = False
+    """Skip images without a prediction instead of failing."""
+    workers: int = PrepConfig.workers
+
+    def __post_init__(self) -> None:
+        check_choice("--roi", self.roi, ImportRoi)
+        check_choice("--mask-interp", self.mask_interp, MaskInterp)
+        PrepConfig(
+            size=self.size,
+            margin=self.margin,
+            roi_mm=self.roi_mm,
+            low_percentile=self.low_percentile,
+            high_percentile=self.high_percentile,
+            workers=self.workers,
+        )  # the same checks as prep
+        if not self.model or not all(ch.isalnum() or ch in "-." for ch in self.model):
+            raise ConfigError(f"--model-name must be letters, digits, '-' or '.', got {self.model!r}")
+
+    def prep_config(self) -> PrepConfig:
+        """The prep settings that crop, resize and normalise the same way."""
+        return PrepConfig(
+            size=self.size,
+            margin=self.margin,
+            roi_mm=self.roi_mm,
+            mask_interp=self.mask_interp,
+            low_percentile=self.low_percentile,
+            high_percentile=self.high_percentile,
+            workers=self.workers,
+        )
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Raw NIfTI images → masks in their original geometry (``acdctool predict``)."""
+
+    frames: tuple[int, ...] = ()
+    """4D cines: 1-based frames to segment; empty: every frame. 3D inputs ignore it."""
+    tta: bool = True
+    """Average the softmax over the 4 flips of each slice (none, rows, columns, both)."""
+    passes: int = 3
+    """``--roi heart`` models: most segmentations per patient while the crop is re-centred on the
+    predicted heart (pass 1 at the image centre)."""
+    min_agreement: float = RefineConfig.min_agreement
+    """Gate: least mean Dice between a correction and the net's mask (as ``refine``)."""
+    labels: str | None = None
+    """Label coding of the written masks: ``RV=1,MYO=2,LV=3`` style or a dataset.json; None: ACDC's."""
+    batch_size: int = GenSegConfig.batch_size
+    device: str = Device.AUTO.value
+    amp: bool = GenSegConfig.amp
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if any(f < 1 for f in self.frames):
+            raise ConfigError(f"--frames are 1-based, got {','.join(map(str, self.frames))}")
+        if self.passes < 1:
+            raise ConfigError(f"--passes must be >= 1, got {self.passes}")
+        if not 0 <= self.min_agreement <= 1:
+            raise ConfigError(f"--min-agreement must be within [0, 1], got {self.min_agreement}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        check_device(self.device)
+
+    def refine_config(self) -> RefineConfig:
+        """refine's settings for the NVAE candidates and the gate (its defaults otherwise)."""
+        return RefineConfig(
+            min_agreement=self.min_agreement, batch_size=self.batch_size, device=self.device, seed=self.seed
+        )
+
+
+@dataclass(frozen=True)
+class ExportModelConfig:
+    """A lean copy of a checkpoint for sharing and inference (``acdctool export-model``)."""
+
+    torchscript: bool = False
+    """Write a TorchScript module (seg models only) instead of an acdctool checkpoint."""

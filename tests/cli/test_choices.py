@@ -12,7 +12,19 @@ import typer
 from typer.testing import CliRunner
 
 from acdctool.cli.app import COMMANDS, app
-from acdctool.config import Arch, Context, Gate, LrSchedule, MaskInterp, Masks, Method, NvaeInput, Roi, choices
+from acdctool.config import (
+    Arch,
+    Context,
+    Gate,
+    ImportRoi,
+    LrSchedule,
+    MaskInterp,
+    Masks,
+    Method,
+    NvaeInput,
+    Roi,
+    choices,
+)
 from acdctool.conventions import Device
 
 runner = CliRunner()
@@ -34,6 +46,9 @@ CHOICES = {
     ("refine", "gate"): Gate,
     ("refine", "device"): Device,
     ("export", "array"): Masks,
+    ("import-seg", "roi"): ImportRoi,
+    ("import-seg", "mask_interp"): MaskInterp,
+    ("predict", "device"): Device,
     ("qc", "device"): Device,
     ("qc-calibrate", "device"): Device,
 }
@@ -50,6 +65,8 @@ BAD = [
     ["refine", "seg.h5", "-o", "r.h5", "--method", "nvea"],
     ["refine", "seg.h5", "-o", "r.h5", "--gate", "all"],
     ["export", "seg.h5", "--like", "ACDC", "-o", "nifti", "--array", "probs"],
+    ["import-seg", "preds", "--roi", "gt", "--images", "img", "-o", "seg.h5"],
+    ["predict", "img", "-m", "a.pt", "-o", "out", "--device", "tpu"],
     ["qc", "seg.h5", "-o", "qc", "--device", "gpu"],
 ]
 

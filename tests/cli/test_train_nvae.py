@@ -12,6 +12,7 @@ from acdctool.io.checkpoint import load_checkpoint
 
 runner = CliRunner()
 TINY = [
+    "--no-compile",
     "--stem-channels",
     "4",
     "--scales",
@@ -51,8 +52,10 @@ def test_gt_mode_trains_and_checkpoints(prepped, tmp_path):
     assert list(ck.config["betas"]) == [1.0, 1.0] and ck.data["input"] == "gt"
     metrics = pd.read_csv(run / "metrics.csv")
     assert len(metrics) == 2
-    for col in ("val_recon", "val_kl_scale0", "val_kl_scale1", "val_dice_lv", "val_valid_fraction"):
+    for col in ("val_recon", "val_kl_scale0", "val_kl_scale1", "val_dice_lv", "val_valid_fraction", "val_vdice_mean"):
         assert col in metrics and metrics[col].notna().all()
+    assert metrics.val_vdice_mean.between(0, 1).all()
+    assert ck.config["compile"] is False and ck.config["precision"] == "fp32"
     assert metrics.train_recon.iloc[1] < metrics.train_recon.iloc[0]  # it learns
 
 

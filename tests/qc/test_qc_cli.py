@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from qc_helpers import nvae_checkpoint, write_seg
 from typer.testing import CliRunner
 
 from acdctool.cli.app import app
@@ -85,9 +84,9 @@ def test_qc_with_hand_calibration_and_eval_scores_it(qc_seg, tmp_path):
     assert "QC (slices" in res.stderr
 
 
-def test_qc_exit_codes_for_bad_inputs(prepped, qc_seg, tmp_path):
-    nogt = write_seg(prepped, tmp_path / "noprobs.h5", probs=False)
-    n12 = nvae_checkpoint(tmp_path / "n12.pt", fold=None, folds={}, in_channels=12)
+def test_qc_exit_codes_for_bad_inputs(prepped, qc_seg, tmp_path, write_qc_seg, qc_nvae_checkpoint):
+    nogt = write_qc_seg(prepped, tmp_path / "noprobs.h5", probs=False)
+    n12 = qc_nvae_checkpoint(tmp_path / "n12.pt", fold=None, folds={}, in_channels=12)
     needs_nvae = hand_calibration(tmp_path / "nv.json", ["nvae_dice_mean"])
     needs_probs = hand_calibration(tmp_path / "pr.json", ["prob_dice_mean"])
     wrong_kind = tmp_path / "wrong.json"
@@ -110,8 +109,8 @@ def test_qc_exit_codes_for_bad_inputs(prepped, qc_seg, tmp_path):
         assert not args[args.index("-o") + 1].exists()  # nothing written on failure
 
 
-def test_qc_calibrate_exit_codes(prepped, qc_seg, tmp_path):
-    nogt = write_seg(prepped, tmp_path / "nogt.h5", gt=False)
+def test_qc_calibrate_exit_codes(prepped, qc_seg, tmp_path, write_qc_seg):
+    nogt = write_qc_seg(prepped, tmp_path / "nogt.h5", gt=False)
     cases = [
         (("qc-calibrate", nogt, "-o", tmp_path / "a.json"), 65, "no ground truth"),
         (("qc-calibrate", qc_seg, "--features", "mask,nvae", "-o", tmp_path / "b.json"), 2, "--nvae"),
@@ -137,8 +136,8 @@ def test_qc_calibrate_mask_only_then_qc(qc_seg, tmp_path):
     assert pd.read_csv(tmp_path / "qc" / "slices.csv")["pred_dice"].between(0, 1).all()
 
 
-def test_eval_qc_of_another_file_fails(prepped, qc_seg, tmp_path):
-    other = write_seg(prepped, tmp_path / "other.h5", seed=3)
+def test_eval_qc_of_another_file_fails(prepped, qc_seg, tmp_path, write_qc_seg):
+    other = write_qc_seg(prepped, tmp_path / "other.h5", seed=3)
     out = tmp_path / "qc"
     assert invoke("qc", other, "-o", out, "--no-plots", "-q").exit_code == 0
     with_row_less = pd.read_csv(out / "slices.csv").iloc[:-1]

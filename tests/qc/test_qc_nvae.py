@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from qc_helpers import nvae_checkpoint
 
 from acdctool.errors import BadInputError, FileKindError
 from acdctool.models.nvae import NVAE
@@ -39,11 +38,11 @@ def test_fused_model_reconstructs_like_the_model():
     assert model.training is False and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 
 
-def test_load_refuses_a_3gram_nvae_and_wrong_sizes(tmp_path):
-    p12 = nvae_checkpoint(tmp_path / "n12.pt", fold=None, folds={}, in_channels=12)
+def test_load_refuses_a_3gram_nvae_and_wrong_sizes(tmp_path, qc_nvae_checkpoint):
+    p12 = qc_nvae_checkpoint(tmp_path / "n12.pt", fold=None, folds={}, in_channels=12)
     with pytest.raises(BadInputError, match="3-gram NVAE"):
         load_nvae(p12, in_channels=4, image_size=64)
-    p4 = nvae_checkpoint(tmp_path / "n4.pt", fold=None, folds={})
+    p4 = qc_nvae_checkpoint(tmp_path / "n4.pt", fold=None, folds={})
     with pytest.raises(BadInputError, match="64×64"):
         load_nvae(p4, in_channels=4, image_size=128)
     loaded = load_nvae(p4, in_channels=4, image_size=64, device="cpu")

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from qc_helpers import write_seg
 
 from acdctool.config import QcCalibrateConfig, QcConfig
 from acdctool.errors import BadInputError, FileKindError, SchemaVersionError
@@ -30,8 +29,8 @@ def calibration(qc_seg, fold_nvaes, tmp_path_factory):
     return out, oof, res
 
 
-def test_qc_without_ground_truth_or_calibration(prepped, tmp_path):
-    seg = write_seg(prepped, tmp_path / "seg.h5", gt=False, probs=False)
+def test_qc_without_ground_truth_or_calibration(prepped, tmp_path, write_qc_seg):
+    seg = write_qc_seg(prepped, tmp_path / "seg.h5", gt=False, probs=False)
     res = qc.run(QcConfig(plots=True, workers=1), qc.Inputs(seg), tmp_path / "qc")
     d = tmp_path / "qc"
     assert sorted(p.name for p in d.iterdir()) == [
@@ -110,13 +109,13 @@ def test_calibration_round_trips_and_refuses_other_files(calibration, qc_seg, fo
         Calibration.load(tmp_path / "text.json")
 
 
-def test_corrupted_masks_score_worse_than_their_clean_version(calibration, prepped, fold_nvaes, tmp_path):
+def test_corrupted_masks_score_worse_than_their_clean_version(calibration, prepped, fold_nvaes, tmp_path, write_qc_seg):
     path, _, _ = calibration
     n = len(pd.read_csv(path.with_name("oof.csv")))
     sev = np.zeros(n)
     sev[::2] = 1.0  # every other slice badly corrupted (eroded structure + stray blob)
-    clean = write_seg(prepped, tmp_path / "clean.h5", severity=np.zeros(n), seed=5)
-    dirty = write_seg(prepped, tmp_path / "dirty.h5", severity=sev, seed=5)
+    clean = write_qc_seg(prepped, tmp_path / "clean.h5", severity=np.zeros(n), seed=5)
+    dirty = write_qc_seg(prepped, tmp_path / "dirty.h5", severity=sev, seed=5)
     out = {}
     for name, seg in (("clean", clean), ("dirty", dirty)):
         qc.run(QcConfig(plots=False, workers=1), qc.Inputs(seg, tuple(fold_nvaes), path), tmp_path / name)

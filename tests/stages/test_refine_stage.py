@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from acdctool.config import RefineConfig
+from acdctool.correct.morph import clean_slice
 from acdctool.metrics import anatomy, overlap
 from acdctool.stages.refine import closest_valid, gate
-from acdctool.stages.refine.morph import clean_slice
 
 
 def test_clean_slice_removes_fragments_and_fills_holes():
@@ -56,7 +56,7 @@ def _disc(size=32, myo=10, lv=6):
 def test_partial_edits_go_from_input_to_reconstruction():
     import torch
 
-    from acdctool.stages.refine.nvae_proposer import partial_edits
+    from acdctool.correct.nvae_proposer import partial_edits
 
     rng = np.random.default_rng(0)
     masks = torch.from_numpy(rng.integers(0, 4, (3, 16, 16)))

@@ -17,17 +17,34 @@ _D = EvalConfig()
 
 def eval_cmd(
     pred: Path = typer.Argument(
-        ..., metavar="PRED", help="Slice file to evaluate (prep, gen-seg, make-3gram or refine output)."
+        ...,
+        metavar="PRED",
+        help="Slice file to evaluate (any stage's output), or a folder of NIfTI masks (native resolution).",
     ),
     output: Path = typer.Option(..., "--output", "-o", metavar="DIR", help="Report folder to create."),
     gt: Path | None = typer.Option(
-        None, "--gt", metavar="FILE", help="Take ground truth from this file (rows matched by patient/phase/slice)."
+        None,
+        "--gt",
+        metavar="FILE|DIR",
+        help="Ground truth: a slice file (rows matched by patient/phase/slice), or a NIfTI folder for a PRED folder.",
     ),
     baseline: Path | None = typer.Option(
         None,
         "--baseline",
         metavar="FILE",
         help="Masks before the correction, e.g. the gen-seg file given to refine.",
+    ),
+    native: bool = typer.Option(
+        False, "--native", help="Slice file: export its masks and evaluate at native resolution (3D, mm)."
+    ),
+    like: Path | None = typer.Option(
+        None, "--like", metavar="ACDC_DIR", help="--native: the ACDC folder the file was prepped from."
+    ),
+    labels: str | None = typer.Option(
+        _D.labels, "--labels", metavar="JSON|SPEC", help="NIfTI masks: label map (dataset.json or RV=1,MYO=2,LV=3)."
+    ),
+    gt_labels: str | None = typer.Option(
+        _D.gt_labels, "--gt-labels", metavar="JSON|SPEC", help="NIfTI ground truth: label map (as --labels)."
     ),
     qc: Path | None = typer.Option(
         None, "--qc", metavar="DIR", help="QC folder of these masks (acdctool qc): score its predictions."
@@ -58,18 +75,31 @@ def eval_cmd(
     The terminal table shows each mean with the number of slices or volumes it covers;
     distances cover only those where both masks hold the structure.
 
+    At native resolution (a folder of NIfTI masks with --gt GT_DIR, or a slice file with
+    --native): the ACDC challenge's metrics per ED/ES volume (Dice, HD in mm from pixdim),
+    clinical indices and the 16 criteria per slice at the native spacing.
+
     \b
     Example:
       acdctool eval refined.h5 --baseline seg.h5 -o report/
+      acdctool eval nnunet_out/ --gt ACDC/training -o report-native/
+      acdctool eval refined.h5 --native --like ACDC/training -o report-n/
     """
     from acdctool.stages import eval as stage
 
     config = make_config(
-        EvalConfig, threshold=threshold, top_k=top_k, plots=plots, hausdorff=hausdorff, workers=workers
+        EvalConfig,
+        threshold=threshold,
+        top_k=top_k,
+        plots=plots,
+        hausdorff=hausdorff,
+        workers=workers,
+        labels=labels,
+        gt_labels=gt_labels,
     )
     if not quiet:
         err_console.print(f"evaluating {pred} ...")
-    inputs = stage.Inputs(pred, gt, baseline, qc, provenance=provenance(pred, gt, baseline, qc))
+    inputs = stage.Inputs(pred, gt, baseline, native, like, qc=qc, provenance=provenance(pred, gt, baseline, like, qc))
     with reporter("eval", quiet) as progress:
         result = call(stage.run, config, inputs, output, force=force, progress=progress)
     if not quiet:
@@ -107,6 +137,14 @@ def print_summary(s: dict[str, Any], overview: dict[str, Any]) -> None:
     table.add_row("HD mm (volume)", *(cell(v["hd_mm"][k], 2) for k in CLASSES), "")
     a = s["anatomy"]
     err_console.print(table)
+    for model, phases in (s.get("acdc") or {}).items():
+        for phase, m in phases.items():
+            err_console.print(
+                f"ACDC {model} {phase} ({m['n']} volumes): Dice "
+                + " ".join(f"{c.upper()} {_fmt(m['dice'][c], 3)}" for c in CLASSES)
+                + ", HD mm "
+                + " ".join(f"{c.upper()} {_fmt(m['hd_mm'][c], 1)}" for c in CLASSES)
+            )
     err_console.print(
         f"anatomically valid: {a['valid']}/{a['valid'] + a['invalid']} slices ({100 * (a['valid_fraction'] or 0):.1f}%)"
     )
@@ -129,3 +167,7 @@ def print_summary(s: dict[str, Any], overview: dict[str, Any]) -> None:
             f"(|Δ| > {c['threshold']}); mean Dice {c['dice_before']['mean']:.4f} → {c['dice_after']['mean']:.4f}; "
             f"invalid slices {c['invalid_before']} → {c['invalid_after']}"
         )
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import h5py
 import numpy as np
@@ -107,7 +108,7 @@ class SliceWriter:
         self._columns = {**INDEX_COLUMNS, **(columns or {})}
         self._rows: dict[str, list[Any]] = {c: [] for c in self._columns}
         self._n = 0
-        self._ctx = None
+        self._ctx: AbstractContextManager[Path] | None = None
         self._h5: h5py.File | None = None
 
     def __enter__(self) -> SliceWriter:
@@ -252,7 +253,8 @@ class SliceFile:
     @property
     def shape(self) -> tuple[int, int]:
         """In-plane (H, W) of every row, px."""
-        return tuple(self._h5["image"].shape[-2:])  # type: ignore[return-value]
+        rows, cols = self._h5["image"].shape[-2:]
+        return int(rows), int(cols)
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -357,3 +359,22 @@ class SliceFile:
             return None
         ds = self._h5["gt"]
         return int(sum(not ds[i].any() for i in range(ds.shape[0])))
+
+
+def volume_groups(index: pd.DataFrame) -> list[tuple[tuple[str, str, str], np.ndarray]]:
+    """The volumes of a slice index: ``((patient, phase, model), row numbers)`` sorted by key.
+
+    Row numbers are positions (``iloc``) ordered by slice position (a stable sort).
+
+    Example:
+        >>> index = pd.DataFrame({"patient": ["p1", "p1", "p0"], "phase": "ED", "model": "", "slice": [1, 0, 0]})
+        >>> [(key, rows.tolist()) for key, rows in volume_groups(index)]
+        [(('p0', 'ED', ''), [2]), (('p1', 'ED', ''), [1, 0])]
+    """
+    slices = index["slice"].to_numpy()
+    out = []
+    for key, rows in index.groupby(list(VOLUME_KEY), sort=True).indices.items():
+        patient, phase, model = cast(tuple[str, str, str], key)  # one value per VOLUME_KEY column
+        positions = np.asarray(rows, dtype=np.intp)
+        out.append(((patient, phase, model), positions[np.argsort(slices[positions], kind="stable")]))
+    return out

@@ -63,9 +63,9 @@ def _top(deltas: pd.DataFrame, k: int, ascending: bool) -> list[dict[str, Any]]:
         {
             "row": int(i),
             **{c: (r[c].item() if hasattr(r[c], "item") else r[c]) for c in ROW_KEY},
-            "before": float(r.dice_mean_before),
-            "after": float(r.dice_mean_after),
-            "delta": float(r.dice_mean_delta),
+            "before": float(r["dice_mean_before"]),
+            "after": float(r["dice_mean_after"]),
+            "delta": float(r["dice_mean_delta"]),
         }
-        for i, r in rows.iterrows()
+        for i, r in zip(rows.index.tolist(), rows.to_dict("records"), strict=True)
     ]

@@ -19,7 +19,7 @@ import pandas as pd
 
 from acdctool.config import EvalConfig, config_to_dict
 from acdctool.conventions import CLASSES, ROW_KEY, SLICE_KEY
-from acdctool.errors import BadInputError
+from acdctool.errors import BadInputError, ConfigError
 from acdctool.io.atomic import atomic_dir
 from acdctool.io.slices import SliceFile
 from acdctool.metrics import anatomy
@@ -62,6 +62,12 @@ class Inputs:
     baseline: Path | None = None
     """The masks before a correction (e.g. the gen-seg file given to refine), rows matched by
     patient/phase/slice/model; adds deltas, counts and figures."""
+    native: bool = False
+    """Evaluate a slice file at native resolution: its masks exported to NIfTI (through
+    ``like``, or the sources import-seg recorded) against the native ground truth. A ``pred``
+    folder is always evaluated at native resolution (against the ``gt`` folder)."""
+    like: Path | None = None
+    """``native``: the ACDC folder the slice file was prepped from (images and ``_gt`` masks)."""
     qc: Path | None = None
     """A QC folder of the same masks (``acdctool qc``): scores its predictions against the
     true Dice (AUC for slices < 0.8 and patients < 0.85, Spearman, MAE) in ``qc_scores.csv``."""
@@ -187,9 +193,19 @@ def run(
         BadInputError, FileKindError, SchemaVersionError, InputMissingError: bad inputs (nothing
             is written); OutputError: the folder exists without ``force``.
 
+    A folder of NIfTI masks (or ``inputs.native``) is evaluated at native resolution instead,
+    per 3D volume as the ACDC challenge does (:mod:`acdctool.stages._native_eval`).
+
     Example:
         >>> run(EvalConfig(), Inputs(Path("refined.h5"), baseline=Path("seg.h5")), Path("report"))  # doctest: +SKIP
+        >>> run(EvalConfig(), Inputs(Path("nnunet_out"), gt=Path("labelsTs")), Path("report"))  # doctest: +SKIP
     """
+    if inputs.native or Path(inputs.pred).is_dir():
+        if inputs.qc is not None:
+            raise ConfigError("--qc scores the QC of a slice file's rows: not with --native or a NIfTI folder")
+        from acdctool.stages._native_eval import run_native
+
+        return run_native(config, inputs, Path(output), force=force, progress=progress)
     pred_path, gt_path, baseline_path, out_dir = inputs.pred, inputs.gt, inputs.baseline, Path(output)
     qc_run = read_qc_dir(inputs.qc) if inputs.qc is not None else None
     after = load_predictions(pred_path, gt_path)

@@ -42,7 +42,7 @@ from acdctool.train.dist import DistContext
 
 __all__ = ["RESUMABLE", "Scheduler", "RunState", "train_entry", "check_resumable", "restore"]
 
-RESUMABLE = ("epochs", "device", "workers", "tensorboard", "cache", "amp")
+RESUMABLE = ("epochs", "device", "workers", "tensorboard", "cache", "amp", "precision", "compile")
 """Config fields that may change on ``--resume``; any other difference is refused."""
 
 

@@ -1,5 +1,6 @@
-"""NVAE candidates for ``refine``: the posterior-mean reconstruction, partial edits of the input
-towards it, optional samples, and their morphological clean-ups."""
+"""NVAE candidates for the anatomy gate (``refine``, ``predict --nvae``): the posterior-mean
+reconstruction, partial edits of the input towards it, optional samples, and their
+morphological clean-ups."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import torch
 
 from acdctool.config import RefineConfig
 from acdctool.conventions import resolve_device
+from acdctool.correct import morph
 from acdctool.data.loader import argmax_labels, one_hot
 from acdctool.errors import BadInputError
 from acdctool.io.checkpoint import file_sha256, load_checkpoint
-from acdctool.stages.refine import morph
 
 if TYPE_CHECKING:
     from acdctool.models.nvae import NVAE
@@ -28,7 +29,7 @@ class NvaeProposer:
     ``config.partial``, and ``config.samples`` decodings with temperature
     ``config.temperature`` from a generator seeded with ``config.seed``, so a run is
     reproducible. With ``config.polish`` each is also offered after
-    :func:`acdctool.stages.refine.morph.clean_batch`.
+    :func:`acdctool.correct.morph.clean_batch`.
     """
 
     def __init__(self, model: NVAE, device: torch.device, config: RefineConfig, info: dict[str, Any]):
