@@ -146,3 +146,5 @@ def test_eval_qc_of_another_file_fails(prepped, qc_seg, tmp_path, write_qc_seg):
     assert res.exit_code == 65 and "match" in res.stderr
     res = invoke("eval", qc_seg, "--qc", tmp_path / "nowhere", "-o", tmp_path / "r2", "--no-plots")
     assert res.exit_code == 66
+    res = invoke("eval", qc_seg, "--native", "--qc", out, "-o", tmp_path / "r3", "--no-plots")
+    assert res.exit_code == 2 and "--native" in res.stderr
