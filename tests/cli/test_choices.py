@@ -51,6 +51,8 @@ CHOICES = {
     ("import-seg", "roi"): ImportRoi,
     ("import-seg", "mask_interp"): MaskInterp,
     ("predict", "device"): Device,
+    ("qc", "device"): Device,
+    ("qc-calibrate", "device"): Device,
 }
 BAD = [
     ["prep", "ACDC", "-o", "x.h5", "--roi", "centre"],
@@ -68,6 +70,7 @@ BAD = [
     ["export", "seg.h5", "--like", "ACDC", "-o", "nifti", "--array", "probs"],
     ["import-seg", "preds", "--roi", "gt", "--images", "img", "-o", "seg.h5"],
     ["predict", "img", "-m", "a.pt", "-o", "out", "--device", "tpu"],
+    ["qc", "seg.h5", "-o", "qc", "--device", "gpu"],
 ]
 
 
