@@ -334,6 +334,81 @@ class RefineConfig:
             raise ConfigError("--method morph takes no --context or --samples (they are NVAE options)")
 
 
+class QcFeatures(str, Enum):
+    """``qc-calibrate --features``: which feature groups the QC model may use."""
+
+    MASK = "mask"
+    PROBS = "probs"
+    NVAE = "nvae"
+
+
+@dataclass(frozen=True)
+class QcConfig:
+    """Quality control without ground truth (``acdctool qc``)."""
+
+    flag_below: float = 0.8
+    """Flag slices whose predicted Dice is below this (uncalibrated: risk at least 1 − this)."""
+    flag_patient_below: float = 0.85
+    """Flag patients whose predicted Dice is below this (uncalibrated: mean risk at least 1 − this)."""
+    use_probs: bool = True
+    """Use the file's ``probs`` (entropy, margin, soft Dice) when it has them."""
+    batch_size: int = 32
+    """Slices per NVAE forward pass (and per read)."""
+    device: str = Device.AUTO.value
+    workers: int = 2
+    """Processes for the anatomical criteria, beside the NVAE and probability signals; the
+    result is identical for any value."""
+    plots: bool = True
+    """Write the figure (predicted vs true Dice with ground truth, else a histogram)."""
+
+    def __post_init__(self) -> None:
+        for name, value in (("--flag-below", self.flag_below), ("--flag-patient-below", self.flag_patient_below)):
+            if not 0 <= value <= 1:
+                raise ConfigError(f"{name} must be within [0, 1], got {value}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+        check_device(self.device)
+
+
+@dataclass(frozen=True)
+class QcCalibrateConfig:
+    """Fit the QC combination on files with ground truth, out of fold (``acdctool qc-calibrate``)."""
+
+    features: tuple[str, ...] = ()
+    """Feature groups the model may use (``mask``, ``probs``, ``nvae``); empty: all the
+    inputs provide (probs when every file has them, NVAE with ``--nvae``)."""
+    alpha: float = 1.0
+    """Ridge penalty on the standardised coefficients."""
+    slice_threshold: float = 0.8
+    """A slice with mean Dice below this is a bad one to detect (scores)."""
+    patient_threshold: float = 0.85
+    """A patient with mean Dice below this is a bad one to detect (scores)."""
+    use_probs: bool = True
+    batch_size: int = 32
+    device: str = Device.AUTO.value
+    workers: int = 2
+    """Processes for the anatomical criteria; the result is identical for any value."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+        for f in self.features:
+            check_choice("--features", f, QcFeatures)
+        if not self.alpha >= 0:
+            raise ConfigError(f"--alpha must be >= 0, got {self.alpha}")
+        for name, value in (
+            ("--slice-threshold", self.slice_threshold),
+            ("--patient-threshold", self.patient_threshold),
+        ):
+            if not 0 < value <= 1:
+                raise ConfigError(f"{name} must be within (0, 1], got {value}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        check_device(self.device)
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     """Masks back to NIfTI in the original geometry (``acdctool export``)."""

@@ -54,6 +54,8 @@ CHOICES = {
     ("import-seg", "mask_interp"): MaskInterp,
     ("predict", "device"): Device,
     ("predict", "choose"): Choose,
+    ("qc", "device"): Device,
+    ("qc-calibrate", "device"): Device,
 }
 BAD = [
     ["prep", "ACDC", "-o", "x.h5", "--roi", "centre"],
@@ -73,6 +75,7 @@ BAD = [
     ["import-seg", "preds", "--roi", "gt", "--images", "img", "-o", "seg.h5"],
     ["predict", "img", "-m", "a.pt", "-o", "out", "--device", "tpu"],
     ["predict", "img", "-m", "a.pt", "-o", "out", "--choose", "dice"],
+    ["qc", "seg.h5", "-o", "qc", "--device", "gpu"],
 ]
 
 

@@ -46,6 +46,9 @@ def eval_cmd(
     gt_labels: str | None = typer.Option(
         _D.gt_labels, "--gt-labels", metavar="JSON|SPEC", help="NIfTI ground truth: label map (as --labels)."
     ),
+    qc: Path | None = typer.Option(
+        None, "--qc", metavar="DIR", help="QC folder of these masks (acdctool qc): score its predictions."
+    ),
     threshold: float = typer.Option(
         _D.threshold,
         "--threshold",
@@ -76,7 +79,8 @@ def eval_cmd(
     and after.
 
     Writes slices.csv, volumes.csv, clinical.csv, summary.json and PNG figures (with
-    --baseline also comparison.csv, delta histogram, scatter and montages).
+    --baseline also comparison.csv, delta histogram, scatter and montages; with --qc
+    also qc_scores.csv: AUC for slices < 0.8 and patients < 0.85, Spearman, MAE).
 
     The terminal table shows each mean with the number of slices or volumes it covers;
     distances cover only those where both masks hold the structure.
@@ -106,7 +110,7 @@ def eval_cmd(
     )
     if not quiet:
         err_console.print(f"evaluating {pred} ...")
-    inputs = stage.Inputs(pred, gt, baseline, native, like, provenance=provenance(pred, gt, baseline, like))
+    inputs = stage.Inputs(pred, gt, baseline, native, like, qc=qc, provenance=provenance(pred, gt, baseline, like, qc))
     with reporter("eval", quiet) as progress:
         result = call(stage.run, config, inputs, output, force=force, progress=progress)
     if not quiet:
@@ -155,6 +159,18 @@ def print_summary(s: dict[str, Any], overview: dict[str, Any]) -> None:
     err_console.print(
         f"anatomically valid: {a['valid']}/{a['valid'] + a['invalid']} slices ({100 * (a['valid_fraction'] or 0):.1f}%)"
     )
+    q = s.get("qc")
+    if q:
+        for level in ("slice", "patient"):
+            sc = q[level]
+            head = f"QC ({level}s, {sc['n_bad']}/{sc['n']} below {sc['threshold']:g})"
+            if "predicted" in sc:
+                p = sc["predicted"]
+                err_console.print(
+                    f"{head}: predicted Dice AUC {p['auc']:.3f}, Spearman {p['spearman']:.3f}, MAE {p['mae']:.3f}"
+                )
+            else:
+                err_console.print(f"{head}: uncalibrated risk AUC {sc['signals']['risk']['auc']:.3f}")
     c = s.get("comparison")
     if c:
         print_comparison(c)
