@@ -49,6 +49,7 @@ class Roi(str, Enum):
 
     GT = "gt"
     CENTER = "center"
+    HEART = "heart"
 
 
 class MaskInterp(str, Enum):
@@ -79,6 +80,13 @@ class NvaeInput(str, Enum):
     SEG = "seg"
 
 
+class Precision(str, Enum):
+    """``train-nvae --precision``: arithmetic of the forward pass."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+
 class Context(str, Enum):
     """``train-nvae --context``, ``refine --context``: the current mask alone, or with its neighbours."""
 
@@ -98,6 +106,24 @@ class Gate(str, Enum):
 
     ANATOMY = "anatomy"
     NONE = "none"
+
+
+class Choose(str, Enum):
+    """``refine --choose``: how the gate ranks the valid candidates of an invalid slice."""
+
+    MASK = "mask"
+    SOFT_DICE = "soft-dice"
+    LOGLIK = "loglik"
+
+
+class Family(str, Enum):
+    """``refine --candidates``: the candidate families the gate may choose from."""
+
+    RECON = "recon"
+    PARTIAL = "partial"
+    STRUCTURE = "structure"
+    LATENT = "latent"
+    SAMPLES = "samples"
 
 
 def choices(enum: type[Enum]) -> tuple[str, ...]:
@@ -232,11 +258,13 @@ class PrepConfig:
     """Output in-plane size (px); the crop is square, so proportions are kept."""
     roi: str = Roi.GT.value
     """``gt``: square box around the ground-truth heart plus a margin; ``center``: a fixed
-    physical square (``roi_mm``) around the image centre (no ground truth needed)."""
+    physical square (``roi_mm``) around the image centre (no ground truth needed); ``heart``:
+    that square centred on the ground-truth heart, which ``predict`` reproduces without ground
+    truth (centred on the heart it segments; :mod:`acdctool.data.crop_rule`)."""
     margin: float = 0.25
     """``roi=gt``: margin added on each side, as a fraction of the heart's larger extent."""
     roi_mm: float = 200.0
-    """``roi=center``: side of the square crop in mm."""
+    """``roi=center`` and ``roi=heart``: side of the square crop in mm."""
     mask_interp: str = MaskInterp.SMOOTH.value
     """``smooth``: resize each label's one-hot channel linearly and take the argmax (keeps
     anatomy valid, SPEC §3); ``nearest``: nearest-neighbour on the label map."""
@@ -289,6 +317,9 @@ class EvalConfig:
 
     threshold: float = 0.01
     """With a baseline: a row improved (deteriorated) when its mean Dice rose (fell) by more."""
+    worse_threshold: float = 0.05
+    """With a baseline: also count slices better (worse) by more than this, in mean Dice and per
+    class (the harm a correction may do)."""
     top_k: int = 8
     """Rows shown in the montages of most improved / most deteriorated (or worst) slices."""
     plots: bool = True
@@ -297,6 +328,11 @@ class EvalConfig:
     """Compute Hausdorff distance and HD95 (the slowest metric; off for quick looks)."""
     workers: int = 2
     """Processes for the per-slice metrics; the result is identical for any value."""
+    labels: str | None = None
+    """Native evaluation of NIfTI folders: label map of the predictions (a dataset.json or
+    ``RV=1,MYO=2,LV=3``); None: a dataset.json in (or above) the folder, else ACDC's coding."""
+    gt_labels: str | None = None
+    """Native evaluation: label map of the ground truth, as ``labels``."""
 
     _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {"top_k": (0, 10_000), "workers": (1, 256)}
 
@@ -304,6 +340,8 @@ class EvalConfig:
         check_fields(self)
         if not 0 <= self.threshold < 1:
             raise ConfigError(f"--threshold must be within [0, 1), got {self.threshold}")
+        if not 0 <= self.worse_threshold < 1:
+            raise ConfigError(f"--worse-threshold must be within [0, 1), got {self.worse_threshold}")
         if self.top_k < 0:
             raise ConfigError(f"--top-k must be >= 0, got {self.top_k}")
         if self.workers < 1:
@@ -324,7 +362,7 @@ class NgramConfig:
 
 @dataclass(frozen=True)
 class RefineConfig:
-    """Correction of segmentations (``acdctool refine``)."""
+    """Correction of segmentations (``acdctool refine``); the rules are in :mod:`acdctool.stages.refine`."""
 
     method: str = Method.NVAE.value
     """``nvae``: NVAE reconstruction (needs ``--nvae``); ``morph``: per class, keep the largest
@@ -334,20 +372,42 @@ class RefineConfig:
     masks (12 channels, needs a make-3gram file and a 3-gram NVAE)."""
     gate: str = Gate.ANATOMY.value
     """``anatomy``: keep anatomically valid slices bit-identical, replace invalid ones by the
-    valid candidate closest (Dice) to the input; ``none``: replace every slice."""
+    valid candidate that agrees best with the segmentation (``choose``); ``none``: replace
+    every slice by the NVAE's posterior-mean reconstruction."""
+    choose: str = Choose.MASK.value
+    """How the gate ranks valid candidates: ``mask``, mean Dice with the input mask;
+    ``soft-dice``, expected Dice under the segmentation's softmax; ``loglik``, geometric mean
+    of the softmax probability of the candidate's labels (both need ``probs``: gen-seg
+    ``--save-probs``)."""
+    candidates: tuple[str, ...] = (
+        Family.RECON.value,
+        Family.PARTIAL.value,
+        Family.STRUCTURE.value,
+        Family.SAMPLES.value,
+    )
+    """Candidate families offered to the gate (:class:`Family` values): ``recon``,
+    ``partial``, ``structure``, ``latent``, ``samples`` (the last only with ``samples`` > 0).
+    ``latent`` is off by default: it costs one decoding per step and invalid slice."""
     partial: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5)
     """Partial edits offered to the gate: per threshold t, the input with only the pixels whose
     input label the NVAE gives a probability below t replaced by the NVAE's label (small t:
     small edits). Empty: whole reconstructions only."""
+    latent_steps: tuple[float, ...] = (0.25, 0.5, 0.75)
+    """Latent steps: per α, every latent group decoded at (1 − α) · posterior mean + α · prior
+    mean, a path from the input's own encoding (α = 0, the reconstruction) towards the NVAE's
+    mean shape (α = 1)."""
     samples: int = 0
     """Extra candidates decoded by sampling the posterior (on top of its mean), for the gate."""
     temperature: float = 0.7
     """Scale of the posterior standard deviations when sampling candidates."""
     min_agreement: float = 0.0
-    """Gate: a candidate must agree with the input at least this much (mean Dice) to replace it."""
+    """Gate: a candidate's score under ``choose`` (in [0, 1]) must be at least this to replace
+    the input."""
     polish: bool = True
-    """Also offer each NVAE candidate after the morphological clean-up (stray pixels removed,
-    holes filled) to the gate."""
+    """Also offer each NVAE candidate (not the per-structure edits) after the morphological
+    clean-up (stray pixels removed, holes filled) to the gate."""
+    allow_seen: bool = False
+    """Refine patients with an NVAE that trained on them (recorded per row); refused otherwise."""
     batch_size: int = 64
     device: str = Device.AUTO.value
     seed: int = 0
@@ -363,6 +423,11 @@ class RefineConfig:
         check_choice("--method", self.method, Method)
         check_choice("--context", self.context, Context)
         check_choice("--gate", self.gate, Gate)
+        check_choice("--choose", self.choose, Choose)
+        for family in self.candidates:
+            check_choice("--candidates", family, Family)
+        if not self.candidates:
+            raise ConfigError(f"--candidates needs at least one of {', '.join(choices(Family))}")
         check_device(self.device)
         if self.samples < 0 or self.batch_size < 1:
             raise ConfigError("--samples must be >= 0 and --batch-size >= 1")
@@ -372,8 +437,91 @@ class RefineConfig:
             raise ConfigError(f"--min-agreement must be within [0, 1], got {self.min_agreement}")
         if any(not 0 < t <= 1 for t in self.partial):
             raise ConfigError(f"--partial thresholds must be within (0, 1], got {','.join(map(str, self.partial))}")
+        if any(not 0 < a <= 1 for a in self.latent_steps):
+            raise ConfigError(f"--latent-steps must be within (0, 1], got {','.join(map(str, self.latent_steps))}")
         if self.method == Method.MORPH.value and (self.context != Context.NONE.value or self.samples):
             raise ConfigError("--method morph takes no --context or --samples (they are NVAE options)")
+
+
+class QcFeatures(str, Enum):
+    """``qc-calibrate --features``: which feature groups the QC model may use."""
+
+    MASK = "mask"
+    PROBS = "probs"
+    NVAE = "nvae"
+
+
+@dataclass(frozen=True)
+class QcConfig:
+    """Quality control without ground truth (``acdctool qc``)."""
+
+    flag_below: float = 0.8
+    """Flag slices whose predicted Dice is below this (uncalibrated: risk at least 1 − this)."""
+    flag_patient_below: float = 0.85
+    """Flag patients whose predicted Dice is below this (uncalibrated: mean risk at least 1 − this)."""
+    use_probs: bool = True
+    """Use the file's ``probs`` (entropy, margin, soft Dice) when it has them."""
+    batch_size: int = 32
+    """Slices per NVAE forward pass (and per read)."""
+    device: str = Device.AUTO.value
+    workers: int = 2
+    """Processes for the anatomical criteria, beside the NVAE and probability signals; the
+    result is identical for any value."""
+    plots: bool = True
+    """Write the figure (predicted vs true Dice with ground truth, else a histogram)."""
+
+    _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {"batch_size": (1, 65_536), "workers": (1, 256)}
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for name, value in (("--flag-below", self.flag_below), ("--flag-patient-below", self.flag_patient_below)):
+            if not 0 <= value <= 1:
+                raise ConfigError(f"{name} must be within [0, 1], got {value}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+        check_device(self.device)
+
+
+@dataclass(frozen=True)
+class QcCalibrateConfig:
+    """Fit the QC combination on files with ground truth, out of fold (``acdctool qc-calibrate``)."""
+
+    features: tuple[str, ...] = ()
+    """Feature groups the model may use (``mask``, ``probs``, ``nvae``); empty: all the
+    inputs provide (probs when every file has them, NVAE with ``--nvae``)."""
+    alpha: float = 1.0
+    """Ridge penalty on the standardised coefficients."""
+    slice_threshold: float = 0.8
+    """A slice with mean Dice below this is a bad one to detect (scores)."""
+    patient_threshold: float = 0.85
+    """A patient with mean Dice below this is a bad one to detect (scores)."""
+    use_probs: bool = True
+    batch_size: int = 32
+    device: str = Device.AUTO.value
+    workers: int = 2
+    """Processes for the anatomical criteria; the result is identical for any value."""
+
+    _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {"batch_size": (1, 65_536), "workers": (1, 256)}
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+        for f in self.features:
+            check_choice("--features", f, QcFeatures)
+        if not self.alpha >= 0:
+            raise ConfigError(f"--alpha must be >= 0, got {self.alpha}")
+        for name, value in (
+            ("--slice-threshold", self.slice_threshold),
+            ("--patient-threshold", self.patient_threshold),
+        ):
+            if not 0 < value <= 1:
+                raise ConfigError(f"{name} must be within (0, 1], got {value}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        check_device(self.device)
 
 
 @dataclass(frozen=True)
@@ -542,8 +690,12 @@ class TrainNvaeConfig:
     """Small rotations and zooms of the masks (no flips: a mirrored heart is not a plausible shape)."""
     seed: int = 0
     device: str = Device.AUTO.value
-    amp: bool = False
-    """bf16 autocast on CUDA (off by default: the KL terms are sensitive to precision)."""
+    precision: str = Precision.FP32.value
+    """``fp32``, or ``bf16``: bf16 autocast of the forward pass on CPU (AMX) and CUDA; the KL
+    and the loss stay fp32."""
+    compile: bool = True
+    """Compile the training step with ``torch.compile`` (minutes on the first step, then a
+    faster step); falls back to eager, with one line on stderr, where compilation fails."""
     workers: int = 0
     cache: bool = True
     tensorboard: bool = False
@@ -569,6 +721,7 @@ class TrainNvaeConfig:
         check_fields(self)
         check_choice("--input", self.input, NvaeInput)
         check_choice("--context", self.context, Context)
+        check_choice("--precision", self.precision, Precision)
         if len(self.groups_per_scale) != self.scales:
             raise ConfigError(f"--groups-per-scale has {len(self.groups_per_scale)} values for --scales {self.scales}")
         if len(self.betas) != self.scales:
@@ -582,3 +735,134 @@ class TrainNvaeConfig:
         if min(self.warmup_steps, self.lr_warmup_steps, self.workers) < 0 or self.weight_decay < 0:
             raise ConfigError("warm-up steps, --workers and --weight-decay must be >= 0")
         check_device(self.device)
+
+
+class ImportRoi(str, Enum):
+    """``import-seg --roi``: where the crop goes, without ground truth."""
+
+    PRED = "pred"
+    HEART = "heart"
+    CENTER = "center"
+
+
+@dataclass(frozen=True)
+class ImportSegConfig:
+    """Predictions made elsewhere (NIfTI) → a ``seg`` slice file (``acdctool import-seg``).
+
+    Crop, resize and normalisation follow prep (same defaults), but the crop is placed without
+    ground truth.
+    """
+
+    roi: str = ImportRoi.PRED.value
+    """``pred``: prep's ``--roi gt`` box placed around the *predicted* heart (the largest
+    component of the foreground of all frames and models of a patient), the crop NVAEs trained
+    on ``prep --roi gt`` expect; ``heart``: a
+    ``roi_mm`` square centred on the predicted heart; ``center``: at the image centre. An empty
+    prediction falls back to ``center``."""
+    margin: float = PrepConfig.margin
+    roi_mm: float = PrepConfig.roi_mm
+    size: int = PrepConfig.size
+    mask_interp: str = PrepConfig.mask_interp
+    low_percentile: float = PrepConfig.low_percentile
+    high_percentile: float = PrepConfig.high_percentile
+    labels: str | None = None
+    """Label map of the predictions: a ``dataset.json`` or ``RV=1,MYO=2,LV=3``; None: the
+    ``dataset.json`` in (or above) the predictions folder, else ACDC's coding."""
+    gt_labels: str | None = None
+    """Label map of the ground truth, as ``labels`` (searched beside the ground truth)."""
+    model: str = "pred"
+    """Model name of predictions whose file names carry none (``_pred``, ``_gt`` or no suffix)."""
+    allow_missing: bool = False
+    """Skip images without a prediction instead of failing."""
+    workers: int = PrepConfig.workers
+
+    _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {"size": (16, 1024), "workers": (1, 256)}
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        check_choice("--roi", self.roi, ImportRoi)
+        check_choice("--mask-interp", self.mask_interp, MaskInterp)
+        PrepConfig(
+            size=self.size,
+            margin=self.margin,
+            roi_mm=self.roi_mm,
+            low_percentile=self.low_percentile,
+            high_percentile=self.high_percentile,
+            workers=self.workers,
+        )  # the same checks as prep
+        if not self.model or not all(ch.isalnum() or ch in "-." for ch in self.model):
+            raise ConfigError(f"--model-name must be letters, digits, '-' or '.', got {self.model!r}")
+
+    def prep_config(self) -> PrepConfig:
+        """The prep settings that crop, resize and normalise the same way."""
+        return PrepConfig(
+            size=self.size,
+            margin=self.margin,
+            roi_mm=self.roi_mm,
+            mask_interp=self.mask_interp,
+            low_percentile=self.low_percentile,
+            high_percentile=self.high_percentile,
+            workers=self.workers,
+        )
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Raw NIfTI images → masks in their original geometry (``acdctool predict``)."""
+
+    frames: tuple[int, ...] = ()
+    """4D cines: 1-based frames to segment; empty: every frame. 3D inputs ignore it."""
+    tta: bool = True
+    """Average the softmax over the 4 flips of each slice (none, rows, columns, both)."""
+    passes: int = 3
+    """``--roi heart`` models: most segmentations per patient while the crop is re-centred on the
+    predicted heart (pass 1 at the image centre)."""
+    choose: str = RefineConfig.choose
+    """Gate: how valid candidates are ranked (as ``refine --choose``); ``soft-dice`` and
+    ``loglik`` use the ensemble's mean softmax."""
+    min_agreement: float = RefineConfig.min_agreement
+    """Gate: least score under ``choose`` for a correction to replace the net's mask (as ``refine``)."""
+    labels: str | None = None
+    """Label coding of the written masks: ``RV=1,MYO=2,LV=3`` style or a dataset.json; None: ACDC's."""
+    batch_size: int = GenSegConfig.batch_size
+    device: str = Device.AUTO.value
+    amp: bool = GenSegConfig.amp
+    seed: int = 0
+
+    _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
+        "frames": (1, 10_000),
+        "passes": (1, 100),
+        "batch_size": (1, 65_536),
+        "seed": (0, SEED_MAX),
+    }
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if any(f < 1 for f in self.frames):
+            raise ConfigError(f"--frames are 1-based, got {','.join(map(str, self.frames))}")
+        if self.passes < 1:
+            raise ConfigError(f"--passes must be >= 1, got {self.passes}")
+        check_choice("--choose", self.choose, Choose)
+        if not 0 <= self.min_agreement <= 1:
+            raise ConfigError(f"--min-agreement must be within [0, 1], got {self.min_agreement}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        check_device(self.device)
+
+    def refine_config(self) -> RefineConfig:
+        """refine's settings for the NVAE candidates and the gate (its defaults otherwise)."""
+        return RefineConfig(
+            choose=self.choose,
+            min_agreement=self.min_agreement,
+            batch_size=self.batch_size,
+            device=self.device,
+            seed=self.seed,
+        )
+
+
+@dataclass(frozen=True)
+class ExportModelConfig:
+    """A lean copy of a checkpoint for sharing and inference (``acdctool export-model``)."""
+
+    torchscript: bool = False
+    """Write a TorchScript module (seg models only) instead of an acdctool checkpoint."""

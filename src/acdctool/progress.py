@@ -38,6 +38,9 @@ class ProgressEvent:
             a new phase restarts ``done`` from 0.
         metrics: results of a phase, on the event that ends it (a training epoch's record:
             ``epoch``, ``train_loss``, ``val_dice_mean``, ..., ``time_s``, ``best``); else None.
+        message: a one-line note for the user (e.g. "torch.compile failed ...; continuing
+            without compilation"); such an event only carries the note: ``done``, ``total``,
+            ``unit`` and ``phase`` are to be ignored.
     """
 
     done: int
@@ -45,6 +48,7 @@ class ProgressEvent:
     unit: str = "items"
     phase: str = ""
     metrics: Mapping[str, Any] | None = None
+    message: str | None = None
 
 
 Progress = Callable[[ProgressEvent], None]

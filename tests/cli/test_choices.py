@@ -14,14 +14,17 @@ from typer.testing import CliRunner
 from acdctool.cli.app import COMMANDS, app
 from acdctool.config import (
     Arch,
+    Choose,
     Context,
     Gate,
+    ImportRoi,
     LrSchedule,
     MaskInterp,
     Masks,
     Method,
     NonFinite,
     NvaeInput,
+    Precision,
     Roi,
     choices,
 )
@@ -41,12 +44,20 @@ CHOICES = {
     ("train-nvae", "input"): NvaeInput,
     ("train-nvae", "context"): Context,
     ("train-nvae", "device"): Device,
+    ("train-nvae", "precision"): Precision,
     ("make-3gram", "source"): Masks,
     ("refine", "method"): Method,
     ("refine", "context"): Context,
     ("refine", "gate"): Gate,
+    ("refine", "choose"): Choose,
     ("refine", "device"): Device,
     ("export", "array"): Masks,
+    ("import-seg", "roi"): ImportRoi,
+    ("import-seg", "mask_interp"): MaskInterp,
+    ("predict", "device"): Device,
+    ("predict", "choose"): Choose,
+    ("qc", "device"): Device,
+    ("qc-calibrate", "device"): Device,
 }
 BAD = [
     ["prep", "ACDC", "-o", "x.h5", "--roi", "centre"],
@@ -58,10 +69,16 @@ BAD = [
     ["gen-seg", "s.h5", "-m", "a.pt", "-o", "seg.h5", "--device", "tpu"],
     ["train-nvae", "s.h5", "-o", "run", "--input", "pred"],
     ["train-nvae", "s.h5", "-o", "run", "--context", "2gram"],
+    ["train-nvae", "s.h5", "-o", "run", "--precision", "fp16"],
     ["make-3gram", "seg.h5", "-o", "s3.h5", "--source", "image"],
     ["refine", "seg.h5", "-o", "r.h5", "--method", "nvea"],
     ["refine", "seg.h5", "-o", "r.h5", "--gate", "all"],
+    ["refine", "seg.h5", "-o", "r.h5", "--choose", "dice"],
     ["export", "seg.h5", "--like", "ACDC", "-o", "nifti", "--array", "probs"],
+    ["import-seg", "preds", "--roi", "gt", "--images", "img", "-o", "seg.h5"],
+    ["predict", "img", "-m", "a.pt", "-o", "out", "--device", "tpu"],
+    ["predict", "img", "-m", "a.pt", "-o", "out", "--choose", "dice"],
+    ["qc", "seg.h5", "-o", "qc", "--device", "gpu"],
 ]
 
 

@@ -42,17 +42,17 @@ def test_export_refuses_wrong_folder(prepped, tmp_path):
     assert res.exit_code == 65 and not (tmp_path / "o").exists()
 
 
-def test_export_real_patient001(real_acdc, tmp_path):
+def test_export_real_patient001(acdc_dir, tmp_path):
     from acdctool.config import PrepConfig
     from acdctool.stages import prep
 
     h5 = tmp_path / "p1.h5"
-    prep.run(PrepConfig(), prep.Inputs(real_acdc / "patient001"), h5)
+    prep.run(PrepConfig(), prep.Inputs(acdc_dir / "patient001"), h5)
     out = tmp_path / "nifti"
-    res = runner.invoke(app, ["export", str(h5), "--like", str(real_acdc), "-o", str(out)])
+    res = runner.invoke(app, ["export", str(h5), "--like", str(acdc_dir), "-o", str(out)])
     assert res.exit_code == 0, res.output
     a = nib.load(out / "patient001_frame01_gt.nii.gz")
-    b = nib.load(real_acdc / "patient001" / "patient001_frame01_gt.nii.gz")
+    b = nib.load(acdc_dir / "patient001" / "patient001_frame01_gt.nii.gz")
     assert np.array_equal(a.affine, b.affine) and a.header.get_zooms() == b.header.get_zooms()
     scores = dice(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj))
     assert min(s.value for s in scores.values()) >= 0.95

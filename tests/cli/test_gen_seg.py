@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_train_seg import TINY, prepped_synth  # noqa: E402  (same directory; shared session data)
 from typer.testing import CliRunner
 
 from acdctool.cli.app import app
@@ -27,19 +26,19 @@ def _one_thread(one_thread):
 
 
 @pytest.fixture(scope="module")
-def slices(tmp_path_factory):
-    return prepped_synth(tmp_path_factory)
+def slices(seg_slices):
+    return seg_slices
 
 
 @pytest.fixture(scope="module")
-def ckpts(slices, tmp_path_factory):
+def ckpts(slices, tiny_seg_args, tmp_path_factory):
     """best.pt of unet and attunet for folds 0 and 1 (2 tiny epochs each)."""
     root = tmp_path_factory.mktemp("genseg-runs")
     out = {}
     for arch in ("unet", "attunet"):
         for fold in (0, 1):
             run = root / f"{arch}-f{fold}"
-            res = invoke("train-seg", slices, "-o", run, "--arch", arch, "--fold", fold, "--epochs", 2, *TINY)
+            res = invoke("train-seg", slices, "-o", run, "--arch", arch, "--fold", fold, "--epochs", 2, *tiny_seg_args)
             assert res.exit_code == 0, res.output
             out[arch, fold] = run / "best.pt"
     return out

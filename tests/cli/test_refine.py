@@ -57,39 +57,20 @@ def test_morph_refine_through_eval_baseline(seg_file_factory, tmp_path):
     assert c["invalid_after"] < c["invalid_before"] and c["improved"] > 3 * c["deteriorated"]
 
 
-def _tiny_nvae_checkpoint(path, in_channels=4, size=64):
-    from acdctool.io.checkpoint import save_checkpoint
-    from acdctool.models.nvae import NVAE
-
-    model = NVAE(
-        in_channels=in_channels, image_size=size, stem_channels=4, scales=2, groups_per_scale=(1, 1), latent_channels=4
-    )
-    save_checkpoint(
-        path,
-        kind="nvae-model",
-        model_name="nvae",
-        model_args=model.args,
-        state_dict=model.state_dict(),
-        config={},
-        data={"input": "gt"},
-    )
-    return path
-
-
-def test_nvae_refine_runs_and_is_reproducible(seg_file_factory, tmp_path):
+def test_nvae_refine_runs_and_is_reproducible(seg_file_factory, tmp_path, nvae_checkpoint_factory):
     seg = seg_file_factory(_add_stray_blobs())
-    ckpt = _tiny_nvae_checkpoint(tmp_path / "nvae.pt")
+    ckpt = nvae_checkpoint_factory(tmp_path / "nvae.pt")
     outs = []
     for name in ("a.h5", "b.h5"):
         res = invoke("refine", seg, "--nvae", ckpt, "-o", tmp_path / name, "--samples", 2, "--device", "cpu")
         assert res.exit_code == 0, res.output
         with SliceFile(tmp_path / name) as f:
             outs.append(f.read("pred"))
-            assert json.loads(f.attrs["config"])["nvae"]["args"]["in_channels"] == 4
+            assert json.loads(f.attrs["config"])["nvae"][0]["args"]["in_channels"] == 4
     np.testing.assert_array_equal(*outs)
 
 
-def test_bad_inputs(seg_file_factory, prepped, tmp_path):
+def test_bad_inputs(seg_file_factory, prepped, tmp_path, nvae_checkpoint_factory):
     seg = seg_file_factory(_add_stray_blobs())
     out = tmp_path / "r.h5"
     res = invoke("refine", prepped, "-o", out, "--method", "morph")
@@ -102,29 +83,29 @@ def test_bad_inputs(seg_file_factory, prepped, tmp_path):
     junk.write_bytes(b"\x00" * 100)
     res = invoke("refine", seg, "-o", out, "--nvae", junk)
     assert res.exit_code == 65, res.output
-    ckpt12 = _tiny_nvae_checkpoint(tmp_path / "nvae12.pt", in_channels=12)
+    ckpt12 = nvae_checkpoint_factory(tmp_path / "nvae12.pt", in_channels=12)
     res = invoke("refine", seg, "-o", out, "--nvae", ckpt12)
     assert res.exit_code == 65 and "3-gram NVAE" in res.stderr
-    ckpt128 = _tiny_nvae_checkpoint(tmp_path / "nvae128.pt", size=128)
+    ckpt128 = nvae_checkpoint_factory(tmp_path / "nvae128.pt", size=128)
     res = invoke("refine", seg, "-o", out, "--nvae", ckpt128)
     assert res.exit_code == 65 and "128×128" in res.stderr
     assert not out.exists()
 
 
-def test_3gram_context_refine(seg_file_factory, tmp_path):
+def test_3gram_context_refine(seg_file_factory, tmp_path, nvae_checkpoint_factory):
     seg = seg_file_factory(_add_stray_blobs())
     seg3 = tmp_path / "seg3.h5"
     assert invoke("make-3gram", seg, "-o", seg3).exit_code == 0
-    ckpt12 = _tiny_nvae_checkpoint(tmp_path / "nvae12.pt", in_channels=12)
+    ckpt12 = nvae_checkpoint_factory(tmp_path / "nvae12.pt", in_channels=12)
     res = invoke("refine", seg3, "--context", "3gram", "--nvae", ckpt12, "-o", tmp_path / "r.h5", "--device", "cpu")
     assert res.exit_code == 0, res.output
     with SliceFile(tmp_path / "r.h5") as f:
         assert len(f) == len(SliceFile(seg)) and "context" not in f.arrays
 
 
-def test_partial_option_parsing(seg_file_factory, tmp_path):
+def test_partial_option_parsing(seg_file_factory, tmp_path, nvae_checkpoint_factory):
     seg = seg_file_factory(_add_stray_blobs())
-    ckpt = _tiny_nvae_checkpoint(tmp_path / "nvae.pt")
+    ckpt = nvae_checkpoint_factory(tmp_path / "nvae.pt")
     res = invoke("refine", seg, "--nvae", ckpt, "-o", tmp_path / "x.h5", "--partial", "0.1,abc")
     assert res.exit_code == 2 and "--partial" in res.stderr and not (tmp_path / "x.h5").exists()
     res = invoke("refine", seg, "--nvae", ckpt, "-o", tmp_path / "x.h5", "--partial", "0.1,1.5")

@@ -20,25 +20,10 @@ from acdctool.io.checkpoint import file_sha256, load_checkpoint
 from acdctool.io.slices import SliceFile, SliceWriter
 
 runner = CliRunner()
-TINY = ["--net-arg", "channels=4,8,16", "--batch-size", "8", "--device", "cpu"]
 
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def prepped_synth(tmp_path_factory) -> Path:
-    """synth (10 training + 1 test patients) → prep at 64 px, 2 folds (5 patients each), no val split.
-
-    Built once per session under a fixed name, so the gen-seg tests reuse it.
-    """
-    out = tmp_path_factory.getbasetemp() / "segcli" / "slices.h5"
-    if not out.exists():
-        root = out.parent / "ACDC"
-        assert invoke("synth", root, "--patients", 10, "--test-patients", 1, "-q").exit_code == 0
-        res = invoke("prep", root, "-o", out, "--size", 64, "--folds", 2, "--val-fraction", 0, "--workers", 1, "-q")
-        assert res.exit_code == 0, res.output
-    return out
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,14 +32,14 @@ def _one_thread(one_thread):
 
 
 @pytest.fixture(scope="module")
-def slices(tmp_path_factory) -> Path:
-    return prepped_synth(tmp_path_factory)
+def slices(seg_slices) -> Path:
+    return seg_slices
 
 
 @pytest.fixture(scope="module")
-def fold0_run(slices, tmp_path_factory) -> Path:
+def fold0_run(slices, tmp_path_factory, tiny_seg_args) -> Path:
     run = tmp_path_factory.mktemp("runs") / "unet-f0"
-    res = invoke("train-seg", slices, "-o", run, "--fold", 0, "--epochs", 2, *TINY)
+    res = invoke("train-seg", slices, "-o", run, "--fold", 0, "--epochs", 2, *tiny_seg_args)
     assert res.exit_code == 0, res.output
     assert res.stdout.strip() == str(run)
     return run
@@ -81,23 +66,23 @@ def test_train_writes_self_describing_checkpoints(slices, fold0_run):
     assert best.metrics["val_dice_mean"] == max(r["val_dice_mean"] for r in ck.train["history"])
 
 
-def test_existing_run_folder_needs_resume_or_force(slices, fold0_run):
+def test_existing_run_folder_needs_resume_or_force(slices, fold0_run, tiny_seg_args):
     before = (fold0_run / "last.pt").stat().st_mtime_ns
-    res = invoke("train-seg", slices, "-o", fold0_run, "--fold", 0, "--epochs", 2, *TINY)
+    res = invoke("train-seg", slices, "-o", fold0_run, "--fold", 0, "--epochs", 2, *tiny_seg_args)
     assert res.exit_code == 73 and "--resume" in res.output
-    res = invoke("train-seg", slices, "-o", fold0_run, "--fold", 0, "--epochs", 2, "--resume", *TINY)
+    res = invoke("train-seg", slices, "-o", fold0_run, "--fold", 0, "--epochs", 2, "--resume", *tiny_seg_args)
     assert res.exit_code == 0 and "already trained" in res.output
     assert (fold0_run / "last.pt").stat().st_mtime_ns == before
 
 
-def test_resume_continues_to_more_epochs(slices, fold0_run, tmp_path):
+def test_resume_continues_to_more_epochs(slices, fold0_run, tmp_path, tiny_seg_args):
     run = tmp_path / "run"
     shutil.copytree(fold0_run, run)
-    res = invoke("train-seg", slices, "-o", run, "--fold", 0, "--epochs", 3, "--resume", *TINY)
+    res = invoke("train-seg", slices, "-o", run, "--fold", 0, "--epochs", 3, "--resume", *tiny_seg_args)
     assert res.exit_code == 0, res.output
     assert "epoch 3/3" in res.output and "epoch 1/3" not in res.output
     assert load_checkpoint(run / "last.pt").train["epoch"] == 3
-    res = invoke("train-seg", slices, "-o", run, "--fold", 0, "--epochs", 1, "--force", *TINY)
+    res = invoke("train-seg", slices, "-o", run, "--fold", 0, "--epochs", 1, "--force", *tiny_seg_args)
     assert res.exit_code == 0 and load_checkpoint(run / "last.pt").train["epoch"] == 1
 
 
@@ -133,7 +118,7 @@ def _without(slices: Path, out: Path, drop: str = "", nan_row: int | None = None
         ("seg-file", 65, "a 'seg' file"),
     ],
 )
-def test_bad_inputs_leave_nothing(slices, tmp_path, case, code, message):
+def test_bad_inputs_leave_nothing(slices, tmp_path, case, code, message, tiny_seg_args):
     run, src, extra = tmp_path / "run", slices, ["--fold", 0]
     if case == "no-gt":
         src = _without(slices, tmp_path / "nogt.h5", drop="gt")
@@ -168,19 +153,19 @@ def test_bad_inputs_leave_nothing(slices, tmp_path, case, code, message):
             arrays={"image": ("float32", ()), "gt": ("uint8", ())},
         ) as w:
             w.append(idx, image=image, gt=gt)
-    res = invoke("train-seg", src, "-o", run, "--epochs", 1, *TINY, *extra)
+    res = invoke("train-seg", src, "-o", run, "--epochs", 1, *tiny_seg_args, *extra)
     assert res.exit_code == code, res.output
     assert message in res.output and res.output.count("\n") <= 2
     assert not run.exists()
 
 
 @pytest.mark.slow
-def test_sigterm_saves_last_and_exits_143(slices, tmp_path):
+def test_sigterm_saves_last_and_exits_143(slices, tmp_path, tiny_seg_args):
     acdctool = shutil.which("acdctool")
     if acdctool is None:
         pytest.skip("acdctool entry point not on PATH")
     run = tmp_path / "run"
-    cmd = [acdctool, "train-seg", str(slices), "-o", str(run), "--fold", "0", "--epochs", "500", *TINY]
+    cmd = [acdctool, "train-seg", str(slices), "-o", str(run), "--fold", "0", "--epochs", "500", *tiny_seg_args]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1")
     )
@@ -194,6 +179,6 @@ def test_sigterm_saves_last_and_exits_143(slices, tmp_path):
     ck = load_checkpoint(run / "last.pt")
     done = ck.train["epoch"]
     assert 1 <= done < 500
-    res = invoke("train-seg", slices, "-o", run, "--fold", 0, "--epochs", done + 1, "--resume", *TINY)
+    res = invoke("train-seg", slices, "-o", run, "--fold", 0, "--epochs", done + 1, "--resume", *tiny_seg_args)
     assert res.exit_code == 0, res.output
     assert load_checkpoint(run / "last.pt").train["epoch"] == done + 1

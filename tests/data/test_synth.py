@@ -1,6 +1,6 @@
 """Synthetic ACDC phantoms in memory: Info.cfg text, physiology, geometry, image contrast.
 
-Writing them into an ACDC folder is the ``synth`` stage: ``tests/stages/test_synth.py``.
+Writing them into an ACDC folder is the ``synth`` stage: ``tests/stages/test_synth_stage.py``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from acdctool.config import SynthConfig
 from acdctool.conventions import GROUPS
 from acdctool.data.synth import Phantom, contraction, group_of, info_cfg_text, make_patient
 
-REAL_ACDC = Path(__file__).resolve().parents[3] / "shared" / "acdc"
-
 
 def _volume_ml(mask: np.ndarray, label: int, spacing: tuple[float, float, float]) -> float:
     return float((mask == label).sum() * np.prod(spacing) / 1000.0)
@@ -28,12 +26,15 @@ def cohort() -> list[Phantom]:
     return [make_patient(n, group_of(n), config) for n in range(1, 11)]
 
 
-def test_info_cfg_matches_real_file_style() -> None:
+def test_info_cfg_text() -> None:
     text = info_cfg_text({"ED": 1, "ES": 12, "Group": "DCM", "Height": 184.0, "NbFrame": 30, "Weight": 95.0})
     assert text == "ED: 1\nES: 12\nGroup: DCM\nHeight: 184.0\nNbFrame: 30\nWeight: 95.0\n"
-    real = REAL_ACDC / "training" / "patient001" / "Info.cfg"
-    if real.exists():
-        assert text == real.read_text()
+
+
+@pytest.mark.real
+def test_info_cfg_matches_real_file_style(acdc_dir: Path) -> None:
+    values = {"ED": 1, "ES": 12, "Group": "DCM", "Height": 184.0, "NbFrame": 30, "Weight": 95.0}  # patient001's
+    assert info_cfg_text(values) == (acdc_dir / "patient001" / "Info.cfg").read_text()
 
 
 def test_deterministic_and_seed_dependent() -> None:

@@ -78,7 +78,7 @@ def test_synth_headers_read_with_true_spacing(synth_root):
     assert frame.mask is not None and frame.mask.shape == frame.image.shape
 
 
-def test_real_patient001_spacing(real_acdc):
-    p = PatientRef("patient001", real_acdc / "patient001", "training")
+def test_real_patient001_spacing(acdc_dir):
+    p = PatientRef("patient001", acdc_dir / "patient001", "training")
     frame = load_frame(p, 1)
     assert frame.spacing == pytest.approx((1.5625, 1.5625, 10.0))

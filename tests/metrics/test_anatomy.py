@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from skimage.morphology import convex_hull_image
@@ -279,17 +277,13 @@ def test_batch_bad_spacings_and_missing_values_raise():
         failed_criteria({"holes_in_lv": 0.0})
 
 
-ACDC = Path(__file__).resolve().parents[2].parent / "shared" / "acdc" / "training"
-
-
 @pytest.mark.real
-@pytest.mark.skipif(not (ACDC / "patient010").is_dir(), reason="real ACDC data absent")
-def test_real_acdc_ground_truth_validity_matches_the_reference_code():
+def test_real_acdc_ground_truth_validity_matches_the_reference_code(acdc_dir):
     # Patients 001-010 at native resolution: the published criteria code (vitalab/vital) finds
     # exactly two invalid slices among the 202, both basal (patient003, slice 0, ED and ES).
     nib = pytest.importorskip("nibabel")
     invalid, total = [], 0
-    for path in sorted(ACDC.glob("patient0[01][0-9]/*_gt.nii.gz")):
+    for path in sorted(acdc_dir.glob("patient0[01][0-9]/*_gt.nii.gz")):
         if int(path.name[7:10]) > 10:
             continue
         img = nib.load(path)

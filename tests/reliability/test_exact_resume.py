@@ -11,15 +11,25 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliability_helpers import ENV, acdctool_cmd
 
 from acdctool.config import TrainNvaeConfig, TrainSegConfig
 from acdctool.io.checkpoint import load_checkpoint
 from acdctool.stages import train_nvae, train_seg
 
 UNET = TrainSegConfig(net_args=("channels=4,8,16", "dropout=0.2"), fold=0, epochs=2, batch_size=2, device="cpu")
-NVAE = TrainNvaeConfig(stem_channels=4, scales=2, groups_per_scale=(1, 1), latent_channels=4, betas=(1.0, 1.0),
-                       warmup_steps=10, batch_size=2, epochs=2, fold=0, device="cpu", sr_weight=1e-2)  # fmt: skip
+NVAE = TrainNvaeConfig(
+    stem_channels=4,
+    scales=2,
+    groups_per_scale=(1, 1),
+    latent_channels=4,
+    betas=(1.0, 1.0),
+    warmup_steps=10,
+    batch_size=2,
+    epochs=2,
+    fold=0,
+    device="cpu",
+    sr_weight=1e-2,
+)
 STAGES = {"unet": (train_seg, UNET), "nvae": (train_nvae, NVAE)}
 
 
@@ -53,7 +63,7 @@ def test_mid_epoch_resume_is_bit_identical(name, small, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["unet", "nvae"])
-def test_resume_in_a_new_process_is_bit_identical(name, small, tmp_path):
+def test_resume_in_a_new_process_is_bit_identical(rh, name, small, tmp_path):
     """What a preempted job does: the resume runs in a fresh `acdctool` process."""
     full = _run(name, small, tmp_path / "full")
     part = _run(name, small, tmp_path / "part", should_stop=lambda e, s: (e, s) == (1, 1))
@@ -61,11 +71,40 @@ def test_resume_in_a_new_process_is_bit_identical(name, small, tmp_path):
     if name == "unet":
         opts = ["train-seg", small, "--net-arg", "channels=4,8,16", "--net-arg", "dropout=0.2"]
     else:
-        opts = ["train-nvae", small, "--stem-channels", 4, "--scales", 2, "--groups-per-scale", "1,1",
-                "--latent-channels", 4, "--beta", "1,1", "--warmup-steps", 10, "--sr-weight", 0.01]  # fmt: skip
-    argv = acdctool_cmd(*opts, "-o", tmp_path / "part", "--fold", 0, "--epochs", 2, "--batch-size", 2,
-                        "--device", "cpu", "--resume", "-q")  # fmt: skip
-    res = subprocess.run(argv, capture_output=True, text=True, env=ENV)
+        opts = [
+            "train-nvae",
+            small,
+            "--stem-channels",
+            4,
+            "--scales",
+            2,
+            "--groups-per-scale",
+            "1,1",
+            "--latent-channels",
+            4,
+            "--beta",
+            "1,1",
+            "--warmup-steps",
+            10,
+            "--sr-weight",
+            0.01,
+        ]
+    argv = rh.acdctool_cmd(
+        *opts,
+        "-o",
+        tmp_path / "part",
+        "--fold",
+        0,
+        "--epochs",
+        2,
+        "--batch-size",
+        2,
+        "--device",
+        "cpu",
+        "--resume",
+        "-q",
+    )
+    res = subprocess.run(argv, capture_output=True, text=True, env=rh.ENV)
     assert res.returncode == 0, res.stderr
     assert_same_final_state(tmp_path / "full" / "last.pt", tmp_path / "part" / "last.pt")
 

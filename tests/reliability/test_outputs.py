@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-from reliability_helpers import temps, tree_hash, unet_checkpoint
 from typer.testing import CliRunner
 
 from acdctool.cli.app import app
@@ -51,66 +50,66 @@ def test_overlap_of_files_and_folders(tmp_path):
     check_overlap(tmp_path / "elsewhere.h5", [src, acdc, None, tmp_path / "missing.h5"])
 
 
-def test_eval_report_folder_holding_its_input_is_refused(seg_file_factory, tmp_path):
+def test_eval_report_folder_holding_its_input_is_refused(rh, seg_file_factory, tmp_path):
     """`eval x/refined.h5 -o x --force` deleted its input."""
     (tmp_path / "x").mkdir()
     src = seg_file_factory(lambda gt, idx: gt, name="x/refined.h5")
-    before = tree_hash(tmp_path / "x")
+    before = rh.tree_hash(tmp_path / "x")
     res = invoke("eval", src, "-o", tmp_path / "x", "--force", "--no-plots", "-q")
     assert res.exit_code == EX_CANTCREAT and "holds the input" in res.output, res.output
-    assert tree_hash(tmp_path / "x") == before and not temps(tmp_path)
+    assert rh.tree_hash(tmp_path / "x") == before and not rh.temps(tmp_path)
 
 
-def test_export_refuses_to_replace_the_like_folder(seg_file_factory, synth_root, tmp_path):
+def test_export_refuses_to_replace_the_like_folder(rh, seg_file_factory, synth_root, tmp_path):
     """`export seg.h5 --like ACDC -o ACDC --force` replaced the ACDC folder."""
     acdc = tmp_path / "ACDC"
     shutil.copytree(synth_root / "training", acdc)
     seg = seg_file_factory(lambda gt, idx: gt)
-    before = tree_hash(acdc)
+    before = rh.tree_hash(acdc)
     for out in (acdc, acdc / "patient001"):
         res = invoke("export", seg, "--like", acdc, "-o", out, "--force", "-q")
         assert res.exit_code == EX_CANTCREAT, res.output
-    assert tree_hash(acdc) == before and not temps(tmp_path)
+    assert rh.tree_hash(acdc) == before and not rh.temps(tmp_path)
 
 
-def test_prep_refuses_to_overwrite_an_input_nifti(acdc_copy, tmp_path):
+def test_prep_refuses_to_overwrite_an_input_nifti(rh, acdc_copy, tmp_path):
     """`prep -o <an input NIfTI> --force` overwrote it."""
     target = acdc_copy / "patient001" / "patient001_frame01.nii.gz"
-    before = tree_hash(acdc_copy)
+    before = rh.tree_hash(acdc_copy)
     res = invoke("prep", acdc_copy, "-o", target, "--force", "-q")
     assert res.exit_code == EX_CANTCREAT and "inside the input folder" in res.output, res.output
-    assert tree_hash(acdc_copy) == before and not temps(acdc_copy)
+    assert rh.tree_hash(acdc_copy) == before and not rh.temps(acdc_copy)
 
 
-def test_gen_seg_refuses_to_overwrite_its_model(prepped, tmp_path):
+def test_gen_seg_refuses_to_overwrite_its_model(rh, prepped, tmp_path):
     """`gen-seg -o <its --model> --force` overwrote the model."""
-    model = unet_checkpoint(tmp_path / "run" / "best.pt", prepped, fold=0)
-    before = tree_hash(model)
+    model = rh.unet_checkpoint(tmp_path / "run" / "best.pt", prepped, fold=0)
+    before = rh.tree_hash(model)
     res = invoke("gen-seg", prepped, "-m", model, "-o", model, "--force", "--device", "cpu", "-q")
     assert res.exit_code == EX_CANTCREAT and "is also an input" in res.output, res.output
-    assert tree_hash(model) == before and not temps(tmp_path)
+    assert rh.tree_hash(model) == before and not rh.temps(tmp_path)
 
 
-def test_a_folder_that_appears_during_the_run_is_never_replaced(tmp_path):
+def test_a_folder_that_appears_during_the_run_is_never_replaced(rh, tmp_path):
     out = tmp_path / "report"
     with pytest.raises(OutputError, match="appeared while writing"):
         with atomic_dir(out) as tmp:
             (tmp / "new.csv").write_text("new")
             out.mkdir()  # another process made it meanwhile
             (out / "theirs.csv").write_text("theirs")
-    assert sorted(p.name for p in out.iterdir()) == ["theirs.csv"] and not temps(tmp_path)
+    assert sorted(p.name for p in out.iterdir()) == ["theirs.csv"] and not rh.temps(tmp_path)
     with atomic_dir(out, force=True) as tmp:  # with --force it is replaced, in one swap
         (tmp / "new.csv").write_text("new")
-    assert sorted(p.name for p in out.iterdir()) == ["new.csv"] and not temps(tmp_path)
+    assert sorted(p.name for p in out.iterdir()) == ["new.csv"] and not rh.temps(tmp_path)
 
 
-def test_a_file_that_appears_during_the_run_is_never_replaced(tmp_path):
+def test_a_file_that_appears_during_the_run_is_never_replaced(rh, tmp_path):
     out = tmp_path / "seg.h5"
     with pytest.raises(OutputError, match="appeared while writing"):
         with atomic_path(out) as tmp:
             tmp.write_text("new")
             out.write_text("theirs")
-    assert out.read_text() == "theirs" and not temps(tmp_path)
+    assert out.read_text() == "theirs" and not rh.temps(tmp_path)
 
 
 def test_temps_of_killed_processes_are_removed_by_the_next_write(tmp_path):
@@ -139,7 +138,7 @@ def test_temps_of_killed_processes_are_removed_by_the_next_write(tmp_path):
         live.wait()
 
 
-def test_full_disk_is_one_line_and_leaves_nothing(seg_file_factory, tmp_path, monkeypatch):
+def test_full_disk_is_one_line_and_leaves_nothing(rh, seg_file_factory, tmp_path, monkeypatch):
     """ENOSPC while writing: a clean OutputError (exit 73), no temp, no traceback."""
     from acdctool.io import slices
 
@@ -152,7 +151,7 @@ def test_full_disk_is_one_line_and_leaves_nothing(seg_file_factory, tmp_path, mo
     res = invoke("refine", seg, "--method", "morph", "-o", tmp_path / "r.h5", "-q")
     assert res.exit_code == EX_CANTCREAT, res.output
     assert "no space left on device" in res.output and res.output.count("\n") == 1
-    assert not (tmp_path / "r.h5").exists() and not temps(tmp_path)
+    assert not (tmp_path / "r.h5").exists() and not rh.temps(tmp_path)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root")
@@ -180,7 +179,7 @@ def test_full_disk_on_a_real_tiny_file_system(prepped, tmp_path):
         subprocess.run(["umount", str(full)])
 
 
-def test_checkpoint_save_on_a_full_disk(tmp_path, monkeypatch):
+def test_checkpoint_save_on_a_full_disk(rh, tmp_path, monkeypatch):
     import torch
 
     from acdctool.io import checkpoint
@@ -201,4 +200,4 @@ def test_checkpoint_save_on_a_full_disk(tmp_path, monkeypatch):
             config={},
             data={},
         )
-    assert previous.read_bytes() == b"previous checkpoint" and not temps(tmp_path)
+    assert previous.read_bytes() == b"previous checkpoint" and not rh.temps(tmp_path)

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from reliability_helpers import TINY, acdctool_cmd, popen, tree_hash
 
 from acdctool.config import TrainSegConfig
 from acdctool.errors import EX_CANTCREAT, OutputError, TrainingDivergedError
@@ -21,6 +20,7 @@ from acdctool.io.locks import HOST, FolderLock
 from acdctool.stages import train_seg
 from acdctool.train.run_dir import BACKUP, RUN_FILES, prepare_run_dir
 
+TINY = ("channels=4,8,16",)
 CFG = TrainSegConfig(net_args=TINY, fold=0, epochs=1, batch_size=8, device="cpu", augment=False)
 
 
@@ -45,10 +45,16 @@ def test_a_second_process_on_a_run_folder_is_refused(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from acdctool.io.locks import FolderLock;"
-         "FolderLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(60)", str(run)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from acdctool.io.locks import FolderLock;"
+            "FolderLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(60)",
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(OutputError, match=f"in use by PID {holder.pid} on {HOST}"):
@@ -67,11 +73,26 @@ def test_a_second_process_on_a_run_folder_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_concurrent_train_seg_one_is_refused(prepped, tmp_path):
+def test_two_concurrent_train_seg_one_is_refused(rh, prepped, tmp_path):
     """Two train-seg on one new folder both printed "done" and one result was lost."""
-    argv = acdctool_cmd("train-seg", prepped, "-o", "run", "--fold", 0, "--epochs", 500, "--net-arg", TINY[0],
-                        "--batch-size", 8, "--device", "cpu", "-q")  # fmt: skip
-    first = popen(argv, tmp_path)
+    argv = rh.acdctool_cmd(
+        "train-seg",
+        prepped,
+        "-o",
+        "run",
+        "--fold",
+        0,
+        "--epochs",
+        500,
+        "--net-arg",
+        rh.TINY[0],
+        "--batch-size",
+        8,
+        "--device",
+        "cpu",
+        "-q",
+    )
+    first = rh.popen(argv, tmp_path)
     deadline = time.time() + 120
     while not (tmp_path / "run" / "metrics.csv").exists() and time.time() < deadline and first.poll() is None:
         time.sleep(0.1)
@@ -84,13 +105,13 @@ def test_two_concurrent_train_seg_one_is_refused(prepped, tmp_path):
     assert not (tmp_path / "run" / ".lock").exists()
 
 
-def test_a_forced_run_that_fails_keeps_the_previous_run(prepped, previous_run, tmp_path):
+def test_a_forced_run_that_fails_keeps_the_previous_run(rh, prepped, previous_run, tmp_path):
     """--force deleted best.pt/last.pt first, and a run that then failed left an empty folder."""
     run = _copy(previous_run, tmp_path / "run")
-    before = tree_hash(run)
+    before = rh.tree_hash(run)
     with pytest.raises(TrainingDivergedError):
         _train(prepped, run, force=True, config={"lr": 1e30})
-    assert tree_hash(run) == before and not (run / BACKUP).exists() and not (run / ".lock").exists()
+    assert rh.tree_hash(run) == before and not (run / BACKUP).exists() and not (run / ".lock").exists()
 
 
 def test_a_forced_run_replaces_the_previous_only_after_its_first_checkpoint(prepped, previous_run, tmp_path):
@@ -109,9 +130,9 @@ def test_a_forced_run_replaces_the_previous_only_after_its_first_checkpoint(prep
     assert load_checkpoint(run / "last.pt").train["step"] == 1
 
 
-def test_a_killed_forced_run_is_undone_by_the_next_command(previous_run, tmp_path):
+def test_a_killed_forced_run_is_undone_by_the_next_command(rh, previous_run, tmp_path):
     run = _copy(previous_run, tmp_path / "run")
-    before = tree_hash(run)
+    before = rh.tree_hash(run)
     folder = prepare_run_dir(run, resume=False, force=True)
     assert folder.backup is not None and not (run / "last.pt").exists()
     (run / "best.pt").write_bytes(b"half a new run")  # what the killed run got to write
@@ -122,7 +143,7 @@ def test_a_killed_forced_run_is_undone_by_the_next_command(previous_run, tmp_pat
         assert again.resume_from == run / "last.pt"
     finally:
         again.release()
-    assert tree_hash(run) == before
+    assert rh.tree_hash(run) == before
 
 
 def test_a_stale_lock_file_of_a_dead_process_is_taken_over(previous_run, tmp_path):
@@ -136,10 +157,10 @@ def test_a_stale_lock_file_of_a_dead_process_is_taken_over(previous_run, tmp_pat
     assert f"stale lock of PID {dead.pid}" in folder.notes[0]
 
 
-def test_run_files_may_not_be_inputs(prepped, tmp_path):
+def test_run_files_may_not_be_inputs(rh, prepped, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(prepped, run / "last.pt")  # the slice file, under a run file's name
     with pytest.raises(OutputError, match="is also an input"):
         _train(run / "last.pt", run, force=True)
-    assert tree_hash(run / "last.pt") == tree_hash(prepped)
+    assert rh.tree_hash(run / "last.pt") == rh.tree_hash(prepped)

@@ -10,7 +10,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from reliability_helpers import nvae_checkpoint, unet_checkpoint
 from typer.testing import CliRunner
 
 from acdctool.cli.app import app
@@ -74,9 +73,9 @@ def test_a_corrupt_chunk_names_the_file_and_the_row(prepped, tmp_path):
     assert res.exit_code == EX_DATAERR and "is corrupt at row 4" in res.output and res.output.count("\n") == 1
 
 
-def test_a_flipped_weight_is_refused_by_its_checksum(prepped, tmp_path):
+def test_a_flipped_weight_is_refused_by_its_checksum(rh, prepped, tmp_path):
     """A flipped weight loaded silently and produced 3.7e37 logits."""
-    path = unet_checkpoint(tmp_path / "m.pt", prepped)
+    path = rh.unet_checkpoint(tmp_path / "m.pt", prepped)
     raw = torch.load(path, weights_only=True)
     assert raw["schema_version"] == SCHEMA_VERSION == 2 and raw["weights_sha256"] == weights_sha256(raw["state_dict"])
     key = next(k for k, v in raw["state_dict"].items() if v.is_floating_point() and v.numel() > 1)
@@ -88,8 +87,8 @@ def test_a_flipped_weight_is_refused_by_its_checksum(prepped, tmp_path):
     assert res.exit_code == EX_DATAERR and "checksum" in res.output and res.output.count("\n") == 1
 
 
-def test_schema_1_checkpoints_still_load(prepped, tmp_path):
-    path = unet_checkpoint(tmp_path / "m.pt", prepped)
+def test_schema_1_checkpoints_still_load(rh, prepped, tmp_path):
+    path = rh.unet_checkpoint(tmp_path / "m.pt", prepped)
     raw = torch.load(path, weights_only=True)
     raw["schema_version"] = 1
     del raw["weights_sha256"]
@@ -98,24 +97,24 @@ def test_schema_1_checkpoints_still_load(prepped, tmp_path):
     assert ck.model_name == "unet" and ck.state_dict.keys() == raw["state_dict"].keys()
 
 
-def test_unknown_model_names_and_weights_that_do_not_fit(prepped, seg_file_factory, tmp_path):
+def test_unknown_model_names_and_weights_that_do_not_fit(rh, prepped, seg_file_factory, tmp_path):
     from acdctool.stages import gen_seg, refine
 
-    path = unet_checkpoint(tmp_path / "m.pt", prepped)
+    path = rh.unet_checkpoint(tmp_path / "m.pt", prepped)
     raw = torch.load(path, weights_only=True)
     raw["model"]["name"] = "vnet"
     torch.save(raw, tmp_path / "vnet.pt")
     with pytest.raises(BadInputError, match="unknown model 'vnet'"):
         load_checkpoint(tmp_path / "vnet.pt")
     # Weights of another shape under a valid checksum: gen-seg and refine name the file.
-    wide = unet_checkpoint(tmp_path / "wide.pt", prepped, channels=(4, 8, 32))
+    wide = rh.unet_checkpoint(tmp_path / "wide.pt", prepped, channels=(4, 8, 32))
     raw = torch.load(path, weights_only=True)
     raw["state_dict"] = torch.load(wide, weights_only=True)["state_dict"]
     raw["weights_sha256"] = weights_sha256(raw["state_dict"])
     torch.save(raw, tmp_path / "misfit.pt")
     with pytest.raises(BadInputError, match=rf"{tmp_path / 'misfit.pt'}: weights do not fit"):
         gen_seg.run(GenSegConfig(device="cpu"), gen_seg.Inputs(prepped, (tmp_path / "misfit.pt",)), tmp_path / "g.h5")
-    nvae = nvae_checkpoint(tmp_path / "n.pt", latent_channels=8)  # weights of a wider NVAE than its args
+    nvae = rh.nvae_checkpoint(tmp_path / "n.pt", latent_channels=8)  # weights of a wider NVAE than its args
     seg = seg_file_factory(lambda gt, idx: gt)
     with pytest.raises(BadInputError, match=rf"{nvae}: weights do not fit"):
         refine.run(RefineConfig(device="cpu"), refine.Inputs(seg, nvae), tmp_path / "r.h5")

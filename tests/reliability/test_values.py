@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-from reliability_helpers import rewrite_prep
 from typer.testing import CliRunner
 
 from acdctool import config as cfg
@@ -16,15 +15,9 @@ from acdctool.errors import EX_DATAERR, EX_USAGE, BadInputError, ConfigError, Tr
 
 runner = CliRunner()
 CONFIGS = [
-    cfg.SynthConfig,
-    cfg.PrepConfig,
-    cfg.EvalConfig,
-    cfg.NgramConfig,
-    cfg.RefineConfig,
-    cfg.ExportConfig,
-    cfg.TrainSegConfig,
-    cfg.GenSegConfig,
-    cfg.TrainNvaeConfig,
+    c
+    for name, c in vars(cfg).items()
+    if name.endswith("Config") and dataclasses.is_dataclass(c) and isinstance(c, type)
 ]
 FLOATS = [(c, f.name) for c in CONFIGS for f in dataclasses.fields(c) if str(f.type) in ("float", "tuple[float, ...]")]
 
@@ -129,13 +122,13 @@ def test_prep_ignores_nan_outside_the_crop(acdc_copy, tmp_path):
         assert np.isfinite(f.read("image")).all()
 
 
-def test_training_data_with_bad_values_is_refused_naming_the_row(prepped, tmp_path):
+def test_training_data_with_bad_values_is_refused_naming_the_row(rh, prepped, tmp_path):
     from acdctool.data.loader import SliceDataset
 
-    labels = rewrite_prep(prepped, tmp_path / "labels.h5", "gt", lambda a: np.where(a == 3, 7, a), row=5)
+    labels = rh.rewrite_prep(prepped, tmp_path / "labels.h5", "gt", lambda a: np.where(a == 3, 7, a), row=5)
     with pytest.raises(BadInputError, match=r"'gt' row 5 \(patient\d+ E[DS] slice \d+\) has labels outside 0\.\.3"):
         SliceDataset(labels, arrays=("image", "gt"))
-    nan = rewrite_prep(prepped, tmp_path / "nan.h5", "image", lambda a: a * np.nan, row=3)
+    nan = rh.rewrite_prep(prepped, tmp_path / "nan.h5", "image", lambda a: a * np.nan, row=3)
     for in_memory in (True, False):
         with pytest.raises(BadInputError, match="'image' row 3 .* NaN or infinite"):
             SliceDataset(nan, arrays=("image", "gt"), in_memory=in_memory)

@@ -18,7 +18,6 @@ from acdctool.metrics.anatomy import CRITERIA_NAMES, criteria_passed, evaluate_b
 from acdctool.progress import ProgressEvent
 from acdctool.stages import prep, synth
 
-REAL_ACDC = Path(__file__).resolve().parents[3] / "shared" / "acdc"
 INFO_RE = re.compile(
     r"ED: 1\nES: (\d+)\nGroup: (NOR|MINF|DCM|HCM|RV)\nHeight: \d+\.\d\nNbFrame: (\d+)\n"
     r"Weight: \d+\.\d\n"
@@ -96,11 +95,8 @@ def test_header_trap_true_spacing_only_in_pixdim(written: tuple[Path, list[Path]
 
 
 @pytest.mark.real
-def test_header_matches_real_acdc(written: tuple[Path, list[Path], list[ProgressEvent]]) -> None:
-    real_path = REAL_ACDC / "training" / "patient001" / "patient001_frame01.nii.gz"
-    if not real_path.exists():
-        pytest.skip("real ACDC data not present")
-    real = nib.load(real_path).header
+def test_header_matches_real_acdc(written: tuple[Path, list[Path], list[ProgressEvent]], acdc_dir: Path) -> None:
+    real = nib.load(acdc_dir / "patient001" / "patient001_frame01.nii.gz").header
     ours = nib.load(written[1][0] / "patient001_frame01.nii.gz").header
     for key in ("sform_code", "qform_code", "srow_x", "srow_y", "srow_z", "xyzt_units"):
         np.testing.assert_array_equal(np.abs(ours[key]), np.abs(real[key]), err_msg=key)

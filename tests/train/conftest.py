@@ -86,7 +86,10 @@ def tiny_h5(tmp_path_factory) -> Path:
     return make_slices(tmp_path_factory.mktemp("tiny") / "slices.h5")
 
 
-TINY_NET = ("channels=4,8,16",)
+@pytest.fixture()
+def slices_factory():
+    """:func:`make_slices` itself, for tests that need a variant (no masks, a NaN row, ...)."""
+    return make_slices
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -50,10 +50,8 @@ def test_dataset_batches(tiny_h5):
     assert [len(x["row"]) for x in loader] == [2, 1]
 
 
-def test_dataset_without_masks_is_an_error(tmp_path):
-    from conftest import make_slices
-
-    path = make_slices(tmp_path / "nogt.h5", with_gt=False)
+def test_dataset_without_masks_is_an_error(slices_factory, tmp_path):
+    path = slices_factory(tmp_path / "nogt.h5", with_gt=False)
     with pytest.raises(BadInputError, match="no ground-truth masks"):
         SliceDataset(path, arrays=("image", "gt"))
 

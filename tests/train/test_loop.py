@@ -19,8 +19,8 @@ from acdctool.models.seg import resolve_args
 from acdctool.stages import train_seg as stage
 from acdctool.train.loop import LoopSettings, Trainer
 from acdctool.train.tasks import SegTask
-from conftest import TINY_NET
 
+TINY_NET = ("channels=4,8,16",)
 CFG = TrainSegConfig(arch="unet", net_args=TINY_NET, fold=0, epochs=2, batch_size=4, device="cpu")
 
 

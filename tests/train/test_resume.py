@@ -15,7 +15,8 @@ from acdctool.train.loop import Hooks, LoopSettings, Trainer, TrainResult
 from acdctool.train.nvae_task import NvaeTask
 
 CFG = TrainNvaeConfig(stem_channels=4, scales=2, groups_per_scale=(1, 1), latent_channels=4, betas=(1, 1),
-                      warmup_steps=10, batch_size=4, epochs=2, fold=0, device="cpu", sr_weight=1e-2)  # fmt: skip
+                      warmup_steps=10, batch_size=4, epochs=2, fold=0, device="cpu", sr_weight=1e-2,
+                      compile=False)  # fmt: skip
 
 
 def _train(path: Path, run_dir: Path, *, resume: bool = False, hooks: Hooks | None = None) -> TrainResult:

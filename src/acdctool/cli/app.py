@@ -14,7 +14,22 @@ import typer
 
 from acdctool import __version__
 from acdctool.cli import eval as eval_
-from acdctool.cli import export, gen_seg, info, make_3gram, prep, refine, synth, train_nvae, train_seg
+from acdctool.cli import (
+    export,
+    export_model,
+    gen_seg,
+    import_seg,
+    info,
+    make_3gram,
+    predict,
+    prep,
+    qc,
+    qc_calibrate,
+    refine,
+    synth,
+    train_nvae,
+    train_seg,
+)
 from acdctool.cli.common import Command, err_console, install_signal_handlers, interrupted_message
 from acdctool.errors import Interrupted, exit_codes_line
 
@@ -38,7 +53,12 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "make-3gram": make_3gram.make_3gram,
     "refine": refine.refine,
     "eval": eval_.eval_cmd,
+    "qc": qc.qc,
+    "qc-calibrate": qc_calibrate.qc_calibrate,
     "export": export.export,
+    "import-seg": import_seg.import_seg,
+    "predict": predict.predict,
+    "export-model": export_model.export_model,
 }
 """Command name → its function in ``cli/<name>.py``; the stage is ``acdctool.stages.<name>`` (``-`` → ``_``)."""
 for _name, _fn in COMMANDS.items():

@@ -249,6 +249,8 @@ def reporter(
     """
 
     def metrics(event: ProgressEvent) -> None:
+        if event.message is not None:
+            log(f"[yellow]note:[/] {_escape(event.message)}", quiet)
         if event.metrics is not None and on_metrics is not None and not quiet:
             on_metrics(event.metrics)
 
@@ -286,6 +288,9 @@ def reporter(
         phase: list[str | None] = [None]
 
         def callback(event: ProgressEvent) -> None:
+            if event.message is not None:
+                metrics(event)
+                return
             if event.phase != phase[0]:
                 phase[0] = event.phase
                 label = f"{description} {event.phase}".strip()

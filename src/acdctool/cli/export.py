@@ -12,8 +12,11 @@ from acdctool.config import ExportConfig, Masks
 
 def export(
     file: Path = typer.Argument(..., metavar="FILE", help="Slice file from any stage (prep, gen-seg, refine, ...)."),
-    like: Path = typer.Option(
-        ..., "--like", metavar="ACDC_DIR", help="The ACDC folder the file was prepped from (headers, affines)."
+    like: Path | None = typer.Option(
+        None,
+        "--like",
+        metavar="ACDC_DIR",
+        help="The ACDC folder the file was prepped from (headers, affines); not needed after import-seg.",
     ),
     output: Path = typer.Option(..., "--output", "-o", metavar="DIR", help="Folder to create for the .nii.gz masks."),
     array: Masks | None = typer.Option(None, "--array", help="Masks to export (default: pred when present, else gt)."),
@@ -24,6 +27,9 @@ def export(
 
     Crop and resize are undone and the source header and affine kept, so
     patientNNN_frameYY_<name>.nii.gz opens over the original image in ITK-SNAP or 3D Slicer.
+    Files from import-seg (and later stages) know their source images: no --like needed,
+    files are named <case>_<name>.nii.gz, and slices unchanged since import are written
+    back bit-identical from the source masks.
 
     \b
     Example:

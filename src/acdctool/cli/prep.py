@@ -16,19 +16,21 @@ def prep(
     acdc_dir: Path = typer.Argument(
         ...,
         metavar="ACDC_DIR",
-        help="ACDC root (training/, testing/), a folder of patient folders, or one patient.",
+        help="ACDC root (training/, testing/), a folder of patient folders, one patient, or an nnU-Net raw "
+        "dataset (imagesTr/, labelsTr/, imagesTs/, dataset.json).",
     ),
     output: Path = typer.Option(..., "--output", "-o", metavar="FILE", help="Output slice file (.h5)."),
     size: int = typer.Option(_D.size, "--size", metavar="PX", help="Output in-plane size, px."),
     roi: Roi = typer.Option(
         Roi(_D.roi),
         "--roi",
-        help="gt: square box around the ground-truth heart; center: fixed mm square at the image centre.",
+        help="gt: box around the ground-truth heart; center: --roi-mm square at the image centre; heart: "
+        "that square centred on the heart (predict finds it without ground truth).",
     ),
     margin: float = typer.Option(
         _D.margin, "--margin", metavar="FRACTION", help="--roi gt: margin per side, fraction of the heart's extent."
     ),
-    roi_mm: float = typer.Option(_D.roi_mm, "--roi-mm", metavar="MM", help="--roi center: side of the crop, mm."),
+    roi_mm: float = typer.Option(_D.roi_mm, "--roi-mm", metavar="MM", help="--roi center/heart: side of the crop, mm."),
     mask_interp: MaskInterp = typer.Option(
         MaskInterp(_D.mask_interp), "--mask-interp", help="smooth: per-label linear + argmax; nearest."
     ),
@@ -56,10 +58,13 @@ def prep(
 
     ED and ES frames cut into 2D short-axis slices, cropped around the heart, resized (pixel
     spacing tracked), intensity-normalised, with patient-level stratified split and folds.
+    An nnU-Net raw dataset (imagesTr/, labelsTr/, imagesTs/, dataset.json) works too: labels
+    mapped by name, patients and ED/ES from patientNNN_frameYY names and the larger LV.
 
     \b
     Example:
       acdctool prep ACDC/training -o slices.h5 --folds 5
+      acdctool prep ACDC/training --roi heart -o heart.h5
     """
     config = make_config(
         PrepConfig,

@@ -12,30 +12,19 @@ view (pixel centres at ``r0 − ½ + (i + ½) · crop_size / size`` in original 
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from acdctool.config import NonFinite, PrepConfig
+from acdctool.config import NonFinite, PrepConfig, Roi
 from acdctool.conventions import FOREGROUND, PHASES
-from acdctool.errors import AcdcToolError, BadInputError
+from acdctool.data.crop_rule import MIN_CROP_PX, CropBox, centre_box, heart_centred_box, margin_box  # noqa: F401
+from acdctool.errors import AcdcToolError, BadInputError, InputMissingError
 from acdctool.io.acdc import Frame, PatientInfo, PatientRef, frame_paths, load_frame
-
-MIN_CROP_PX = 16
-"""Smallest crop side: a tiny stray-pixel mask must not become a 2-pixel crop."""
-
-
-@dataclass(frozen=True)
-class CropBox:
-    """Square crop in original pixels: rows [r0, r0+size), cols [c0, c0+size); may overhang."""
-
-    r0: int
-    c0: int
-    size: int
 
 
 def ordered_map(fn, items, workers: int):
@@ -98,27 +87,57 @@ def patient_rows(
             ground truth to place ``roi="gt"``, NaN/inf inside the crop (:func:`finite_frame`).
     """
     frames = {
-        phase: load_frame(patient, f, with_mask=has_gt) for phase, f in zip(PHASES, (info.ed, info.es), strict=True)
+        phase: (f, load_frame(patient, f, with_mask=has_gt))
+        for phase, f in zip(PHASES, (info.ed, info.es), strict=True)
     }
-    ed, es = (frames[phase] for phase in PHASES)
-    if ed.image.shape[:2] != es.image.shape[:2]:
-        raise BadInputError(
-            f"{es.image_path}: in-plane shape {es.image.shape[:2]} differs from ED {ed.image.shape[:2]}"
-        )
-    box = roi_box(frames, config, patient)
-    frames = {phase: finite_frame(frame, box, config) for phase, frame in frames.items()}
+    for number, frame in frames.values():
+        if has_gt and frame.mask is None:  # removed after ground_truth_present looked
+            raise InputMissingError(f"{frame_paths(patient, number)[1]}: missing ground truth")
+    return frames_rows(patient.name, info.group, frames, split_fold, config, patient)
+
+
+def frames_rows(
+    name: str,
+    group: str,
+    frames: dict[str, tuple[int, Frame]],
+    split_fold: tuple[str, int],
+    config: PrepConfig,
+    where: PatientRef | Path,
+) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray | None]:
+    """Rows, images and masks of one patient's loaded frames (phase → (frame number, frame)).
+
+    The frames share one crop (:func:`roi_box`), so they need the same in-plane shape; masks
+    are returned when every frame has one.
+
+    Raises:
+        BadInputError: in-plane shapes differ; no ground truth to place ``roi``; NaN/inf inside
+            the crop (:func:`finite_frame`).
+    """
+    items = list(frames.items())
+    first = items[0][1][1]
+    for _, (_, frame) in items[1:]:
+        if frame.image.shape[:2] != first.image.shape[:2]:
+            raise BadInputError(
+                f"{frame.image_path}: in-plane shape {frame.image.shape[:2]} differs from "
+                f"{items[0][0]} {first.image.shape[:2]}"
+            )
+    has_gt = all(frame.mask is not None for _, (_, frame) in items)
+    box = roi_box({phase: frame for phase, (_, frame) in items}, config, where)
+    items = [(phase, (number, finite_frame(frame, box, config))) for phase, (number, frame) in items]
     rows, images, masks = [], [], []
-    for phase, frame in frames.items():
+    for phase, (frame_no, frame) in items:
         img, mask = resize_crop(frame, box, config)
+        if has_gt and mask is not None:
+            masks.append(mask)
         n = img.shape[0]
         scale = box.size / config.size
         for z in range(n):
             rows.append(
                 {
-                    "patient": patient.name,
-                    "group": info.group,
+                    "patient": name,
+                    "group": group,
                     "phase": phase,
-                    "frame": info.ed if phase == PHASES[0] else info.es,
+                    "frame": frame_no,
                     "slice": z,
                     "n_slices": n,
                     "spacing_row": frame.spacing[0] * scale,
@@ -135,38 +154,35 @@ def patient_rows(
                 }
             )
         images.append(img)
-        masks.append(mask)
     return rows, np.concatenate(images), (np.concatenate(masks) if has_gt else None)
 
 
-def roi_box(frames: dict[str, Frame], config: PrepConfig, patient: PatientRef) -> CropBox:
+def roi_box(frames: dict[str, Frame], config: PrepConfig, patient: PatientRef | Path) -> CropBox:
     """The square crop shared by a patient's frames (so ED and ES stay comparable).
 
     ``roi="gt"``: centred on the bounding box of every labelled pixel of all frames, side =
     larger extent · (1 + 2·margin). ``roi="center"``: ``roi_mm`` around the image centre.
+    ``roi="heart"``: ``roi_mm`` centred on the labelled heart (:mod:`acdctool.data.crop_rule`).
 
     Raises:
-        BadInputError: ``roi="gt"`` and the ground truth is empty in every frame.
+        BadInputError: ``roi`` is ``gt`` or ``heart`` and the ground truth is empty in every frame.
     """
     first = next(iter(frames.values()))
     rows, cols = first.image.shape[:2]
-    if config.roi == "center":
-        side = max(MIN_CROP_PX, int(round(config.roi_mm / min(first.spacing[:2]))))
-        return CropBox(int(round((rows - side) / 2)), int(round((cols - side) / 2)), side)
+    if config.roi == Roi.CENTER.value:
+        return centre_box((rows, cols), first.spacing, config.roi_mm)
     heart = np.zeros((rows, cols), dtype=bool)
     for frame in frames.values():
         assert frame.mask is not None
         heart |= frame.mask.any(axis=2)
     if not heart.any():
+        where = patient.path if isinstance(patient, PatientRef) else patient
         raise BadInputError(
-            f"{patient.path}: ground truth is empty in every frame; cannot place --roi gt (try --roi center)"
+            f"{where}: ground truth is empty in every frame; cannot place --roi {config.roi} (try --roi center)"
         )
-    r_idx, c_idx = np.nonzero(heart.any(axis=1))[0], np.nonzero(heart.any(axis=0))[0]
-    r_lo, r_hi, c_lo, c_hi = r_idx[0], r_idx[-1] + 1, c_idx[0], c_idx[-1] + 1
-    side = max(MIN_CROP_PX, int(math.ceil(max(r_hi - r_lo, c_hi - c_lo) * (1 + 2 * config.margin))))
-    r0 = int(round((r_lo + r_hi - side) / 2))
-    c0 = int(round((c_lo + c_hi - side) / 2))
-    return CropBox(r0, c0, side)
+    if config.roi == Roi.HEART.value:
+        return heart_centred_box(heart, first.spacing, config.roi_mm)
+    return margin_box(heart, config.margin)
 
 
 def finite_frame(frame: Frame, box: CropBox, config: PrepConfig) -> Frame:

@@ -161,6 +161,8 @@ def load_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...], object]:
     try:
         _check_pixdim(path)
         img = nib.load(str(path))
+        if not isinstance(img, nib.spatialimages.SpatialImage):  # e.g. a CIFTI or MINC container
+            raise BadInputError(f"{path}: not a NIfTI image ({type(img).__name__})")
         data = np.asanyarray(img.dataobj)
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as exc:
         raise BadInputError(

@@ -25,8 +25,8 @@ def uncrop(labels: np.ndarray, r0: int, c0: int, crop: int, shape: tuple[int, in
 
     z = labels.shape[0]
     onehot = F.one_hot(torch.from_numpy(labels.astype(np.int64)), N_CLASSES).permute(0, 3, 1, 2).float()
-    big = F.interpolate(onehot, size=(crop, crop), mode="bilinear", align_corners=False)
-    big = argmax_labels(big).numpy()
+    scores = F.interpolate(onehot, size=(crop, crop), mode="bilinear", align_corners=False)
+    big = argmax_labels(scores).numpy()
     out = np.zeros((shape[0], shape[1], z), dtype=np.uint8)
     r_lo, r_hi = max(r0, 0), min(r0 + crop, shape[0])
     c_lo, c_hi = max(c0, 0), min(c0 + crop, shape[1])

@@ -26,7 +26,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import h5py
 import numpy as np
@@ -303,7 +303,8 @@ class SliceFile:
     @property
     def shape(self) -> tuple[int, int]:
         """In-plane (H, W) of every row, px."""
-        return tuple(self._h5["image"].shape[-2:])  # type: ignore[return-value]
+        rows, cols = self._h5["image"].shape[-2:]
+        return int(rows), int(cols)
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -517,3 +518,22 @@ def _readable(ds: h5py.Dataset, row: int) -> bool:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def volume_groups(index: pd.DataFrame) -> list[tuple[tuple[str, str, str], np.ndarray]]:
+    """The volumes of a slice index: ``((patient, phase, model), row numbers)`` sorted by key.
+
+    Row numbers are positions (``iloc``) ordered by slice position (a stable sort).
+
+    Example:
+        >>> index = pd.DataFrame({"patient": ["p1", "p1", "p0"], "phase": "ED", "model": "", "slice": [1, 0, 0]})
+        >>> [(key, rows.tolist()) for key, rows in volume_groups(index)]
+        [(('p0', 'ED', ''), [2]), (('p1', 'ED', ''), [1, 0])]
+    """
+    slices = index["slice"].to_numpy()
+    out = []
+    for key, rows in index.groupby(list(VOLUME_KEY), sort=True).indices.items():
+        patient, phase, model = cast(tuple[str, str, str], key)  # one value per VOLUME_KEY column
+        positions = np.asarray(rows, dtype=np.intp)
+        out.append(((patient, phase, model), positions[np.argsort(slices[positions], kind="stable")]))
+    return out

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import overload
 
 import numpy as np
 
@@ -108,6 +109,12 @@ def slice_volumes(
     return counts * voxel_ml[:, None]
 
 
+@overload
+def ejection_fraction(edv: float, esv: float) -> float: ...
+@overload
+def ejection_fraction(edv: np.ndarray, esv: float | np.ndarray) -> np.ndarray: ...
+@overload
+def ejection_fraction(edv: float | np.ndarray, esv: np.ndarray) -> np.ndarray: ...
 def ejection_fraction(edv: float | np.ndarray, esv: float | np.ndarray) -> float | np.ndarray:
     """Ejection fraction (%) (EDV − ESV) / EDV × 100; NaN where EDV is 0.
 
@@ -119,6 +126,10 @@ def ejection_fraction(edv: float | np.ndarray, esv: float | np.ndarray) -> float
     return float(ef) if ef.ndim == 0 else ef
 
 
+@overload
+def myocardial_mass(myo_volume_ml: float) -> float: ...
+@overload
+def myocardial_mass(myo_volume_ml: np.ndarray) -> np.ndarray: ...
 def myocardial_mass(myo_volume_ml: float | np.ndarray) -> float | np.ndarray:
     """Myocardial mass (g) from the MYO volume at ED (mL): volume × 1.05 g/mL."""
     mass = np.asarray(myo_volume_ml, dtype=float) * MYO_DENSITY_G_PER_ML

@@ -218,9 +218,9 @@ def dice_batch(pred: np.ndarray, gt: np.ndarray, labels: Sequence[int] = LABELS)
         code = p.astype(np.int32).reshape(m, -1) * N_CLASSES + g.reshape(m, -1)
         code += (np.arange(m, dtype=np.int32) * k2)[:, None]
         conf[start : start + m] = np.bincount(code.ravel(), minlength=m * k2).reshape(m, k2)
-    conf = conf.reshape(n, N_CLASSES, N_CLASSES)
+    confusion = conf.reshape(n, N_CLASSES, N_CLASSES)  # [slice, pred label, gt label]
     idx = np.asarray(labels, dtype=np.intp)
-    return _dice_from_counts(conf[:, idx, idx], conf.sum(2)[:, idx], conf.sum(1)[:, idx])
+    return _dice_from_counts(confusion[:, idx, idx], confusion.sum(2)[:, idx], confusion.sum(1)[:, idx])
 
 
 def _surface_labels(m: np.ndarray, axes: Sequence[int]) -> np.ndarray:
@@ -238,7 +238,8 @@ def _surface_labels(m: np.ndarray, axes: Sequence[int]) -> np.ndarray:
         equal = m[tuple(lo)] == m[tuple(hi)]
         inner[tuple(lo)] &= equal
         inner[tuple(hi)] &= equal
-        first, last = [slice(None)] * m.ndim, [slice(None)] * m.ndim
+        first: list[slice | int] = [slice(None)] * m.ndim
+        last: list[slice | int] = [slice(None)] * m.ndim
         first[ax], last[ax] = 0, -1
         inner[tuple(first)] = False
         inner[tuple(last)] = False

@@ -51,10 +51,19 @@ def randn_like(ref: torch.Tensor, generator: torch.Generator | None = None) -> t
     the noise is then drawn on the generator's device and moved, so that a seed reproduces
     the same draw whatever the model's device.
     """
+    # Drawn in logical (NCHW) order whatever ``ref``'s memory format: randn_like on a
+    # channels_last tensor would fill it in memory order and give every latent element another
+    # value than the same seed gives in NCHW; the copy to ``ref``'s layout is cheap.
+    layout = (
+        torch.channels_last
+        if ref.dim() == 4 and ref.is_contiguous(memory_format=torch.channels_last) and not ref.is_contiguous()
+        else torch.contiguous_format
+    )
     if generator is None:
-        return torch.randn_like(ref)
-    noise = torch.randn(ref.shape, generator=generator, device=generator.device, dtype=torch.float32)
-    return noise.to(device=ref.device, dtype=ref.dtype)
+        noise = torch.randn(ref.shape, device=ref.device, dtype=ref.dtype)
+    else:
+        noise = torch.randn(ref.shape, generator=generator, device=generator.device, dtype=torch.float32)
+    return noise.to(device=ref.device, dtype=ref.dtype).contiguous(memory_format=layout)
 
 
 def kl_normal(

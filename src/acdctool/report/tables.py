@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from acdctool.conventions import CLASS_NAMES, CLASSES, PHASES, VOLUME_KEY
+from acdctool.io.slices import volume_groups
 from acdctool.metrics import anatomy, clinical, overlap
 from acdctool.workers import process_map
 
@@ -75,13 +76,6 @@ def _chunk_metrics(pred: np.ndarray, gt: np.ndarray, spacing: np.ndarray, with_h
     return pd.DataFrame(cols)
 
 
-def volume_groups(index: pd.DataFrame) -> list[tuple[tuple, np.ndarray]]:
-    """(patient, phase, model) → row numbers ordered by slice position."""
-    ordered = index.reset_index(drop=True)
-    groups = ordered.groupby(list(VOLUME_KEY), sort=True).indices
-    return [(key, rows[np.argsort(ordered["slice"].to_numpy()[rows])]) for key, rows in groups.items()]
-
-
 def _map(fn, jobs: list[tuple], workers: int) -> list:
     """``[fn(*job) for job in jobs]``, over ``workers`` processes when there is enough work (ended
     with the command: :func:`acdctool.workers.process_map`)."""
@@ -138,7 +132,8 @@ def clinical_table(index: pd.DataFrame, pred: np.ndarray, gt: np.ndarray) -> pd.
     Columns ``<index>_pred`` and ``<index>_gt`` for each of :data:`INDICES`; patients lacking
     either phase are left out.
     """
-    vols: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
+    # (patient, model) -> phase -> "pred"/"gt" -> structure -> mL
+    vols: dict[tuple[str, str], dict[str, dict[str, dict[str, float]]]] = {}
     for (patient, phase, model), rows in volume_groups(index):
         first = index.iloc[rows[0]]
         spacing = (float(first["spacing_row"]), float(first["spacing_col"]))

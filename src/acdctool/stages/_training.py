@@ -43,6 +43,9 @@ def training_hooks(
         phase = f"epoch {record['epoch']}/{epochs}"
         report(progress, ProgressEvent(n or 0, n, "steps", phase, metrics=record))
 
+    def on_note(message: str) -> None:
+        report(progress, ProgressEvent(0, None, "steps", message=message))
+
     if progress is None:
         return Hooks(should_stop=should_stop)
-    return Hooks(on_epoch=on_epoch, on_step=on_step, should_stop=should_stop)
+    return Hooks(on_epoch=on_epoch, on_step=on_step, should_stop=should_stop, on_note=on_note)

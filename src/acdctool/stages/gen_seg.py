@@ -34,7 +34,7 @@ from acdctool.conventions import N_CLASSES, resolve_device
 from acdctool.errors import BadInputError, ConfigError
 from acdctool.io.atomic import check_output
 from acdctool.io.checkpoint import Checkpoint, file_sha256, load_checkpoint
-from acdctool.io.slices import SliceFile, SliceWriter, check_values
+from acdctool.io.slices import INDEX_COLUMNS, SliceFile, SliceWriter, check_values
 from acdctool.progress import Progress, Tracker
 from acdctool.provenance import Provenance, make_provenance
 
@@ -192,6 +192,11 @@ def run(
             "assignment": {g.name: _assignment(g, index) for g in plan.groups},
             "test_policy": TEST_POLICY,
         }
+        extra = {  # a stage's own columns (e.g. the sources of an nnU-Net prep) are carried along
+            c: ("str" if index[c].dtype == object else str(index[c].dtype))
+            for c in index.columns
+            if c not in INDEX_COLUMNS
+        }
         with SliceWriter(
             output,
             kind="seg",
@@ -202,6 +207,7 @@ def run(
             force=force,
             attrs=attrs,
             inputs=[plan.path, *inputs.models],
+            columns=extra,
         ) as writer:
             for group in plan.groups:
                 for start in range(0, len(group.rows), plan.batch_size):

@@ -15,9 +15,8 @@ import numpy as np
 import pandas as pd
 
 from acdctool.config import Masks, NgramConfig, config_to_dict
-from acdctool.conventions import VOLUME_KEY
 from acdctool.errors import BadInputError
-from acdctool.io.slices import INDEX_COLUMNS, SliceFile, SliceWriter
+from acdctool.io.slices import INDEX_COLUMNS, SliceFile, SliceWriter, volume_groups
 from acdctool.progress import Progress, Tracker
 from acdctool.provenance import Provenance, make_provenance
 
@@ -29,12 +28,10 @@ def neighbour_rows(index: pd.DataFrame, path: Path | str = "input") -> np.ndarra
         BadInputError: a volume (named) has a missing or duplicated slice position.
     """
     out = np.full((len(index), 3), -1, dtype=np.int64)
-    idx = index.reset_index(drop=True)
-    for key, rows in idx.groupby(list(VOLUME_KEY), sort=False).indices.items():
-        positions = idx["slice"].to_numpy()[rows]
-        order = np.argsort(positions, kind="stable")
-        rows, positions = rows[order], positions[order]
-        expected = int(idx["n_slices"].iloc[rows[0]])
+    slices, n_slices = index["slice"].to_numpy(), index["n_slices"].to_numpy()
+    for key, rows in volume_groups(index):
+        positions = slices[rows]
+        expected = int(n_slices[rows[0]])
         if len(rows) != expected or not np.array_equal(positions, np.arange(expected)):
             dupes = sorted({int(p) for p in positions if (positions == p).sum() > 1})
             missing = sorted(set(range(expected)) - set(positions.tolist()))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from acdctool.config import Context, TrainNvaeConfig, config_to_dict
 from acdctool.conventions import N_CLASSES, resolve_device
+from acdctool.data.crop_rule import preprocessing_of
 from acdctool.data.loader import SliceDataset, patient_folds, select_rows
 from acdctool.errors import BadInputError, FileKindError
 from acdctool.io.checkpoint import file_sha256
@@ -96,6 +97,7 @@ def run(
                     f"{path}: has no {what}, needed by --input {config.input} --context {config.context}"
                 )
         index, shape, spacing = f.index, f.shape, f.spacing()
+        prep = preprocessing_of(f.kind, f.config)
     model_args = {
         "in_channels": 3 * N_CLASSES if config.context == Context.TRIGRAM.value else N_CLASSES,
         "out_channels": N_CLASSES,
@@ -121,10 +123,14 @@ def run(
         "context": config.context,
         "fold": config.fold,
         "folds": patient_folds(index),
+        # refine refuses to correct a patient with an NVAE that trained on it
+        "train_patients": sorted(index.patient.iloc[train_rows].unique().tolist()),
+        "val_patients": sorted(index.patient.iloc[val_rows].unique().tolist()),
         "rows": {"train": int(len(train_rows)), "val": int(len(val_rows))},
+        "prep": prep,  # the crop the masks were made with (None unless a prep file)
     }
     steps = max(1, len(train_ds) // config.batch_size)
-    task = NvaeTask(model_args, config, steps, spacing)
+    task = NvaeTask(model_args, config, steps, spacing, n_val_volumes=val_ds.n_volumes)
     trainer = Trainer(
         task,
         LoopSettings.from_config(config),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from acdctool.config import TrainSegConfig, config_to_dict
 from acdctool.conventions import resolve_device
+from acdctool.data.crop_rule import preprocessing_of
 from acdctool.data.loader import Augment, SliceDataset, patient_folds, select_rows
 from acdctool.errors import BadInputError
 from acdctool.io.checkpoint import file_sha256
@@ -98,7 +99,7 @@ def run(
             )
         check_input_size(config.arch, args, f.shape, str(path))
         check_buildable(config.arch, args, f.shape)
-        index = f.index
+        index, prep = f.index, preprocessing_of(f.kind, f.config)
     train_rows, val_rows = select_rows(index, config.fold, str(path))
     data = {
         "path": str(path.resolve()),
@@ -108,6 +109,7 @@ def run(
         "train_patients": sorted(index.patient.iloc[train_rows].unique().tolist()),
         "val_patients": sorted(index.patient.iloc[val_rows].unique().tolist()),
         "rows": {"train": int(len(train_rows)), "val": int(len(val_rows))},
+        "prep": prep,  # crop rule, size, normalisation: what predict must reproduce
     }
     train_ds = SliceDataset(path, train_rows, arrays=("image", "gt"), in_memory=config.cache)
     val_ds = SliceDataset(path, val_rows, arrays=("image", "gt"), in_memory=config.cache)

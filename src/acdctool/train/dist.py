@@ -190,7 +190,9 @@ def rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any
     """This process's Python, NumPy, torch (and CUDA) RNG states and ``generator``'s, as plain
     data that ``torch.load(weights_only=True)`` accepts (lists, ints, byte tensors)."""
     version, keys, gauss = random.getstate()
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    if not isinstance(np_state, tuple):  # legacy=True gives the tuple unless NumPy's global generator is not MT19937
+        raise RuntimeError(f"unexpected NumPy global RNG state {type(np_state).__name__}")
     return {
         "python": [version, list(keys), gauss],
         "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],

@@ -69,6 +69,7 @@ class StepContext:
     steps_per_epoch: int
     generator: torch.Generator  # seeded augmentation generator (CPU), part of the resume state
     device: torch.device
+    note: Callable[[str], None] | None = None  # one line for the user (rank 0), e.g. a fall-back
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class LoopSettings:
             batch_size=config.batch_size,
             seed=config.seed,
             device=config.device,
-            amp=config.amp,
+            amp=getattr(config, "amp", False),
             workers=config.workers,
             grad_clip=getattr(config, "grad_clip", 0.0),
             tensorboard=getattr(config, "tensorboard", False),
@@ -106,6 +107,7 @@ class Hooks:
     on_step: Callable[[int, int, int], None] | None = None  # (epoch, step, steps_per_epoch)
     # (epoch, steps done in it) → stop as if SIGTERM; (e, 0) is asked before epoch e starts.
     should_stop: Callable[[int, int], bool] | None = None
+    on_note: Callable[[str], None] | None = None  # a one-line message for the user (e.g. a fall-back)
 
 
 @dataclass

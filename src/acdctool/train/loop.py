@@ -232,9 +232,10 @@ class Trainer:
         sums = {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in run.partial.items()}
         run.net.train()
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.amp and device.type == "cuda")
+        note = self.hooks.on_note if ctx.is_main else None
         for batch in loader:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            step_ctx = StepContext(run.epoch, run.step, run.global_step, n_steps, run.generator, device)
+            step_ctx = StepContext(run.epoch, run.step, run.global_step, n_steps, run.generator, device, note)
             with autocast:
                 loss, metrics = self.task.train_step(run.net, batch, step_ctx)
             run.optimizer.zero_grad(set_to_none=True)
@@ -333,8 +334,11 @@ class Trainer:
         )
 
     def _check_validation(self, record: dict[str, Any]) -> None:
+        # NaN (or +inf: a blown-up loss) anywhere in validation; -inf is a task's "not eligible yet".
         bad = {
-            k: v for k, v in record.items() if k.startswith("val_") and isinstance(v, float) and not math.isfinite(v)
+            k: v
+            for k, v in record.items()
+            if k.startswith("val_") and isinstance(v, float) and (math.isnan(v) or v == math.inf)
         }
         if bad:
             shown = ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))

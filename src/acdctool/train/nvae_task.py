@@ -10,16 +10,18 @@ reconstruction's Dice per class and its anatomical validity (the ``eval`` functi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from acdctool.config import Context, Masks, NvaeInput, TrainNvaeConfig
+from acdctool.config import Context, Masks, NvaeInput, Precision, TrainNvaeConfig
 from acdctool.conventions import CLASSES, FOREGROUND
 from acdctool.data.loader import Augment, argmax_labels, one_hot
 from acdctool.metrics import anatomy
-from acdctool.train.loop import StepContext
+from acdctool.train.compiled import CompiledStep
+from acdctool.train.interface import StepContext
 
 
 def nvae_arrays(config: TrainNvaeConfig) -> tuple[str, str]:
@@ -38,24 +40,37 @@ class NvaeTask:
         config: the stage config (loss and optimiser settings).
         steps_per_epoch: optimiser steps per epoch (length of the cosine schedule).
         val_spacing: (N_file, 2) pixel spacing (mm) of every file row, for anatomical validity.
+        n_val_volumes: volumes in the validation dataset (its ``n_volumes``); when given,
+            validation also reports each class's Dice per volume (3D overlap of a volume's slices, both empty →
+            1), averaged over volumes (``val_vdice_*``), beside the per-slice mean (``val_dice_*``).
     """
 
     checkpoint_kind = "nvae-model"
     model_name = "nvae"
-    best_metric = "val_dice_mean"
+    best_metric = "val_select"
+    """``val_dice_mean`` once the KL warm-up is over (or in the last epoch of a run shorter than
+    it), -inf before, so never picked: during warm-up the KL barely counts and the model is an
+    auto-encoder, not yet the shape model."""
     best_mode = "max"
     scheduler_interval = "step"
 
     def __init__(
-        self, model_args: dict[str, Any], config: TrainNvaeConfig, steps_per_epoch: int, val_spacing: np.ndarray
+        self,
+        model_args: dict[str, Any],
+        config: TrainNvaeConfig,
+        steps_per_epoch: int,
+        val_spacing: np.ndarray,
+        n_val_volumes: int | None = None,
     ) -> None:
         self.model_args, self.config = dict(model_args), config
         self.input_key, self.target_key = nvae_arrays(config)
         self.total_steps = max(1, config.epochs * steps_per_epoch)
-        self.val_spacing = val_spacing
+        self.val_spacing, self.n_val_volumes = val_spacing, n_val_volumes
         keys = tuple(dict.fromkeys((self.input_key, self.target_key)))
         self.augment = Augment(images=(), labels=keys, flip=0.0, rotate_deg=10.0, scale=1.1) if config.augment else None
         self.loss: Any = None
+        self._step: CompiledStep | None = None
+        self._warm = False  # the KL warm-up is over (set by train_step; drives best.pt)
 
     def build_model(self) -> torch.nn.Module:
         """The NVAE from ``model_args``; also builds its loss (``self.loss``) from the stage config."""
@@ -64,7 +79,10 @@ class NvaeTask:
 
         model = NVAE.from_args(self.model_args)
         self.loss = NVAELoss(model, NVAELossConfig.from_config(self.config))
-        return model
+        # channels_last: oneDNN's depthwise 5×5 convolutions (a quarter of the step in NCHW)
+        # run 2.5–3× faster in NHWC, forward and backward; the maths is unchanged.
+        # (torch's stubs omit Module.to's memory_format keyword, which it has had since 1.5)
+        return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def configure_optimizer(self, model: torch.nn.Module):
         c = self.config
@@ -88,15 +106,27 @@ class NvaeTask:
             self.loss.load_state_dict(state)
 
     def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return one_hot(batch[self.input_key]), batch[self.target_key]
+        x = one_hot(batch[self.input_key]).contiguous(memory_format=torch.channels_last)
+        return x, batch[self.target_key]
+
+    def forward(self, model: torch.nn.Module, x: torch.Tensor, note: Callable[[str], None] | None = None) -> Any:
+        """The training forward pass ``model(x)``: compiled (``config.compile``) and in bf16
+        autocast (``config.precision``) as configured; the loss is computed outside, in fp32."""
+        if self._step is None or self._step.module is not model:
+            self._step = CompiledStep(model, self.config.compile, note)
+        bf16 = self.config.precision == Precision.BF16.value
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return self._step(x)
 
     def train_step(self, model, batch: dict[str, torch.Tensor], ctx: StepContext):
         from acdctool.models.nvae_guard import check_finite
 
+        # A run shorter than its warm-up still gets a best.pt: from its last epoch.
+        self._warm = ctx.global_step + 1 >= min(self.config.warmup_steps, self.total_steps)
         if self.augment is not None:
             batch = self.augment(batch, ctx.generator)
         x, target = self._inputs(batch)
-        out = model(x)
+        out = self.forward(model, x, ctx.note)
         loss, terms = self.loss(out, target, ctx.global_step)
         # Name the term that blew up (and what to change) before the trainer's generic check;
         # on GPU only every 10 steps, since each check waits for the device.
@@ -111,24 +141,45 @@ class NvaeTask:
         pred = argmax_labels(model.reconstruct(x, mode="mean"))
         n = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device)
         dice = torch.zeros(len(FOREGROUND), dtype=torch.float64, device=x.device)
+        v_inter = torch.zeros(self.n_val_volumes or 0, len(FOREGROUND), dtype=torch.float64, device=x.device)
+        v_size = torch.zeros_like(v_inter)
         for i, label in enumerate(FOREGROUND):
             p, g = pred == label, target == label
             inter, size = (p & g).sum((1, 2)).double(), (p.sum((1, 2)) + g.sum((1, 2))).double()
             dice[i] = torch.where(size > 0, 2 * inter / size.clamp_min(1), torch.ones_like(size)).sum()
+            if self.n_val_volumes and "volume" in batch:
+                v_inter[:, i].index_add_(0, batch["volume"], inter)
+                v_size[:, i].index_add_(0, batch["volume"], size)
         rows = batch["row"].cpu().numpy()
         _, valid = anatomy.evaluate_batch(pred.to("cpu", torch.uint8).numpy(), self.val_spacing[rows])
-        sums = {"n": n, "dice": dice, "valid": torch.tensor(float(valid.sum()), dtype=torch.float64, device=x.device)}
+        sums = {
+            "n": n,
+            "dice": dice,
+            "valid": torch.tensor(float(valid.sum()), dtype=torch.float64, device=x.device),
+            "v_inter": v_inter,
+            "v_size": v_size,
+        }
         for key in ("recon", "kl", *[k for k in terms if k.startswith("kl_scale")]):
             sums[key] = terms[key].double() * n
         return sums
 
     def val_summary(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
         n = float(sums["n"].clamp_min(1))
-        out = {k: float(v) / n for k, v in sums.items() if k not in ("n", "dice", "valid")}
+        out = {k: float(v) / n for k, v in sums.items() if k not in ("n", "dice", "valid", "v_inter", "v_size")}
         dice = sums["dice"] / n
         for i, name in enumerate(CLASSES):
             out[f"dice_{name}"] = float(dice[i])
         out["dice_mean"] = float(dice.mean())
+        out["select"] = out["dice_mean"] if self._warm else float("-inf")
+        inter, size = sums["v_inter"], sums["v_size"]
+        # Only volumes with pixels in either mask carry information; absent volumes (size 0 for
+        # every class) are those of other ranks' or never seen: skip them, as eval does.
+        seen = size.sum(1) > 0
+        if bool(seen.any()):
+            vdice = torch.where(size > 0, 2 * inter / size.clamp_min(1), torch.ones_like(size))[seen]
+            for i, name in enumerate(CLASSES):
+                out[f"vdice_{name}"] = float(vdice[:, i].mean())
+            out["vdice_mean"] = float(vdice.mean())
         out["valid_fraction"] = float(sums["valid"]) / n
         out["loss"] = out["recon"] + out["kl"]  # the (unweighted) negative ELBO per slice
         return out

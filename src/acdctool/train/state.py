@@ -52,7 +52,7 @@ __all__ = [
     "continue_schedule",
 ]
 
-RESUMABLE = ("epochs", "device", "workers", "tensorboard", "cache", "amp")
+RESUMABLE = ("epochs", "device", "workers", "tensorboard", "cache", "amp", "precision", "compile")
 """Config fields that may change on ``--resume``; any other difference is refused."""
 
 

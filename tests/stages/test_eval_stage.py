@@ -1,27 +1,20 @@
-"""Real ACDC (skipped when ../shared/acdc is absent): eval of prepped ground truth."""
+"""The eval stage on real ACDC (skipped when absent, see ``acdc_dir`` in tests/conftest.py): prepped ground truth
+against itself, and clinical volumes against the NIfTI files."""
 
 from __future__ import annotations
 
 import pytest
 
-from acdctool.config import EvalConfig, PrepConfig
+from acdctool.config import EvalConfig
 from acdctool.io.acdc import PatientRef, load_frame
 from acdctool.metrics import clinical
 from acdctool.stages import eval as eval_stage
-from acdctool.stages import prep
 
-pytestmark = pytest.mark.real
-
-
-@pytest.fixture(scope="module")
-def real_prepped(real_acdc, tmp_path_factory):
-    out = tmp_path_factory.mktemp("real") / "acdc.h5"
-    prep.run(PrepConfig(), prep.Inputs(real_acdc), out)
-    return out
+pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 
-def test_ground_truth_self_eval_and_validity(real_prepped, tmp_path):
-    s = eval_stage.run(EvalConfig(plots=False), eval_stage.Inputs(real_prepped), tmp_path / "r").summary
+def test_ground_truth_self_eval_and_validity(acdc_prepped, tmp_path):
+    s = eval_stage.run(EvalConfig(plots=False), eval_stage.Inputs(acdc_prepped), tmp_path / "r").summary
     assert s["slices"]["n"] == 1902
     assert all(v == 1.0 for v in s["slices"]["dice"].values())
     assert all(v == 0.0 for v in s["volumes"]["hd_mm"].values())
@@ -29,13 +22,13 @@ def test_ground_truth_self_eval_and_validity(real_prepped, tmp_path):
     assert s["anatomy"]["valid_fraction"] >= 0.95
 
 
-def test_patient001_volumes_match_nifti(real_acdc, real_prepped, tmp_path):
+def test_patient001_volumes_match_nifti(acdc_dir, acdc_prepped, tmp_path):
     """Clinical volumes from the 128² slices vs straight from the NIfTI with pixdim spacing."""
     import pandas as pd
 
-    eval_stage.run(EvalConfig(plots=False, hausdorff=False), eval_stage.Inputs(real_prepped), tmp_path / "r")
+    eval_stage.run(EvalConfig(plots=False, hausdorff=False), eval_stage.Inputs(acdc_prepped), tmp_path / "r")
     table = pd.read_csv(tmp_path / "r" / "clinical.csv").set_index("patient").loc["patient001"]
-    p = PatientRef("patient001", real_acdc / "patient001", "training")
+    p = PatientRef("patient001", acdc_dir / "patient001", "training")
     native = {}
     for phase, frame in (("ed", 1), ("es", 12)):
         f = load_frame(p, frame)
