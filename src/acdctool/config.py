@@ -124,6 +124,7 @@ class Family(str, Enum):
     STRUCTURE = "structure"
     LATENT = "latent"
     SAMPLES = "samples"
+    MORPH = "morph"
 
 
 def choices(enum: type[Enum]) -> tuple[str, ...]:
@@ -380,6 +381,7 @@ class RefineConfig:
     of the softmax probability of the candidate's labels (both need ``probs``: gen-seg
     ``--save-probs``)."""
     candidates: tuple[str, ...] = (
+        Family.MORPH.value,
         Family.RECON.value,
         Family.PARTIAL.value,
         Family.STRUCTURE.value,

@@ -88,7 +88,8 @@ def test_each_patient_gets_the_nvae_of_its_fold(seg_file_factory, fold_nvaes, tm
     kept = idx[idx.refine_reason != "corrected"]
     assert (kept.refine_family == "").all()
     assert set(corrected.refine_family) <= {
-        f + s for f in ("recon", "partial", "latent", "structure", "samples") for s in ("", "+polish")
+        "morph",
+        *(f + s for f in ("recon", "partial", "latent", "structure", "samples") for s in ("", "+polish")),
     }
     # two NVAEs for one fold: refused
     res = invoke("refine", seg, "--nvae", fold_nvaes[0], "--nvae", fold_nvaes[0], "-o", tmp_path / "x.h5")

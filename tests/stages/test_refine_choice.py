@@ -269,3 +269,25 @@ def test_latent_steps_go_from_the_reconstruction_to_the_prior_mean():
         torch.testing.assert_close(model.decode(feats, toward_prior=1.0), model.sample(1, mode="mean"))
         half = model.decode(feats, toward_prior=0.5)
     assert not torch.equal(half, model.reconstruct(x)) and not torch.equal(half, model.sample(1, mode="mean"))
+
+
+# ---------------------------------------------------------------------------- morph candidate
+
+
+def test_nvae_proposer_offers_the_input_s_clean_up_only_when_asked(nvae_checkpoint_factory, tmp_path):
+    from acdctool.correct import morph
+    from acdctool.correct.nvae_proposer import NvaeProposer
+
+    ck = nvae_checkpoint_factory(tmp_path / "nvae.pt", size=64)
+    masks = np.stack([np.pad(_heart(), 12), np.pad(_disc(40), 12)])
+    masks[0, 3:6, 3:6] = 3  # a stray LV blob: morph removes it
+    masks[1, 32, 32] = 0  # a hole in the LV: morph fills it
+    with_morph = NvaeProposer.load(ck, RefineConfig(device="cpu"), (64, 64), tmp_path / "seg.h5")
+    out = with_morph(masks, None)
+    k = out.names.index("morph")
+    assert out.families[k] == "morph" and out.offered[k] and "morph+polish" not in out.names
+    np.testing.assert_array_equal(out.arrays[k], morph.clean_batch(masks))
+    assert anatomy.is_valid(out.arrays[k][1], SP) and not out.arrays[k][0, 3:6, 3:6].any()
+    no_morph = RefineConfig(device="cpu", candidates=tuple(c for c in RefineConfig().candidates if c != "morph"))
+    out = NvaeProposer.load(ck, no_morph, (64, 64), tmp_path / "seg.h5")(masks, None)
+    assert "morph" not in out.families and "recon" in out.names

@@ -272,7 +272,7 @@ def closest_valid(
 def _emptied(candidate: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """(B,) bool: rows where ``candidate`` is all background but ``masks`` is not."""
     flat_c, flat_m = candidate.reshape(len(candidate), -1), masks.reshape(len(masks), -1)
-    return ~flat_c.any(axis=1) & flat_m.any(axis=1)
+    return np.asarray(~flat_c.any(axis=1) & flat_m.any(axis=1))
 
 
 def merge_results(parts: Sequence[tuple[np.ndarray, GateResult]], n: int) -> GateResult:

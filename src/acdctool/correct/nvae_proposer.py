@@ -31,15 +31,16 @@ class NvaeProposer:
     - ``recon``: the posterior-mean decoding (deterministic; what ``--gate none`` uses). Always
       computed, as the source of partial and per-structure edits; offered to the gate only
       with ``recon`` in ``config.candidates``;
+    - ``morph``: :func:`acdctool.correct.morph.clean_batch` of the input (no shape model);
     - ``partial``: :func:`partial_edits` of the input towards it, one per ``config.partial``;
     - ``latent``: decodings with every group at ``(1 − α) · posterior mean + α · prior mean``,
       one per α of ``config.latent_steps`` (:meth:`acdctool.models.nvae.NVAE.decode`);
     - ``samples``: ``config.samples`` decodings at temperature ``config.temperature`` from a
       generator seeded with ``config.seed``, so a run is reproducible;
-    - with ``config.polish``, each offered one again after
+    - with ``config.polish``, each offered one but ``morph`` (already clean) again after
       :func:`acdctool.correct.morph.clean_batch` (family ``<family>+polish``).
 
-    Every unpolished one is a source of the gate's per-structure edits.
+    Every unpolished NVAE decoding (not ``morph``) is a source of the gate's per-structure edits.
     """
 
     def __init__(
@@ -116,6 +117,10 @@ class NvaeProposer:
             out.add(labels.to("cpu", torch.uint8).numpy(), name, family, offered=offered, source=True)
 
         add("recon", Family.RECON.value, recon, offered=Family.RECON.value in families)
+        if Family.MORPH.value in families:
+            # The smallest edit of all, no shape model: a stray blob or a hole is often the only
+            # fault, and the NVAE's own candidates would also drop a small apical structure.
+            out.add(morph.clean_batch(masks), "morph", Family.MORPH.value, offered=True, source=False)
         if Family.PARTIAL.value in families and cfg.partial:
             current = torch.from_numpy(np.ascontiguousarray(masks)).to(self.device, torch.long)
             for t, edit in zip(cfg.partial, partial_edits(current, probs, cfg.partial, recon), strict=True):
@@ -133,7 +138,7 @@ class NvaeProposer:
                 logits = self.model.decode(feats, mode="sample", temperature=cfg.temperature, generator=gen)
                 add(f"sample {i}", Family.SAMPLES.value, argmax_labels(logits))
         if cfg.polish:
-            for k in [k for k in range(len(out)) if out.offered[k]]:
+            for k in [k for k in range(len(out)) if out.offered[k] and out.families[k] != Family.MORPH.value]:
                 polished = morph.clean_batch(out.arrays[k])
                 out.add(polished, f"{out.names[k]}+polish", f"{out.families[k]}+polish", offered=True, source=False)
         return out

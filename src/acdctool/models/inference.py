@@ -118,8 +118,8 @@ class SegEnsemble:
                 net = build_seg_model(ck.model_name, ck.model_args)
                 net.load_state_dict(ck.state_dict)
             except (RuntimeError, TypeError, ValueError, KeyError, ConfigError) as exc:
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise BadInputError(f"{ck.path}: weights do not fit its stored architecture ({first})") from None
+                why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise BadInputError(f"{ck.path}: weights do not fit its stored architecture ({why})") from None
             nets.append(net.to(device).eval())
         return cls(ckpts, nets, rule, device)
 

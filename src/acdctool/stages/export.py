@@ -95,7 +95,7 @@ def run(
     tracker = Tracker(progress, len(volumes), "volumes")
     # What is read (the slice file, the patient folders, the source images) may not be replaced.
     sources = {str(v) for c in index.columns if c.startswith("source_") for v in index[c].unique() if str(v)}
-    read = [path, *(p.path for p in patients.values()), *sorted(sources)]
+    read: list[Path | str | None] = [path, *(p.path for p in patients.values()), *sorted(sources)]
     with atomic_dir(out_dir, force, inputs=read) as tmp:
         for (patient, phase, model), rows in volumes:
             first = index.iloc[rows[0]]

@@ -14,6 +14,9 @@ validity check. Gate ``none`` replaces every slice by the NVAE's posterior-mean 
 **Candidates** (``candidates``, families; :class:`acdctool.config.Family`; all but ``latent``
 by default), for the NVAE:
 
+- ``morph``: the morphological clean-up of the input alone (largest component per class,
+  holes filled): when a stray blob or a hole is the only fault, it is the smallest valid
+  edit, and it keeps a small apical structure that the NVAE's candidates would drop;
 - ``recon``: the posterior-mean reconstruction;
 - ``partial``: the input with only the pixels whose label the NVAE gives a probability below
   t replaced by the NVAE's label, one per threshold of ``partial``;
@@ -27,7 +30,7 @@ by default), for the NVAE:
   (the reconstruction always among them; an edit equal to its offered source is dropped);
   every other structure keeps its pixels bit-identical and wins any overlap
   (:mod:`acdctool.correct.structure`);
-- with ``polish``, each offered candidate but the per-structure edits is offered again after
+- with ``polish``, each offered candidate but ``morph`` and the per-structure edits is offered again after
   the morphological clean-up (family ``<family>+polish``).
 
 Method ``morph`` has one candidate, the clean-up (largest component per class, holes filled;
