@@ -62,7 +62,7 @@ def test_refine_temperature_nan_is_a_usage_error(tmp_path):
 
 
 def test_refine_never_empties_a_slice_that_had_structures():
-    from acdctool.stages.refine import closest_valid, gate
+    from acdctool.correct.gate import closest_valid, gate
 
     m = np.zeros((2, 32, 32), np.uint8)
     yy, xx = np.mgrid[:32, :32]
@@ -72,8 +72,8 @@ def test_refine_never_empties_a_slice_that_had_structures():
     spacing = np.ones((2, 2))
     empty = np.zeros_like(m)  # anatomically "valid", and what NaN logits decode to
     assert closest_valid(m, [empty], spacing).tolist() == [-1, -1]
-    out, reasons, _, _ = gate(m, None, spacing, lambda x, c: [empty[: len(x)]], cfg.RefineConfig(method="morph"))
-    assert reasons == ["no-valid-candidate"] * 2 and (out == m).all()
+    g = gate(m, None, spacing, lambda x, c: [empty[: len(x)]], cfg.RefineConfig(method="morph"))
+    assert g.reasons == ["no-valid-candidate"] * 2 and (g.refined == m).all()
     blank = np.zeros_like(m)  # an empty input may stay empty
     assert closest_valid(blank, [empty], spacing).tolist() == [-1, -1]
 
