@@ -72,7 +72,7 @@ def _untrained_nvae(path: Path) -> Path:
         model_args=model.args,
         state_dict=model.state_dict(),
         config={},
-        data={},
+        data={"fold": None, "train_patients": []},  # trained on no patient: refine may use it on all
     )
     return path
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The built-in demo: the whole pipeline on synthetic phantoms, on a CPU, in about 10 minutes.
 #   synth → prep → train-seg (2 folds) → gen-seg (out-of-fold) → make-3gram → train-nvae
-#   → refine (NVAE and morph) → eval (before/after tables and figures)
+#   (one per fold) → refine (NVAE and morph) → eval (before/after tables and figures)
 # Usage: bash examples/demo.sh [OUT_DIR]        (default: demo/; rerun overwrites it)
 # Small settings for speed (64² slices, small nets, few epochs); override with SIZE,
 # SEG_EPOCHS, NVAE_EPOCHS, PATIENTS. For real work use the defaults (see examples/pipeline.sh).
@@ -35,12 +35,15 @@ acdctool gen-seg "$out/slices.h5" --model "$out/runs/unet-f0/best.pt" --model "$
   -o "$out/seg.h5" --force -q
 acdctool make-3gram "$out/seg.h5" -o "$out/seg3.h5" --force -q
 
-say "train-nvae on ground-truth masks (small)"
-acdctool train-nvae "$out/slices.h5" --input gt --groups-per-scale 2,1,1 --latent-channels 10 \
-  --warmup-steps 100 --batch-size 16 --epochs "$nvae_epochs" --no-compile -o "$out/runs/nvae" --force
+say "train-nvae on ground-truth masks, one per fold (small)"
+for k in 0 1; do
+  acdctool train-nvae "$out/slices.h5" --input gt --fold "$k" --groups-per-scale 2,1,1 --latent-channels 10 \
+    --warmup-steps 100 --batch-size 16 --epochs "$nvae_epochs" --no-compile -o "$out/runs/nvae-f$k" --force
+done
 
-say "refine: NVAE (anatomy-gated, 4 samples) and the morphological baseline"
-acdctool refine "$out/seg.h5" --nvae "$out/runs/nvae/best.pt" --samples 4 -o "$out/refined.h5" --force
+say "refine: NVAE (anatomy-gated, 4 samples; each patient by the fold NVAE that never saw it) and morph"
+acdctool refine "$out/seg.h5" --nvae "$out/runs/nvae-f0/best.pt" --nvae "$out/runs/nvae-f1/best.pt" --samples 4 \
+  -o "$out/refined.h5" --force
 acdctool refine "$out/seg.h5" --method morph -o "$out/morph.h5" --force
 
 say "eval: NVAE-refined vs gen-seg"

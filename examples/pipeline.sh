@@ -35,15 +35,22 @@ done
 stage "$work/seg.h5" acdctool gen-seg "$work/slices.h5" "${models[@]}" -o "$work/seg.h5" --device "$device"
 stage "$work/seg3.h5" acdctool make-3gram "$work/seg.h5" -o "$work/seg3.h5"
 
-acdctool train-nvae "$work/slices.h5" --input gt --epochs "$nvae_epochs" --device "$device" \
-  -o "$work/runs/nvae-gt" --resume -q
-acdctool train-nvae "$work/seg3.h5" --context 3gram --beta 1,1,5 --epochs "$nvae_epochs" --device "$device" \
-  -o "$work/runs/nvae-3gram" --resume -q
+# The NVAEs, one per fold like the nets: refine gives each patient the one that never saw it.
+nvaes=()
+nvaes3=()
+for ((k = 0; k < folds; k++)); do
+  acdctool train-nvae "$work/slices.h5" --input gt --fold "$k" --epochs "$nvae_epochs" --device "$device" \
+    -o "$work/runs/nvae-gt-f$k" --resume -q
+  acdctool train-nvae "$work/seg3.h5" --context 3gram --beta 1,1,5 --fold "$k" --epochs "$nvae_epochs" \
+    --device "$device" -o "$work/runs/nvae-3gram-f$k" --resume -q
+  nvaes+=(--nvae "$work/runs/nvae-gt-f$k/best.pt")
+  nvaes3+=(--nvae "$work/runs/nvae-3gram-f$k/best.pt")
+done
 
-stage "$work/refined.h5" acdctool refine "$work/seg.h5" --nvae "$work/runs/nvae-gt/best.pt" \
+stage "$work/refined.h5" acdctool refine "$work/seg.h5" "${nvaes[@]}" \
   --samples 8 --device "$device" -o "$work/refined.h5"
 stage "$work/refined3.h5" acdctool refine "$work/seg3.h5" --context 3gram \
-  --nvae "$work/runs/nvae-3gram/best.pt" --samples 8 --device "$device" -o "$work/refined3.h5"
+  "${nvaes3[@]}" --samples 8 --device "$device" -o "$work/refined3.h5"
 stage "$work/morph.h5" acdctool refine "$work/seg.h5" --method morph -o "$work/morph.h5"
 
 for name in refined refined3 morph; do

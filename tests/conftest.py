@@ -130,10 +130,12 @@ def seg_file_factory(prepped, tmp_path):
 
 @pytest.fixture(scope="session")
 def nvae_checkpoint_factory():
-    """``make(path, in_channels=4, size=64)`` writes an untrained tiny NVAE checkpoint (kind
-    ``nvae-model``, seeded weights) and returns its path."""
+    """``make(path, in_channels=4, size=64, data=None)`` writes an untrained tiny NVAE checkpoint
+    (kind ``nvae-model``, seeded weights) and returns its path. Its ``data`` record defaults to
+    one that trained on no patient (fold None, empty ``train_patients``), so refine's leakage
+    check accepts it for any patient."""
 
-    def make(path: Path, in_channels: int = 4, size: int = 64) -> Path:
+    def make(path: Path, in_channels: int = 4, size: int = 64, data: dict | None = None) -> Path:
         import torch
 
         from acdctool.io.checkpoint import save_checkpoint
@@ -156,7 +158,7 @@ def nvae_checkpoint_factory():
             model_args=model.args,
             state_dict=model.state_dict(),
             config={},
-            data={"input": "gt"},
+            data={"input": "gt", "fold": None, "train_patients": []} if data is None else data,
         )
         return path
 

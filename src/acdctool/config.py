@@ -8,15 +8,21 @@ Options with a fixed set of values have an ``Enum`` of ``str`` here (:class:`Arc
 ...), the single home of those values: the CLI offers them as choices (tab completion, typos
 fail with exit 2 before anything heavy is imported), the dataclasses keep plain strings (so the
 stored config is plain JSON) and check them against the same enum.
+
+Every config first runs :func:`check_fields`: each field has the type its annotation says,
+every float is finite (``--temperature nan`` or ``--lr inf`` is a usage error, not a silent
+run) and every integer lies within the class's ``_LIMITS`` (``--batch-size 99999999999`` is
+refused before anything is allocated).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from acdctool.conventions import Device, check_device
 from acdctool.errors import ConfigError
@@ -51,6 +57,13 @@ class MaskInterp(str, Enum):
 
     SMOOTH = "smooth"
     NEAREST = "nearest"
+
+
+class NonFinite(str, Enum):
+    """``prep --nonfinite``: what to do with NaN/inf image voxels inside the crop."""
+
+    ERROR = "error"
+    ZERO = "zero"
 
 
 class Masks(str, Enum):
@@ -95,6 +108,25 @@ class Gate(str, Enum):
     NONE = "none"
 
 
+class Choose(str, Enum):
+    """``refine --choose``: how the gate ranks the valid candidates of an invalid slice."""
+
+    MASK = "mask"
+    SOFT_DICE = "soft-dice"
+    LOGLIK = "loglik"
+
+
+class Family(str, Enum):
+    """``refine --candidates``: the candidate families the gate may choose from."""
+
+    RECON = "recon"
+    PARTIAL = "partial"
+    STRUCTURE = "structure"
+    LATENT = "latent"
+    SAMPLES = "samples"
+    MORPH = "morph"
+
+
 def choices(enum: type[Enum]) -> tuple[str, ...]:
     """The values of a choice enum, in order.
 
@@ -102,6 +134,70 @@ def choices(enum: type[Enum]) -> tuple[str, ...]:
     ('anatomy', 'none')
     """
     return tuple(str(m.value) for m in enum)
+
+
+SEED_MAX = 2**32 - 1
+"""Largest ``--seed`` (NumPy's seeds are 32-bit)."""
+_OPTION_NAMES = {"betas": "--beta", "net_args": "--net-arg", "partial": "--partial", "write_4d": "--4d"}
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "int | None": (int, type(None)),
+    "str | None": (str, type(None)),
+}
+_ITEM_TYPES: dict[str, tuple[type, ...]] = {
+    "tuple[int, ...]": (int,),
+    "tuple[float, ...]": (int, float),
+    "tuple[str, ...]": (str,),
+}
+
+
+def option_name(field_name: str) -> str:
+    """The CLI option of a config field, e.g. ``batch_size`` → ``--batch-size``.
+
+    >>> option_name("batch_size"), option_name("betas")
+    ('--batch-size', '--beta')
+    """
+    return _OPTION_NAMES.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+def check_fields(config: Any) -> None:
+    """Refuse a field of the wrong type, a float that is NaN or infinite, or an integer outside
+    ``config._LIMITS[name]`` (inclusive bounds); run first by every config's ``__post_init__``.
+
+    Raises:
+        ConfigError: naming the option.
+
+    Example:
+        >>> RefineConfig(temperature=float("nan"))
+        Traceback (most recent call last):
+        acdctool.errors.ConfigError: --temperature must be a finite number, got nan
+    """
+    limits: dict[str, tuple[int, int]] = getattr(config, "_LIMITS", {})
+    for f in dataclasses.fields(config):
+        value, option = getattr(config, f.name), option_name(f.name)
+        kind = str(f.type)
+        if kind in _TYPES:
+            ok = isinstance(value, _TYPES[kind]) and (kind == "bool" or not isinstance(value, bool))
+            items: tuple[Any, ...] = (value,)
+        elif kind in _ITEM_TYPES:
+            ok = isinstance(value, tuple) and all(
+                isinstance(v, _ITEM_TYPES[kind]) and not isinstance(v, bool) for v in value
+            )
+            items = value if ok else ()
+        else:
+            ok, items = True, ()
+        if not ok:
+            raise ConfigError(f"{option}: expected {kind}, got {value!r}")
+        for v in items:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{option} must be a finite number, got {v}")
+            if isinstance(v, int) and f.name in limits:
+                lo, hi = limits[f.name]
+                if not lo <= v <= hi:
+                    raise ConfigError(f"{option} must be within {lo}..{hi}, got {v}")
 
 
 def check_choice(option: str, value: str, enum: type[Enum]) -> None:
@@ -135,7 +231,16 @@ class SynthConfig:
     first_id: int = 1
     """Number of the first patient (``patient001`` by default)."""
 
+    _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
+        "patients": (0, 999),
+        "test_patients": (0, 999),
+        "seed": (0, SEED_MAX),
+        "frames": (4, 1000),
+        "first_id": (1, 999),
+    }
+
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.patients < 0 or self.test_patients < 0:
             raise ConfigError("patient counts must be >= 0")
         if self.patients + self.test_patients == 0:
@@ -175,12 +280,24 @@ class PrepConfig:
     """Continue past broken patients and list them at the end instead of failing."""
     workers: int = 2
     """Patients processed concurrently (threads); output is identical for any value."""
+    nonfinite: str = NonFinite.ERROR.value
+    """NaN/inf image voxels inside the crop: ``error`` (refuse, naming file and slice) or
+    ``zero`` (set them to 0 before normalising). Outside the crop they never matter."""
+
+    _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
+        "size": (16, 1024),
+        "folds": (1, 100),
+        "seed": (0, SEED_MAX),
+        "workers": (1, 256),
+    }
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.size < 16 or self.size > 1024:
             raise ConfigError(f"--size must be within 16..1024, got {self.size}")
         check_choice("--roi", self.roi, Roi)
         check_choice("--mask-interp", self.mask_interp, MaskInterp)
+        check_choice("--nonfinite", self.nonfinite, NonFinite)
         if not 0 <= self.margin <= 2:
             raise ConfigError(f"--margin must be within 0..2, got {self.margin}")
         if self.roi_mm <= 0:
@@ -201,6 +318,9 @@ class EvalConfig:
 
     threshold: float = 0.01
     """With a baseline: a row improved (deteriorated) when its mean Dice rose (fell) by more."""
+    worse_threshold: float = 0.05
+    """With a baseline: also count slices better (worse) by more than this, in mean Dice and per
+    class (the harm a correction may do)."""
     top_k: int = 8
     """Rows shown in the montages of most improved / most deteriorated (or worst) slices."""
     plots: bool = True
@@ -215,9 +335,14 @@ class EvalConfig:
     gt_labels: str | None = None
     """Native evaluation: label map of the ground truth, as ``labels``."""
 
+    _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {"top_k": (0, 10_000), "workers": (1, 256)}
+
     def __post_init__(self) -> None:
+        check_fields(self)
         if not 0 <= self.threshold < 1:
             raise ConfigError(f"--threshold must be within [0, 1), got {self.threshold}")
+        if not 0 <= self.worse_threshold < 1:
+            raise ConfigError(f"--worse-threshold must be within [0, 1), got {self.worse_threshold}")
         if self.top_k < 0:
             raise ConfigError(f"--top-k must be >= 0, got {self.top_k}")
         if self.workers < 1:
@@ -232,12 +357,13 @@ class NgramConfig:
     """Masks stacked as context: ``pred`` (a segmentation output) or ``gt`` (ground truth)."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         check_choice("--source", self.source, Masks)
 
 
 @dataclass(frozen=True)
 class RefineConfig:
-    """Correction of segmentations (``acdctool refine``)."""
+    """Correction of segmentations (``acdctool refine``); the rules are in :mod:`acdctool.stages.refine`."""
 
     method: str = Method.NVAE.value
     """``nvae``: NVAE reconstruction (needs ``--nvae``); ``morph``: per class, keep the largest
@@ -247,28 +373,63 @@ class RefineConfig:
     masks (12 channels, needs a make-3gram file and a 3-gram NVAE)."""
     gate: str = Gate.ANATOMY.value
     """``anatomy``: keep anatomically valid slices bit-identical, replace invalid ones by the
-    valid candidate closest (Dice) to the input; ``none``: replace every slice."""
+    valid candidate that agrees best with the segmentation (``choose``); ``none``: replace
+    every slice by the NVAE's posterior-mean reconstruction."""
+    choose: str = Choose.MASK.value
+    """How the gate ranks valid candidates: ``mask``, mean Dice with the input mask;
+    ``soft-dice``, expected Dice under the segmentation's softmax; ``loglik``, geometric mean
+    of the softmax probability of the candidate's labels (both need ``probs``: gen-seg
+    ``--save-probs``)."""
+    candidates: tuple[str, ...] = (
+        Family.MORPH.value,
+        Family.RECON.value,
+        Family.PARTIAL.value,
+        Family.STRUCTURE.value,
+        Family.SAMPLES.value,
+    )
+    """Candidate families offered to the gate (:class:`Family` values): ``recon``,
+    ``partial``, ``structure``, ``latent``, ``samples`` (the last only with ``samples`` > 0).
+    ``latent`` is off by default: it costs one decoding per step and invalid slice."""
     partial: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5)
     """Partial edits offered to the gate: per threshold t, the input with only the pixels whose
     input label the NVAE gives a probability below t replaced by the NVAE's label (small t:
     small edits). Empty: whole reconstructions only."""
+    latent_steps: tuple[float, ...] = (0.25, 0.5, 0.75)
+    """Latent steps: per α, every latent group decoded at (1 − α) · posterior mean + α · prior
+    mean, a path from the input's own encoding (α = 0, the reconstruction) towards the NVAE's
+    mean shape (α = 1)."""
     samples: int = 0
     """Extra candidates decoded by sampling the posterior (on top of its mean), for the gate."""
     temperature: float = 0.7
     """Scale of the posterior standard deviations when sampling candidates."""
     min_agreement: float = 0.0
-    """Gate: a candidate must agree with the input at least this much (mean Dice) to replace it."""
+    """Gate: a candidate's score under ``choose`` (in [0, 1]) must be at least this to replace
+    the input."""
     polish: bool = True
-    """Also offer each NVAE candidate after the morphological clean-up (stray pixels removed,
-    holes filled) to the gate."""
+    """Also offer each NVAE candidate (not the per-structure edits) after the morphological
+    clean-up (stray pixels removed, holes filled) to the gate."""
+    allow_seen: bool = False
+    """Refine patients with an NVAE that trained on them (recorded per row); refused otherwise."""
     batch_size: int = 64
     device: str = Device.AUTO.value
     seed: int = 0
 
+    _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
+        "samples": (0, 1000),
+        "batch_size": (1, 65_536),
+        "seed": (0, SEED_MAX),
+    }
+
     def __post_init__(self) -> None:
+        check_fields(self)
         check_choice("--method", self.method, Method)
         check_choice("--context", self.context, Context)
         check_choice("--gate", self.gate, Gate)
+        check_choice("--choose", self.choose, Choose)
+        for family in self.candidates:
+            check_choice("--candidates", family, Family)
+        if not self.candidates:
+            raise ConfigError(f"--candidates needs at least one of {', '.join(choices(Family))}")
         check_device(self.device)
         if self.samples < 0 or self.batch_size < 1:
             raise ConfigError("--samples must be >= 0 and --batch-size >= 1")
@@ -278,8 +439,91 @@ class RefineConfig:
             raise ConfigError(f"--min-agreement must be within [0, 1], got {self.min_agreement}")
         if any(not 0 < t <= 1 for t in self.partial):
             raise ConfigError(f"--partial thresholds must be within (0, 1], got {','.join(map(str, self.partial))}")
+        if any(not 0 < a <= 1 for a in self.latent_steps):
+            raise ConfigError(f"--latent-steps must be within (0, 1], got {','.join(map(str, self.latent_steps))}")
         if self.method == Method.MORPH.value and (self.context != Context.NONE.value or self.samples):
             raise ConfigError("--method morph takes no --context or --samples (they are NVAE options)")
+
+
+class QcFeatures(str, Enum):
+    """``qc-calibrate --features``: which feature groups the QC model may use."""
+
+    MASK = "mask"
+    PROBS = "probs"
+    NVAE = "nvae"
+
+
+@dataclass(frozen=True)
+class QcConfig:
+    """Quality control without ground truth (``acdctool qc``)."""
+
+    flag_below: float = 0.8
+    """Flag slices whose predicted Dice is below this (uncalibrated: risk at least 1 − this)."""
+    flag_patient_below: float = 0.85
+    """Flag patients whose predicted Dice is below this (uncalibrated: mean risk at least 1 − this)."""
+    use_probs: bool = True
+    """Use the file's ``probs`` (entropy, margin, soft Dice) when it has them."""
+    batch_size: int = 32
+    """Slices per NVAE forward pass (and per read)."""
+    device: str = Device.AUTO.value
+    workers: int = 2
+    """Processes for the anatomical criteria, beside the NVAE and probability signals; the
+    result is identical for any value."""
+    plots: bool = True
+    """Write the figure (predicted vs true Dice with ground truth, else a histogram)."""
+
+    _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {"batch_size": (1, 65_536), "workers": (1, 256)}
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for name, value in (("--flag-below", self.flag_below), ("--flag-patient-below", self.flag_patient_below)):
+            if not 0 <= value <= 1:
+                raise ConfigError(f"{name} must be within [0, 1], got {value}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+        check_device(self.device)
+
+
+@dataclass(frozen=True)
+class QcCalibrateConfig:
+    """Fit the QC combination on files with ground truth, out of fold (``acdctool qc-calibrate``)."""
+
+    features: tuple[str, ...] = ()
+    """Feature groups the model may use (``mask``, ``probs``, ``nvae``); empty: all the
+    inputs provide (probs when every file has them, NVAE with ``--nvae``)."""
+    alpha: float = 1.0
+    """Ridge penalty on the standardised coefficients."""
+    slice_threshold: float = 0.8
+    """A slice with mean Dice below this is a bad one to detect (scores)."""
+    patient_threshold: float = 0.85
+    """A patient with mean Dice below this is a bad one to detect (scores)."""
+    use_probs: bool = True
+    batch_size: int = 32
+    device: str = Device.AUTO.value
+    workers: int = 2
+    """Processes for the anatomical criteria; the result is identical for any value."""
+
+    _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {"batch_size": (1, 65_536), "workers": (1, 256)}
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+        for f in self.features:
+            check_choice("--features", f, QcFeatures)
+        if not self.alpha >= 0:
+            raise ConfigError(f"--alpha must be >= 0, got {self.alpha}")
+        for name, value in (
+            ("--slice-threshold", self.slice_threshold),
+            ("--patient-threshold", self.patient_threshold),
+        ):
+            if not 0 < value <= 1:
+                raise ConfigError(f"{name} must be within (0, 1], got {value}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        check_device(self.device)
 
 
 @dataclass(frozen=True)
@@ -290,6 +534,7 @@ class ExportConfig:
     """Masks to export: ``pred`` or ``gt``; None: ``pred`` when the file has it, else ``gt``."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.array is not None:
             check_choice("--array", self.array, Masks)
 
@@ -362,7 +607,16 @@ class TrainSegConfig:
     grad_clip: float = 0.0
     """Clip the gradient norm to this value (0: off)."""
 
+    _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
+        "fold": (0, 100),
+        "epochs": (1, 100_000),
+        "batch_size": (1, 65_536),
+        "seed": (0, SEED_MAX),
+        "workers": (0, 256),
+    }
+
     def __post_init__(self) -> None:
+        check_fields(self)
         check_choice("--arch", self.arch, Arch)
         if self.fold is not None and self.fold < 0:
             raise ConfigError(f"--fold must be >= 0, got {self.fold}")
@@ -388,7 +642,10 @@ class GenSegConfig:
     save_probs: bool = False
     """Also store the softmax probabilities, float16 ``probs`` (N, 4, H, W)."""
 
+    _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {"batch_size": (1, 65_536)}
+
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         check_device(self.device)
@@ -450,7 +707,23 @@ class TrainNvaeConfig:
     grad_clip: float = 200.0
     """Gradient-norm clip (0: off); a safety net for early KL spikes."""
 
+    _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
+        "stem_channels": (1, 1024),
+        "scales": (1, 8),
+        "groups_per_scale": (1, 64),
+        "latent_channels": (1, 1024),
+        "se_reduction": (1, 1024),
+        "warmup_steps": (0, 10**9),
+        "fold": (0, 100),
+        "epochs": (1, 100_000),
+        "batch_size": (1, 65_536),
+        "lr_warmup_steps": (0, 10**9),
+        "seed": (0, SEED_MAX),
+        "workers": (0, 256),
+    }
+
     def __post_init__(self) -> None:
+        check_fields(self)
         check_choice("--input", self.input, NvaeInput)
         check_choice("--context", self.context, Context)
         check_choice("--precision", self.precision, Precision)
@@ -508,7 +781,10 @@ class ImportSegConfig:
     """Skip images without a prediction instead of failing."""
     workers: int = PrepConfig.workers
 
+    _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {"size": (16, 1024), "workers": (1, 256)}
+
     def __post_init__(self) -> None:
+        check_fields(self)
         check_choice("--roi", self.roi, ImportRoi)
         check_choice("--mask-interp", self.mask_interp, MaskInterp)
         PrepConfig(
@@ -546,8 +822,11 @@ class PredictConfig:
     passes: int = 3
     """``--roi heart`` models: most segmentations per patient while the crop is re-centred on the
     predicted heart (pass 1 at the image centre)."""
+    choose: str = RefineConfig.choose
+    """Gate: how valid candidates are ranked (as ``refine --choose``); ``soft-dice`` and
+    ``loglik`` use the ensemble's mean softmax."""
     min_agreement: float = RefineConfig.min_agreement
-    """Gate: least mean Dice between a correction and the net's mask (as ``refine``)."""
+    """Gate: least score under ``choose`` for a correction to replace the net's mask (as ``refine``)."""
     labels: str | None = None
     """Label coding of the written masks: ``RV=1,MYO=2,LV=3`` style or a dataset.json; None: ACDC's."""
     batch_size: int = GenSegConfig.batch_size
@@ -555,11 +834,20 @@ class PredictConfig:
     amp: bool = GenSegConfig.amp
     seed: int = 0
 
+    _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
+        "frames": (1, 10_000),
+        "passes": (1, 100),
+        "batch_size": (1, 65_536),
+        "seed": (0, SEED_MAX),
+    }
+
     def __post_init__(self) -> None:
+        check_fields(self)
         if any(f < 1 for f in self.frames):
             raise ConfigError(f"--frames are 1-based, got {','.join(map(str, self.frames))}")
         if self.passes < 1:
             raise ConfigError(f"--passes must be >= 1, got {self.passes}")
+        check_choice("--choose", self.choose, Choose)
         if not 0 <= self.min_agreement <= 1:
             raise ConfigError(f"--min-agreement must be within [0, 1], got {self.min_agreement}")
         if self.batch_size < 1:
@@ -569,7 +857,11 @@ class PredictConfig:
     def refine_config(self) -> RefineConfig:
         """refine's settings for the NVAE candidates and the gate (its defaults otherwise)."""
         return RefineConfig(
-            min_agreement=self.min_agreement, batch_size=self.batch_size, device=self.device, seed=self.seed
+            choose=self.choose,
+            min_agreement=self.min_agreement,
+            batch_size=self.batch_size,
+            device=self.device,
+            seed=self.seed,
         )
 
 

@@ -6,6 +6,12 @@ Exit codes follow BSD sysexits. :data:`EXIT_CODES` is their single source: the m
 
 Library code never prints or exits: it raises one of these with a message that names the
 file (and patient/row where relevant) and, where possible, what to do about it.
+
+Signals follow the shell's convention, exit status 128 + signal number: SIGHUP (hang-up)
+129, SIGINT (Ctrl-C) 130, SIGTERM 143. Every command treats the three alike: one line on
+stderr, temp files and folders removed, worker processes ended, previous outputs untouched;
+a training run first saves ``last.pt`` (rerun with ``--resume``). The CLI raises
+:class:`Interrupted` from its signal handlers to unwind the stage.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ EX_USAGE = 2
 EX_DATAERR = 65
 EX_NOINPUT = 66
 EX_CANTCREAT = 73
+EX_HANGUP = 129
 EX_INTERRUPTED = 130
+EX_TERMINATED = 143
 
 
 class ExitCode(NamedTuple):
@@ -42,11 +50,22 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(
         EX_CANTCREAT,
         "output cannot be created or exists",
-        "output cannot be created, or exists and --force was not given",
+        "output cannot be created, exists and --force was not given, would replace an input, or the disk is full",
     ),
-    ExitCode(EX_INTERRUPTED, "interrupted", "interrupted (SIGINT/SIGTERM); training saves last.pt first"),
+    ExitCode(EX_HANGUP, "hang-up", "SIGHUP (terminal closed): stopped as for Ctrl-C"),
+    ExitCode(EX_INTERRUPTED, "interrupted", "interrupted (SIGINT, Ctrl-C); temp files removed, training saves last.pt"),
+    ExitCode(EX_TERMINATED, "terminated", "SIGTERM (e.g. a preempted job): stopped as for Ctrl-C"),
 )
 """Every exit status of ``acdctool``, in increasing order."""
+
+SIGNALS = (
+    "Signals: SIGINT (Ctrl-C), SIGTERM and SIGHUP stop every command the same way: one line on "
+    "stderr, exit status 128 + the signal number (130, 143, 129), temporary files and folders "
+    "removed, worker processes ended, existing outputs untouched; training saves last.pt first "
+    "(continue with --resume). A second signal exits at once; temporary files a killed process "
+    "leaves (.NAME.HOST-PID.*.tmp) are removed by the next command that writes NAME."
+)
+"""The signal convention, in words (man pages)."""
 
 
 def exit_codes_line(sep: str = " · ") -> str:
@@ -94,6 +113,31 @@ class ConfigError(AcdcToolError):
     """A configuration is inconsistent (e.g. group list length differs from scales)."""
 
     exit_code = EX_USAGE
+
+
+class Interrupted(BaseException):
+    """A signal asked the command to stop (raised by the CLI's handlers, like KeyboardInterrupt).
+
+    A ``BaseException``, so ``except Exception`` blocks do not swallow it while ``finally``
+    blocks and context managers still clean up.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def signal_exit_code(signum: int | None) -> int:
+    """Exit status of a command stopped by ``signum`` (None: stopped on request → 130).
+
+    >>> signal_exit_code(15), signal_exit_code(1), signal_exit_code(None)
+    (143, 129, 130)
+    """
+    return EX_INTERRUPTED if signum is None else 128 + int(signum)
 
 
 class TrainingDivergedError(AcdcToolError):

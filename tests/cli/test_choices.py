@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from acdctool.cli.app import COMMANDS, app
 from acdctool.config import (
     Arch,
+    Choose,
     Context,
     Gate,
     ImportRoi,
@@ -21,7 +22,9 @@ from acdctool.config import (
     MaskInterp,
     Masks,
     Method,
+    NonFinite,
     NvaeInput,
+    Precision,
     Roi,
     choices,
 )
@@ -33,6 +36,7 @@ GROUP = typer.main.get_command(app)
 CHOICES = {
     ("prep", "roi"): Roi,
     ("prep", "mask_interp"): MaskInterp,
+    ("prep", "nonfinite"): NonFinite,
     ("train-seg", "arch"): Arch,
     ("train-seg", "lr_schedule"): LrSchedule,
     ("train-seg", "device"): Device,
@@ -40,31 +44,41 @@ CHOICES = {
     ("train-nvae", "input"): NvaeInput,
     ("train-nvae", "context"): Context,
     ("train-nvae", "device"): Device,
+    ("train-nvae", "precision"): Precision,
     ("make-3gram", "source"): Masks,
     ("refine", "method"): Method,
     ("refine", "context"): Context,
     ("refine", "gate"): Gate,
+    ("refine", "choose"): Choose,
     ("refine", "device"): Device,
     ("export", "array"): Masks,
     ("import-seg", "roi"): ImportRoi,
     ("import-seg", "mask_interp"): MaskInterp,
     ("predict", "device"): Device,
+    ("predict", "choose"): Choose,
+    ("qc", "device"): Device,
+    ("qc-calibrate", "device"): Device,
 }
 BAD = [
     ["prep", "ACDC", "-o", "x.h5", "--roi", "centre"],
     ["prep", "ACDC", "-o", "x.h5", "--mask-interp", "linear"],
+    ["prep", "ACDC", "-o", "x.h5", "--nonfinite", "ignore"],
     ["train-seg", "s.h5", "-o", "run", "--arch", "vnet"],
     ["train-seg", "s.h5", "-o", "run", "--lr-schedule", "step"],
     ["train-seg", "s.h5", "-o", "run", "--device", "gpu"],
     ["gen-seg", "s.h5", "-m", "a.pt", "-o", "seg.h5", "--device", "tpu"],
     ["train-nvae", "s.h5", "-o", "run", "--input", "pred"],
     ["train-nvae", "s.h5", "-o", "run", "--context", "2gram"],
+    ["train-nvae", "s.h5", "-o", "run", "--precision", "fp16"],
     ["make-3gram", "seg.h5", "-o", "s3.h5", "--source", "image"],
     ["refine", "seg.h5", "-o", "r.h5", "--method", "nvea"],
     ["refine", "seg.h5", "-o", "r.h5", "--gate", "all"],
+    ["refine", "seg.h5", "-o", "r.h5", "--choose", "dice"],
     ["export", "seg.h5", "--like", "ACDC", "-o", "nifti", "--array", "probs"],
     ["import-seg", "preds", "--roi", "gt", "--images", "img", "-o", "seg.h5"],
     ["predict", "img", "-m", "a.pt", "-o", "out", "--device", "tpu"],
+    ["predict", "img", "-m", "a.pt", "-o", "out", "--choose", "dice"],
+    ["qc", "seg.h5", "-o", "qc", "--device", "gpu"],
 ]
 
 

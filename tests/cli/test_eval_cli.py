@@ -200,3 +200,75 @@ def test_terminal_table_gives_n_and_no_distance_for_absent_structures():
     hd95 = next(line for line in text.splitlines() if "HD95" in line)
     assert "2.50 (4)" in hd95 and "1.25 (10)" in hd95 and "0.00" not in hd95 and " - " in hd95
     assert "1.0000 (10)" in text and "slices or volumes the mean covers" in text
+
+
+def _by_hand(index, pred, gt):
+    """Per-slice Dice (N, 3), HD95 (N, 3) with contour flags, and per-patient clinical indices."""
+    from acdctool.metrics import clinical, overlap
+
+    spacing = index[["spacing_row", "spacing_col"]].to_numpy(np.float64)
+    dice, codes = overlap.dice_batch(pred, gt)
+    _, hd95, _ = overlap.hausdorff_batch(pred, gt, spacing)
+    indices = {}
+    for patient, part in index.groupby("patient"):
+        rows = {ph: part.index[part.phase == ph][np.argsort(part.slice[part.phase == ph])] for ph in ("ED", "ES")}
+        sp = (float(part.spacing_row.iloc[0]), float(part.spacing_col.iloc[0]))
+        th = float(part.thickness.iloc[0])
+        indices[patient] = (
+            clinical.clinical_indices(pred[rows["ED"]], pred[rows["ES"]], sp, th),
+            clinical.clinical_indices(gt[rows["ED"]], gt[rows["ES"]], sp, th),
+        )
+    return dice, hd95, codes == 0, indices
+
+
+def test_comparison_fields_against_a_hand_computation(seg_file_factory, tmp_path):
+    def before_fn(gt, index):
+        gt = _erase_lv([3, 10, 12, 40])(gt, index)
+        gt[5::7, 2:6, 2:6] = 3  # stray LV blobs
+        return gt
+
+    def after_fn(gt, index):
+        gt = _erase_lv([12, 20, 41])(gt, index)
+        gt[5::14, 2:6, 2:6] = 1  # some blobs now RV
+        return gt
+
+    before = seg_file_factory(before_fn, name="before.h5")
+    after = seg_file_factory(after_fn, name="after.h5", kind="refined")
+    out = tmp_path / "cmp"
+    res = invoke("eval", after, "--baseline", before, "-o", out, "--json", "--no-plots", "--worse-threshold", 0.1)
+    assert res.exit_code == 0, res.output
+    c = json.loads(res.stdout)["comparison"]
+    from acdctool.io.slices import SliceFile
+
+    with SliceFile(before) as b, SliceFile(after) as a:
+        index, gt, pred_b, pred_a = b.index, b.read("gt"), b.read("pred"), a.read("pred")
+    d_b, hd_b, contour_b, clin_b = _by_hand(index, pred_b, gt)
+    d_a, hd_a, contour_a, clin_a = _by_hand(index, pred_a, gt)
+    delta = d_a.mean(1) - d_b.mean(1)
+    bw = c["better_worse"]
+    assert bw["threshold"] == 0.1 and bw["rows"] == len(index)
+    assert (bw["better"], bw["worse"]) == (int((delta > 0.1).sum()), int((delta < -0.1).sum()))
+    assert bw["better"] > 0 and bw["worse"] > 0
+    for j, name in enumerate(("rv", "myo", "lv")):
+        dj = d_a[:, j] - d_b[:, j]
+        assert bw["per_class"][name] == {"better": int((dj > 0.1).sum()), "worse": int((dj < -0.1).sum())}
+        both = contour_a[:, j] & contour_b[:, j]
+        assert c["hd95_mm"][name]["n"] == int(both.sum())
+        if both.any():
+            assert c["hd95_mm"][name]["before"] == pytest.approx(hd_b[both, j].mean())
+            assert c["hd95_mm"][name]["after"] == pytest.approx(hd_a[both, j].mean())
+    assert c["hd95_mm"]["lv"]["before"] != c["hd95_mm"]["lv"]["after"]
+    for name in ("lv_ef", "rv_ef", "lv_edv", "lv_esv", "rv_edv", "rv_esv", "myo_mass"):
+        err_b = np.array([abs(clin_b[p][0][name] - clin_b[p][1][name]) for p in sorted(clin_b)])
+        err_a = np.array([abs(clin_a[p][0][name] - clin_a[p][1][name]) for p in sorted(clin_a)])
+        ok = np.isfinite(err_b) & np.isfinite(err_a)
+        got = c["clinical_mae"][name]
+        assert got["n"] == int(ok.sum())
+        assert got["before"] == pytest.approx(err_b[ok].mean()) and got["after"] == pytest.approx(err_a[ok].mean())
+    assert c["clinical_mae"]["lv_edv"]["before"] != c["clinical_mae"]["lv_edv"]["after"]
+    deltas = pd.read_csv(out / "comparison.csv")
+    np.testing.assert_allclose(deltas.hd95_lv_before.to_numpy(), hd_b[:, 2], rtol=1e-5, equal_nan=True)  # %.6g
+    want = np.where(delta > 0.1, "better", np.where(delta < -0.1, "worse", "none"))
+    assert (deltas.change.to_numpy() == want).all()
+    res = invoke("eval", after, "--baseline", before, "-o", tmp_path / "t", "--no-plots")
+    assert "better/worse by > 0.05 Dice" in res.stderr and "MAE LV EF %" in res.stderr

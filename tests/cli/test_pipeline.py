@@ -59,16 +59,21 @@ def test_synth_to_eval(tmp_path, tiny_seg_args):
     assert context.shape == (n, 3, 64, 64)
     np.testing.assert_array_equal(context[:, 1], pred)
 
-    nvae = tmp_path / "nvae"
-    step("train-nvae", seg3, "--context", "3gram", "--fold", 0, "-o", nvae, "--epochs", 1, *TINY_NVAE, "-q")
-    assert load_checkpoint(nvae / "best.pt", kinds=("nvae-model",)).model_args["in_channels"] == 12
+    nvaes = [tmp_path / f"nvae-f{k}" / "best.pt" for k in (0, 1)]  # one per fold: refine refuses seen patients
+    for k, nvae in enumerate(nvaes):
+        step("train-nvae", seg3, "--context", "3gram", "--fold", k, "-o", nvae.parent, "--epochs", 1, *TINY_NVAE, "-q")
+        assert load_checkpoint(nvae, kinds=("nvae-model",)).model_args["in_channels"] == 12
 
     refined = tmp_path / "refined.h5"
-    step("refine", seg3, "--context", "3gram", "--nvae", nvae / "best.pt", "-o", refined, "--device", "cpu", "-q")
+    given = [a for nvae in nvaes for a in ("--nvae", nvae)]
+    step("refine", seg3, "--context", "3gram", *given, "-o", refined, "--device", "cpu", "-q")
     with SliceFile(refined, kinds=("refined",)) as f:
         ref_index, after = f.index, f.read("pred")
         np.testing.assert_array_equal(f.read("gt"), gt)
     assert len(ref_index) == n
+    # each patient refined by its own fold's NVAE, which validated on it and never trained on it
+    assert (ref_index.refine_model == "f" + ref_index.fold.astype(str)).all()
+    assert (ref_index.refine_nvae_seen == 0).all()
     unchanged = ref_index.refine_changed.to_numpy() == 0
     np.testing.assert_array_equal(after[unchanged], pred[unchanged])
     assert (after[~unchanged] != pred[~unchanged]).any(axis=(1, 2)).all()

@@ -218,6 +218,18 @@ def test_predict_with_nvae_correction(nnunet_raw, models, tmp_path):
         row = volumes.set_index("mask").loc[name]
         if row.corrected_slices == 0:
             assert np.array_equal(mask, raw)  # the gate keeps what it does not correct
+    # ranking by the ensemble's softmax: same nets, same uncorrected masks, the rule recorded
+    soft = tmp_path / "soft"
+    args = ["--nvae", ckpt, "-o", soft, "--device", "cpu", "--choose", "soft-dice"]
+    res = invoke("predict", nnunet_raw / "imagesTs", "-m", models[0], *args)
+    assert res.exit_code == 0, res.output
+    assert json.loads((soft / "predict.json").read_text())["config"]["choose"] == "soft-dice"
+    soft_volumes = pd.read_csv(soft / "volumes.csv")
+    assert soft_volumes.invalid_slices_crop.tolist() == volumes.invalid_slices_crop.tolist()
+    assert (soft_volumes.corrected_slices <= soft_volumes.invalid_slices_crop).all()
+    for name in volumes["mask"]:
+        raw = np.asanyarray(nib.load(out / "uncorrected" / name).dataobj)
+        assert np.array_equal(raw, np.asanyarray(nib.load(soft / "uncorrected" / name).dataobj))
 
 
 def test_heart_search_recentres_on_an_off_centre_heart(tmp_path):

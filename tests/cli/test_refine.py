@@ -66,7 +66,7 @@ def test_nvae_refine_runs_and_is_reproducible(seg_file_factory, tmp_path, nvae_c
         assert res.exit_code == 0, res.output
         with SliceFile(tmp_path / name) as f:
             outs.append(f.read("pred"))
-            assert json.loads(f.attrs["config"])["nvae"]["args"]["in_channels"] == 4
+            assert json.loads(f.attrs["config"])["nvae"][0]["args"]["in_channels"] == 4
     np.testing.assert_array_equal(*outs)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -50,6 +51,12 @@ def test_gt_mode_trains_and_checkpoints(prepped, tmp_path):
     ck = load_checkpoint(run / "best.pt", kinds=("nvae-model",))
     assert ck.model_args["in_channels"] == 4 and ck.model_args["image_size"] == 64
     assert list(ck.config["betas"]) == [1.0, 1.0] and ck.data["input"] == "gt"
+    from acdctool.io.slices import SliceFile
+
+    with SliceFile(prepped) as f:  # refine's leakage check reads these
+        first = f.index.drop_duplicates("patient")
+    assert ck.data["train_patients"] == sorted(first.patient[first.split == "train"])
+    assert ck.data["val_patients"] == sorted(first.patient[first.split == "val"])
     metrics = pd.read_csv(run / "metrics.csv")
     assert len(metrics) == 2
     for col in ("val_recon", "val_kl_scale0", "val_kl_scale1", "val_dice_lv", "val_valid_fraction", "val_vdice_mean"):
@@ -73,20 +80,18 @@ def test_seg_and_3gram_modes(seg_file_factory, tmp_path):
     assert res.exit_code == 0, res.output
     ck = load_checkpoint(tmp_path / "g3" / "last.pt")
     assert ck.model_args["in_channels"] == 12
-    # the 3-gram checkpoint plugs into refine with the matching context
-    res = invoke(
-        "refine",
-        seg3,
-        "--context",
-        "3gram",
-        "--nvae",
-        tmp_path / "g3" / "best.pt",
-        "-o",
-        tmp_path / "r.h5",
-        "--device",
-        "cpu",
-    )
+    # the 3-gram checkpoint plugs into refine with the matching context; it trained on the
+    # file's train split, which refine refuses to correct with it unless told (and then records)
+    args = ["refine", seg3, "--context", "3gram", "--nvae", tmp_path / "g3" / "best.pt", "-o", tmp_path / "r.h5"]
+    res = invoke(*args, "--device", "cpu")
+    assert res.exit_code == 65 and "--allow-seen" in res.stderr
+    res = invoke(*args, "--device", "cpu", "--allow-seen")
     assert res.exit_code == 0, res.output
+    from acdctool.io.slices import SliceFile
+
+    with SliceFile(tmp_path / "r.h5") as f:
+        idx = f.index
+    np.testing.assert_array_equal(idx.refine_nvae_seen == 1, idx.split == "train")
 
 
 def test_bad_inputs_write_nothing(prepped, seg_file_factory, tmp_path):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from acdctool.config import RefineConfig
+from acdctool.correct.gate import closest_valid, gate
 from acdctool.correct.morph import clean_slice
 from acdctool.metrics import anatomy, overlap
-from acdctool.stages.refine import closest_valid, gate
 
 
 def test_clean_slice_removes_fragments_and_fills_holes():
@@ -35,13 +35,16 @@ def test_gate_keeps_valid_rows_bit_identical():
     def propose(m, ctx):  # a proposer that would wreck any row it is given
         return [np.zeros_like(m), valid[: len(m)]]
 
-    out, reasons, valid_in, valid_out = gate(masks, None, spacing, propose, RefineConfig(method="morph"))
+    g = gate(masks, None, spacing, propose, RefineConfig(method="morph"))
+    out, reasons, valid_in, valid_out = g.refined, g.reasons, g.valid_in, g.valid_out
     assert reasons == ["valid-kept", "corrected"]
     assert valid_in.tolist() == [True, False] and valid_out.tolist() == [True, True]
     assert out[0].tobytes() == masks[0].tobytes()
     np.testing.assert_array_equal(out[1], valid[1])  # the valid candidate closest to the input wins
-    out, reasons, _, _ = gate(masks, None, spacing, propose, RefineConfig(method="morph", gate="none"))
-    assert reasons == ["ungated"] * 2 and not out.any()
+    g = gate(masks, None, spacing, propose, RefineConfig(method="morph", gate="none"))
+    out, reasons = g.refined, g.reasons
+    # Ungated, the empty candidate would erase both slices: never admissible, the input stays.
+    assert reasons == ["no-valid-candidate"] * 2 and (out == masks).all()
 
 
 def _disc(size=32, myo=10, lv=6):

@@ -23,13 +23,15 @@ from acdctool.cli import (
     make_3gram,
     predict,
     prep,
+    qc,
+    qc_calibrate,
     refine,
     synth,
     train_nvae,
     train_seg,
 )
-from acdctool.cli.common import Command
-from acdctool.errors import exit_codes_line
+from acdctool.cli.common import Command, err_console, install_signal_handlers, interrupted_message
+from acdctool.errors import Interrupted, exit_codes_line
 
 app = typer.Typer(
     name="acdctool",
@@ -51,6 +53,8 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "make-3gram": make_3gram.make_3gram,
     "refine": refine.refine,
     "eval": eval_.eval_cmd,
+    "qc": qc.qc,
+    "qc-calibrate": qc_calibrate.qc_calibrate,
     "export": export.export,
     "import-seg": import_seg.import_seg,
     "predict": predict.predict,
@@ -77,4 +81,23 @@ def _main(
 
 
 def main() -> None:
-    app(prog_name="acdctool")
+    """The ``acdctool`` entry point: SIGINT, SIGTERM and SIGHUP stop every command cleanly."""
+    signals = install_signal_handlers()
+    try:
+        app(prog_name="acdctool")
+    except Interrupted as exc:  # a signal outside a stage (e.g. while importing torch)
+        signals.reported = True
+        _stopped(exc.signum)
+    except SystemExit:
+        pending = signals.unreported()
+        if pending is not None:  # a signal that something swallowed still stops the command
+            signals.finish()
+            _stopped(pending)
+        raise
+    finally:
+        signals.finish()  # the exit status is decided: late signals are ignored
+
+
+def _stopped(signum: int) -> None:
+    err_console.print(f"[bold red]acdctool: error:[/] {interrupted_message(signum)}", highlight=False)
+    raise SystemExit(128 + signum) from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -18,7 +19,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand
 
-from acdctool.errors import EX_INTERRUPTED, EX_SOFTWARE, EX_USAGE, AcdcToolError
+from acdctool.errors import EX_CANTCREAT, EX_INTERRUPTED, EX_SOFTWARE, EX_USAGE, AcdcToolError, Interrupted
 
 if TYPE_CHECKING:
     from acdctool.progress import Progress, ProgressEvent
@@ -63,21 +64,128 @@ def fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call a library function, turning its typed errors into a one-line message + exit code.
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+"""The signals every command stops cleanly on (see :mod:`acdctool.errors` for exit codes)."""
 
-    Unexpected exceptions exit 1 with their one-line summary; ``ACDCTOOL_DEBUG=1`` re-raises
-    them for a full traceback.
+
+class SignalState:
+    """The CLI's signal handling (:func:`install_signal_handlers`): what arrived, what was reported.
+
+    A signal can land while Python runs a finaliser (a ``__del__``, a weakref callback of the
+    garbage collector), which would print an exception there and swallow it, and the command
+    would go on. Such a signal is deferred: an alarm 20 ms later raises it in ordinary code.
     """
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.raised = False  # an Interrupted has been raised
+        self.reported = False  # and its one line printed
+        self.muted = False  # the work is done: late signals are only noted
+        self.pending: int | None = None  # deferred out of a finaliser
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if self.muted:
+            self.received.append(signum)
+            return
+        if self.raised:
+            os.write(2, f"acdctool: {signal.Signals(signum).name} again: exiting now\n".encode())
+            os._exit(128 + signum)
+        self.received.append(signum)
+        self._raise(self.pending or signum, frame)
+
+    def alarm(self, signum: int, frame: Any) -> None:
+        if self.pending is not None and not self.muted and not self.raised:
+            self._raise(self.pending, frame)
+
+    def _raise(self, signum: int, frame: Any) -> None:
+        if _in_finaliser(frame):
+            self.pending = signum
+            signal.setitimer(signal.ITIMER_REAL, 0.02)
+            return
+        self.pending, self.raised = None, True
+        raise Interrupted(signum)
+
+    def unreported(self) -> int | None:
+        """The first signal that no error line has reported yet (e.g. one a finaliser swallowed)."""
+        return None if self.reported or self.muted or not self.received else self.received[0]
+
+    def finish(self) -> None:
+        """The command is done: ignore further signals, even while Python shuts down (whose
+        clean-up would otherwise restore the default handlers, and die of a late signal)."""
+        self.muted = True
+        for name in (*STOP_SIGNALS, "SIGALRM"):
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                signal.signal(sig, signal.SIG_IGN)
+
+
+def _in_finaliser(frame: Any) -> bool:
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or (code.co_name in ("remove", "_remove") and "weakref" in code.co_filename):
+            return True
+        frame = frame.f_back
+    return False
+
+
+SIGNAL_STATE = SignalState()
+
+
+def install_signal_handlers() -> SignalState:
+    """Make SIGINT, SIGTERM and SIGHUP raise :class:`~acdctool.errors.Interrupted` in the main thread.
+
+    The exception unwinds the stage like Ctrl-C does, so every ``finally`` runs: temp files
+    and folders are removed and worker pools ended; :func:`call` then prints one line and
+    exits 128 + the signal number. A second signal during that clean-up exits at once (what
+    is left behind has recognisable temp names, removed by the next run). Once the stage has
+    returned (its outputs are in place), a late signal is only noted: the command reports
+    and exits 0.
+    """
+    for name in STOP_SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, SIGNAL_STATE.handler)
+    if hasattr(signal, "SIGALRM"):
+        signal.signal(signal.SIGALRM, SIGNAL_STATE.alarm)
+    return SIGNAL_STATE
+
+
+def interrupted_message(signum: int | None) -> str:
+    """``interrupted (SIGTERM)``, the one line a stopped command prints."""
+    return "interrupted" if signum is None else f"interrupted ({signal.Signals(signum).name})"
+
+
+def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call a stage's ``run``, turning its typed errors into a one-line message + exit code.
+
+    A signal (:class:`~acdctool.errors.Interrupted`) or Ctrl-C exits 128 + its number; a full
+    disk exits 73. Unexpected exceptions exit 1 with their one-line summary;
+    ``ACDCTOOL_DEBUG=1`` re-raises them for a full traceback. Once ``fn`` has returned, its
+    outputs are in place: a later signal no longer stops the command.
+    """
+    return _guarded(fn, args, kwargs, finishes=True)
+
+
+def _guarded(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], finishes: bool) -> T:
+    from acdctool.io.atomic import disk_full
+
     try:
-        return fn(*args, **kwargs)
+        result = fn(*args, **kwargs)
+        if finishes:
+            SIGNAL_STATE.muted = True
+        return result
     except AcdcToolError as exc:
         fail(_escape(str(exc)), exc.exit_code)
+    except Interrupted as exc:
+        SIGNAL_STATE.reported = True
+        fail(interrupted_message(exc.signum), exc.exit_code)
     except KeyboardInterrupt:
         fail("interrupted", EX_INTERRUPTED)
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
         if os.environ.get("ACDCTOOL_DEBUG"):
             raise
+        if disk_full(exc):
+            fail(_escape(f"no space left on device ({type(exc).__name__}); free some space and rerun"), EX_CANTCREAT)
         fail(_escape(f"unexpected {type(exc).__name__}: {exc} (set ACDCTOOL_DEBUG=1 for a traceback)"), EX_SOFTWARE)
     raise AssertionError("unreachable")
 
@@ -104,7 +212,7 @@ def parse_numbers(text: str, option: str, kind: type = float) -> tuple[Any, ...]
 
 def make_config(cls: type[T], **kwargs: Any) -> T:
     """Build a stage config; an inconsistent one is a usage error (exit 2)."""
-    return call(cls, **kwargs)
+    return _guarded(cls, (), kwargs, finishes=False)
 
 
 def log(message: str, quiet: bool = False) -> None:
@@ -203,18 +311,21 @@ def print_path(path: Any) -> None:
 def finish_training(result: Any, output: Any, main: bool, quiet: bool) -> None:
     """Report a :class:`acdctool.train.loop.TrainResult` the same way for every training command.
 
-    Exits 130 when the run was interrupted (``last.pt`` saved: rerun with ``--resume``);
-    otherwise prints the run folder on stdout (rank 0 only under ``torchrun``).
+    Exits 128 + the signal number when a signal stopped the run (130 for a stop request;
+    ``last.pt`` saved: rerun with ``--resume``); otherwise prints the run folder on stdout
+    (rank 0 only under ``torchrun``).
     """
+    from acdctool.errors import signal_exit_code
+
     for note in result.notes:
-        log(f"[yellow]note:[/] {note}", quiet)
+        log(f"[yellow]note:[/] {_escape(note)}", quiet)
     if result.status == "interrupted":
         log(
-            f"stopped at epoch {result.epoch + 1}, step {result.step}; saved {output / 'last.pt'}; "
-            "rerun the same command with --resume to continue",
+            f"{interrupted_message(result.signal)}: stopped at epoch {result.epoch + 1}, step {result.step}; "
+            f"saved {output / 'last.pt'}; rerun the same command with --resume to continue",
             quiet=not main,
         )
-        raise typer.Exit(EX_INTERRUPTED)
+        raise typer.Exit(signal_exit_code(result.signal))
     if result.status == "up-to-date":
         log(f"{output}: already trained for {result.epoch} epochs (raise --epochs to continue)", quiet)
     elif result.best_epoch is not None:

@@ -46,11 +46,20 @@ def eval_cmd(
     gt_labels: str | None = typer.Option(
         _D.gt_labels, "--gt-labels", metavar="JSON|SPEC", help="NIfTI ground truth: label map (as --labels)."
     ),
+    qc: Path | None = typer.Option(
+        None, "--qc", metavar="DIR", help="QC folder of these masks (acdctool qc): score its predictions."
+    ),
     threshold: float = typer.Option(
         _D.threshold,
         "--threshold",
         metavar="DICE",
         help="|Δ mean Dice| above which a row counts as improved/deteriorated.",
+    ),
+    worse_threshold: float = typer.Option(
+        _D.worse_threshold,
+        "--worse-threshold",
+        metavar="DICE",
+        help="With --baseline: also count slices better/worse by more than this (mean and per class).",
     ),
     top_k: int = typer.Option(_D.top_k, "--top-k", metavar="N", help="Rows shown in each montage."),
     plots: bool = typer.Option(_D.plots, "--plots/--no-plots", help="Write the PNG figures."),
@@ -63,10 +72,15 @@ def eval_cmd(
     """Evaluate masks against ground truth.
 
     Dice, HD/HD95 (mm), 16 anatomical criteria and clinical indices per slice, volume and
-    patient; with --baseline, the before/after comparison.
+    patient; with --baseline, the before/after comparison: slices improved/deteriorated
+    (--threshold), slices better/worse by more than --worse-threshold (mean and per class),
+    HD95 per class before and after (slices where both are defined), and the mean absolute
+    error of the clinical indices (LV/RV EF, EDV, ESV, MYO mass) against ground truth before
+    and after.
 
     Writes slices.csv, volumes.csv, clinical.csv, summary.json and PNG figures (with
-    --baseline also comparison.csv, delta histogram, scatter and montages).
+    --baseline also comparison.csv, delta histogram, scatter and montages; with --qc
+    also qc_scores.csv: AUC for slices < 0.8 and patients < 0.85, Spearman, MAE).
 
     The terminal table shows each mean with the number of slices or volumes it covers;
     distances cover only those where both masks hold the structure.
@@ -81,11 +95,10 @@ def eval_cmd(
       acdctool eval nnunet_out/ --gt ACDC/training -o report-native/
       acdctool eval refined.h5 --native --like ACDC/training -o report-n/
     """
-    from acdctool.stages import eval as stage
-
     config = make_config(
         EvalConfig,
         threshold=threshold,
+        worse_threshold=worse_threshold,
         top_k=top_k,
         plots=plots,
         hausdorff=hausdorff,
@@ -95,7 +108,10 @@ def eval_cmd(
     )
     if not quiet:
         err_console.print(f"evaluating {pred} ...")
-    inputs = stage.Inputs(pred, gt, baseline, native, like, provenance=provenance(pred, gt, baseline, like))
+    # Imported after the options are checked: a bad option fails before torch loads.
+    from acdctool.stages import eval as stage
+
+    inputs = stage.Inputs(pred, gt, baseline, native, like, qc=qc, provenance=provenance(pred, gt, baseline, like, qc))
     with reporter("eval", quiet) as progress:
         result = call(stage.run, config, inputs, output, force=force, progress=progress)
     if not quiet:
@@ -144,12 +160,59 @@ def print_summary(s: dict[str, Any], overview: dict[str, Any]) -> None:
     err_console.print(
         f"anatomically valid: {a['valid']}/{a['valid'] + a['invalid']} slices ({100 * (a['valid_fraction'] or 0):.1f}%)"
     )
+    q = s.get("qc")
+    if q:
+        for level in ("slice", "patient"):
+            sc = q[level]
+            head = f"QC ({level}s, {sc['n_bad']}/{sc['n']} below {sc['threshold']:g})"
+            if "predicted" in sc:
+                p = sc["predicted"]
+                err_console.print(
+                    f"{head}: predicted Dice AUC {p['auc']:.3f}, Spearman {p['spearman']:.3f}, MAE {p['mae']:.3f}"
+                )
+            else:
+                err_console.print(f"{head}: uncalibrated risk AUC {sc['signals']['risk']['auc']:.3f}")
     c = s.get("comparison")
     if c:
+        print_comparison(c)
+
+
+def print_comparison(c: dict[str, Any]) -> None:
+    """The before/after block on stderr: counts, better/worse per class, HD95 and clinical errors."""
+    from rich.table import Table
+
+    err_console.print(
+        f"vs baseline: {c['improved']} improved, {c['unchanged']} unchanged, {c['deteriorated']} deteriorated "
+        f"(|Δ| > {c['threshold']}); mean Dice {c['dice_before']['mean']:.4f} → {c['dice_after']['mean']:.4f}; "
+        f"invalid slices {c['invalid_before']} → {c['invalid_after']}"
+    )
+    bw = c.get("better_worse")
+    if bw:
+        per = ", ".join(f"{k.upper()} {v['better']}/{v['worse']}" for k, v in bw["per_class"].items())
         err_console.print(
-            f"vs baseline: {c['improved']} improved, {c['unchanged']} unchanged, {c['deteriorated']} deteriorated "
-            f"(|Δ| > {c['threshold']}); mean Dice {c['dice_before']['mean']:.4f} → {c['dice_after']['mean']:.4f}; "
-            f"invalid slices {c['invalid_before']} → {c['invalid_after']}"
+            f"better/worse by > {bw['threshold']:g} Dice: {bw['better']}/{bw['worse']} of {bw['rows']} slices "
+            f"(per class: {per})"
+        )
+
+    table = Table(title="before → after", title_justify="left")
+    table.add_column("", justify="left")
+    for col in ("before", "after", "n"):
+        table.add_column(col, justify="right")
+    for name, v in (c.get("hd95_mm") or {}).items():
+        table.add_row(f"HD95 mm {name.upper()} (slice)", _fmt(v["before"], 2), _fmt(v["after"], 2), str(v["n"]))
+    units = {"ef": "%", "edv": "mL", "esv": "mL", "mass": "g"}
+    for name, v in (c.get("clinical_mae") or {}).items():
+        label = name.replace("_", " ").upper().replace("MYO MASS", "MYO mass")
+        table.add_row(
+            f"MAE {label} {units[name.rsplit('_', 1)[1]]}", _fmt(v["before"], 2), _fmt(v["after"], 2), str(v["n"])
+        )
+    if table.row_count:
+        err_console.print(table)
+    fams = c.get("by_family")
+    if fams and bw:
+        err_console.print(
+            f"by refine family (rows, better/worse by > {bw['threshold']:g}): "
+            + ", ".join(f"{k} {v['rows']} ({v['better']}/{v['worse']})" for k, v in fams.items())
         )
 
 

@@ -35,9 +35,10 @@ def export(
     Example:
       acdctool export refined.h5 --like ACDC/training -o nifti/
     """
+    config = make_config(ExportConfig, array=None if array is None else array.value)
+    # Imported after the options are checked: a bad option fails before torch loads.
     from acdctool.stages import export as stage
 
-    config = make_config(ExportConfig, array=None if array is None else array.value)
     with reporter("export", quiet) as progress:
         result = call(stage.run, config, stage.Inputs(file, like), output, force=force, progress=progress)
     log(f"wrote {len(result.files)} NIfTI volumes to {output}", quiet)

@@ -45,9 +45,10 @@ def gen_seg(
     Example:
       acdctool gen-seg slices.h5 -m unet-f0/best.pt -m unet-f1/best.pt -o seg.h5
     """
+    config = make_config(GenSegConfig, batch_size=batch_size, device=device.value, amp=amp, save_probs=save_probs)
+    # Imported after the options are checked: a bad option fails before torch loads.
     from acdctool.stages import gen_seg as stage
 
-    config = make_config(GenSegConfig, batch_size=batch_size, device=device.value, amp=amp, save_probs=save_probs)
     inputs = stage.Inputs(slices, tuple(model), provenance=provenance(slices, *model))
     with reporter("gen-seg", quiet) as progress:
         result = call(stage.run, config, inputs, output, force=force, progress=progress)

@@ -30,9 +30,10 @@ def make_3gram(
     Example:
       acdctool make-3gram seg.h5 -o seg3.h5
     """
+    config = make_config(NgramConfig, source=source.value)
+    # Imported after the options are checked: a bad option fails before torch loads.
     from acdctool.stages import make_3gram as stage
 
-    config = make_config(NgramConfig, source=source.value)
     inputs = stage.Inputs(seg, provenance=provenance(seg))
     with reporter("make-3gram", quiet) as progress:
         result = call(stage.run, config, inputs, output, force=force, progress=progress)

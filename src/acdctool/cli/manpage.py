@@ -14,7 +14,7 @@ import sys
 import textwrap
 from typing import Any
 
-from acdctool.errors import EXIT_CODES
+from acdctool.errors import EXIT_CODES, SIGNALS
 
 NO_REWRAP = "\b"
 """Click's marker line: the paragraph after it is printed as written (examples stay on one line)."""
@@ -126,6 +126,7 @@ def _exit_codes() -> list[str]:
     lines = [".SH EXIT STATUS"]
     for e in EXIT_CODES:
         lines += [".TP", f"\\fB{e.code}\\fR", _esc(e.meaning)]
+    lines += [".PP", _esc(SIGNALS)]
     return lines
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from acdctool.cli.common import FORCE, QUIET, call, fail, log, make_config, print_path, provenance, reporter
-from acdctool.config import PredictConfig
+from acdctool.config import Choose, PredictConfig
 from acdctool.conventions import Device
 from acdctool.errors import EX_USAGE
 
@@ -36,8 +36,13 @@ def predict(
     passes: int = typer.Option(
         _D.passes, "--passes", metavar="N", help="--roi heart models: most passes while re-centring the crop."
     ),
+    choose: Choose = typer.Option(
+        Choose(_D.choose),
+        "--choose",
+        help="Gate: rank valid corrections by Dice with the mask, or by agreement with the ensemble's softmax.",
+    ),
     min_agreement: float = typer.Option(
-        _D.min_agreement, "--min-agreement", metavar="DICE", help="Gate: least Dice between correction and mask."
+        _D.min_agreement, "--min-agreement", metavar="SCORE", help="Gate: least --choose score (0..1) of a correction."
     ),
     labels: str | None = typer.Option(
         _D.labels, "--labels", metavar="JSON|SPEC", help="Label values to write, e.g. LV=1,MYO=2,RV=3 (default ACDC)."
@@ -76,6 +81,7 @@ def predict(
         frames=chosen,
         tta=tta,
         passes=passes,
+        choose=choose.value,
         min_agreement=min_agreement,
         labels=labels,
         batch_size=batch_size,

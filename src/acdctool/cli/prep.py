@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from acdctool.cli.common import FORCE, QUIET, call, log, make_config, print_path, provenance, reporter
-from acdctool.config import MaskInterp, PrepConfig, Roi
+from acdctool.config import MaskInterp, NonFinite, PrepConfig, Roi
 
 _D = PrepConfig()
 
@@ -48,6 +48,9 @@ def prep(
     workers: int = typer.Option(
         _D.workers, "--workers", metavar="N", help="Patients processed concurrently (same output for any value)."
     ),
+    nonfinite: NonFinite = typer.Option(
+        NonFinite(_D.nonfinite), "--nonfinite", help="NaN/inf voxels inside the crop: error (refuse) or zero."
+    ),
     force: bool = FORCE,
     quiet: bool = QUIET,
 ) -> None:
@@ -63,8 +66,6 @@ def prep(
       acdctool prep ACDC/training -o slices.h5 --folds 5
       acdctool prep ACDC/training --roi heart -o heart.h5
     """
-    from acdctool.stages import prep as stage
-
     config = make_config(
         PrepConfig,
         size=size,
@@ -77,7 +78,11 @@ def prep(
         seed=seed,
         skip_bad=skip_bad,
         workers=workers,
+        nonfinite=nonfinite.value,
     )
+    # Imported after the options are checked: a bad option fails before torch loads.
+    from acdctool.stages import prep as stage
+
     inputs = stage.Inputs(acdc_dir, provenance=provenance(acdc_dir))
     with reporter("prep", quiet) as progress:
         result = call(stage.run, config, inputs, output, force=force, progress=progress)

@@ -7,11 +7,13 @@ from pathlib import Path
 import typer
 
 from acdctool.cli.common import FORCE, QUIET, call, log, make_config, parse_numbers, print_path, provenance, reporter
-from acdctool.config import Context, Gate, Method, RefineConfig
+from acdctool.config import Choose, Context, Family, Gate, Method, RefineConfig, choices
 from acdctool.conventions import Device
 
 _D = RefineConfig()
 _PARTIAL = ",".join(f"{t:g}" for t in _D.partial)
+_STEPS = ",".join(f"{t:g}" for t in _D.latent_steps)
+_FAMILIES = ",".join(_D.candidates)
 
 
 def refine(
@@ -19,8 +21,12 @@ def refine(
         ..., metavar="SEG", help="gen-seg output (seg.h5), or make-3gram output with --context 3gram."
     ),
     output: Path = typer.Option(..., "--output", "-o", metavar="FILE", help="Refined slice file (.h5)."),
-    nvae: Path | None = typer.Option(
-        None, "--nvae", metavar="CKPT", help="NVAE checkpoint (train-nvae best.pt); needed by --method nvae."
+    nvae: list[Path] = typer.Option(
+        [],
+        "--nvae",
+        metavar="CKPT",
+        help="NVAE checkpoint (train-nvae best.pt), repeatable: one per fold; each patient gets one that "
+        "never trained on it. Needed by --method nvae.",
     ),
     method: Method = typer.Option(
         Method(_D.method), "--method", help="nvae, or morph (largest component + fill holes: the baseline)."
@@ -31,11 +37,29 @@ def refine(
     gate: Gate = typer.Option(
         Gate(_D.gate), "--gate", help="anatomy: only replace anatomically invalid slices; none: replace all."
     ),
+    choose: Choose = typer.Option(
+        Choose(_D.choose),
+        "--choose",
+        help="Rank valid candidates by Dice with the input mask, or by agreement with the segmentation's "
+        "softmax (soft-dice, loglik: need gen-seg --save-probs).",
+    ),
+    candidates: str = typer.Option(
+        _FAMILIES,
+        "--candidates",
+        metavar="FAMILY,...",
+        help=f"Candidate families offered to the gate ({', '.join(choices(Family))}).",
+    ),
     partial: str = typer.Option(
         _PARTIAL,
         "--partial",
         metavar="T,T,...",
         help="Partial-edit thresholds (comma-separated; none: whole reconstructions only).",
+    ),
+    latent_steps: str = typer.Option(
+        _STEPS,
+        "--latent-steps",
+        metavar="A,A,...",
+        help="Latent steps: α of each decoding between the input's encoding (0) and the prior mean (1).",
     ),
     samples: int = typer.Option(
         _D.samples, "--samples", metavar="N", help="Extra sampled NVAE candidates per invalid slice."
@@ -44,10 +68,18 @@ def refine(
         _D.temperature, "--temperature", metavar="T", help="Posterior std scale when sampling."
     ),
     min_agreement: float = typer.Option(
-        _D.min_agreement, "--min-agreement", metavar="DICE", help="Least Dice with the input for a replacement."
+        _D.min_agreement,
+        "--min-agreement",
+        metavar="SCORE",
+        help="Least score under --choose (0..1) for a replacement.",
     ),
     polish: bool = typer.Option(
         _D.polish, "--polish/--no-polish", help="Also offer each NVAE candidate after the morphological clean-up."
+    ),
+    allow_seen: bool = typer.Option(
+        _D.allow_seen,
+        "--allow-seen",
+        help="Refine patients an NVAE trained on instead of refusing (recorded per row).",
     ),
     batch_size: int = typer.Option(_D.batch_size, "--batch-size", metavar="N", help="Slices per batch."),
     device: Device = typer.Option(Device(_D.device), "--device", help="auto: CUDA when available."),
@@ -57,32 +89,40 @@ def refine(
 ) -> None:
     """Correct segmentations with the NVAE, gated by anatomy.
 
-    Anatomically invalid slices are replaced by the closest valid candidate (partial edits
-    towards the NVAE reconstruction, the reconstruction itself and samples, or the
-    morphological clean-up); valid slices are kept bit-identical.
+    Anatomically valid slices are kept bit-identical; an invalid one is replaced by the valid
+    candidate that agrees best with the segmentation (--choose), among partial edits towards
+    the NVAE reconstruction, per-structure edits, latent steps, the reconstruction and samples
+    (--candidates), or the morphological clean-up. Each patient is refined by an NVAE that
+    never trained on it (give one --nvae per fold); otherwise refine refuses (exit 65) unless
+    --allow-seen. The full rules: the docstring of acdctool.stages.refine.
 
     \b
     Example:
-      acdctool refine seg.h5 --nvae runs/nvae/best.pt -o refined.h5 --samples 8
+      acdctool refine seg.h5 --nvae f0/best.pt --nvae f1/best.pt -o refined.h5
     """
-    from acdctool.stages import refine as stage
-
     config = make_config(
         RefineConfig,
         method=method.value,
         context=context.value,
         gate=gate.value,
+        choose=choose.value,
+        candidates=tuple(c.strip() for c in candidates.split(",") if c.strip()),
         partial=parse_numbers(partial, "--partial"),
+        latent_steps=parse_numbers(latent_steps, "--latent-steps"),
         samples=samples,
         temperature=temperature,
         min_agreement=min_agreement,
         polish=polish,
+        allow_seen=allow_seen,
         batch_size=batch_size,
         device=device.value,
         seed=seed,
     )
 
-    inputs = stage.Inputs(seg, nvae, provenance=provenance(seg, nvae))
+    # Imported after the options are checked: a bad option fails before torch loads.
+    from acdctool.stages import refine as stage
+
+    inputs = stage.Inputs(seg, tuple(nvae), provenance=provenance(seg, *nvae))
     with reporter("refine", quiet) as progress:
         result = call(stage.run, config, inputs, output, force=force, progress=progress)
     counts = ", ".join(f"{v} {k}" for k, v in result.counts.items() if v)
@@ -91,4 +131,14 @@ def refine(
         f"{result.invalid_after}",
         quiet,
     )
+    if result.families:
+        log("replaced by candidate family: " + ", ".join(f"{k} {v}" for k, v in result.families.items()), quiet)
+    if len(result.models) > 1:
+        log("rows per NVAE: " + ", ".join(f"{k} {v}" for k, v in sorted(result.models.items())), quiet)
+    if result.seen:
+        log(
+            f"[yellow]warning:[/] {result.seen} rows refined by an NVAE that trained on (or may have seen) "
+            "their patient (--allow-seen; column refine_nvae_seen)",
+            quiet=False,
+        )
     print_path(output)

@@ -33,11 +33,12 @@ def synth(
     Example:
       acdctool synth demo/ACDC --patients 20 --seed 1
     """
-    from acdctool.stages import synth as stage
-
     config = make_config(
         SynthConfig, patients=patients, test_patients=test_patients, seed=seed, frames=frames, write_4d=write_4d
     )
+    # Imported after the options are checked: a bad option fails before torch loads.
+    from acdctool.stages import synth as stage
+
     with reporter("synth", quiet) as progress:
         result = call(stage.run, config, None, out_dir, force=force, progress=progress)
     log(f"wrote {len(result.patients)} phantom patients to {out_dir}", quiet)

@@ -118,15 +118,12 @@ def train_nvae(
     Logs reconstruction loss, KL per scale, Dice per class and anatomical validity of the
     validation reconstructions every epoch. A NaN or exploding KL stops training with a
     message naming the term, keeping the last good checkpoint. SIGTERM saves last.pt and
-    exits 130: rerun with --resume.
+    exits 143 (Ctrl-C: 130): rerun with --resume.
 
     \b
     Example:
       acdctool train-nvae slices.h5 --input gt --beta 8,10,11 -o runs/nvae-gt
     """
-    from acdctool.stages import train_nvae as stage
-    from acdctool.train.dist import env_rank
-
     groups = parse_numbers(groups_per_scale, "--groups-per-scale", int)
     config = make_config(
         TrainNvaeConfig,
@@ -158,6 +155,10 @@ def train_nvae(
         tensorboard=tensorboard,
         grad_clip=grad_clip,
     )
+    # Imported after the options are checked: a bad option fails before torch loads.
+    from acdctool.stages import train_nvae as stage
+    from acdctool.train.dist import env_rank
+
     main = env_rank() == 0
     quiet = quiet or not main
 

@@ -78,8 +78,10 @@ def train_seg(
 ) -> None:
     """Train a segmentation net; checkpoints are written atomically every epoch.
 
-    SIGTERM or Ctrl-C saves last.pt and exits 130: rerun the same command with --resume
-    (e.g. a requeued SLURM job). A non-finite loss exits 1, keeping the last good checkpoint.
+    SIGTERM, SIGHUP or Ctrl-C saves last.pt and exits 143, 129 or 130: rerun the same
+    command with --resume (e.g. a requeued SLURM job). A non-finite loss exits 1, keeping
+    the last good checkpoint. --force keeps the previous run until the new one has saved
+    its first last.pt; a second process on the same run folder is refused.
     Multi-GPU: run it under torchrun (second example).
 
     \b
@@ -87,9 +89,6 @@ def train_seg(
       acdctool train-seg slices.h5 --arch attunet --fold 0 -o runs/attunet-f0
       torchrun --nproc-per-node=4 --no-python acdctool train-seg s.h5 -o runs/ddp
     """
-    from acdctool.stages import train_seg as stage
-    from acdctool.train.dist import env_rank
-
     config = make_config(
         TrainSegConfig,
         arch=arch.value,
@@ -109,6 +108,10 @@ def train_seg(
         tensorboard=tensorboard,
         grad_clip=grad_clip,
     )
+    # Imported after the options are checked: a bad option fails before torch loads.
+    from acdctool.stages import train_seg as stage
+    from acdctool.train.dist import env_rank
+
     main = env_rank() == 0  # under torchrun only rank 0 talks
     quiet = quiet or not main
 

@@ -1,23 +1,109 @@
 """The anatomy gate (after Painchaud et al.): keep what is anatomically valid, replace what is not.
 
 An anatomically valid slice (the 16 criteria of :mod:`acdctool.metrics.anatomy`) is kept
-bit-identical; an invalid one is replaced by the candidate that is anatomically valid and
-closest (mean Dice) to the input; if no candidate qualifies the input is kept. Candidates come
-from a :data:`Proposer`: the NVAE (:class:`acdctool.correct.nvae_proposer.NvaeProposer`) or the
-morphological clean-up (:mod:`acdctool.correct.morph`). Used by ``refine`` and ``predict --nvae``.
+bit-identical; an invalid one is replaced by the anatomically valid candidate that agrees best
+with the segmentation (a :class:`acdctool.correct.scores.Scorer` rule: the input mask, or the
+segmentation's softmax), among those scoring at least ``min_agreement``; if none qualifies the
+input is kept. Candidates come from a :data:`Proposer`: the NVAE
+(:class:`acdctool.correct.nvae_proposer.NvaeProposer`) or the morphological clean-up
+(:mod:`acdctool.correct.morph`); the gate adds per-structure edits of them
+(:mod:`acdctool.correct.structure`). Used by ``refine`` (whose docstring states the rules in
+full) and ``predict --nvae``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from acdctool.config import Gate, RefineConfig
+from acdctool.config import Family, Gate, RefineConfig
+from acdctool.correct.scores import Scorer
+from acdctool.correct.structure import failing_structures, structure_edits
 from acdctool.metrics import anatomy, overlap
 
-Proposer = Callable[[np.ndarray, np.ndarray | None], list[np.ndarray]]
-"""(masks (B, H, W), context (B, 3, H, W) or None) → candidate label maps, each (B, H, W)."""
+REASONS = ("valid-kept", "corrected", "no-valid-candidate", "ungated")
+"""What the gate did with a row: kept a valid one, replaced an invalid one, kept an invalid one
+(no valid candidate qualified), replaced every row (``gate="none"``)."""
+
+
+@dataclass
+class Candidates:
+    """Candidate label maps for one batch, with what each is.
+
+    Attributes:
+        arrays: K arrays (B, H, W) uint8.
+        names: e.g. ``recon``, ``partial 0.05``, ``latent 0.5``, ``sample 2``, ``recon+polish``.
+        families: ``recon``, ``partial``, ``latent``, ``samples``, ``structure``, ``morph``,
+            ``<family>+polish``.
+        offered: whether the gate may choose it (else only a source of per-structure edits).
+        source: whether per-structure edits take structures from it.
+
+    Example:
+        >>> c = Candidates(); c.add(np.zeros((1, 2, 2), np.uint8), "recon", "recon", source=True)
+        >>> len(c), c.names, c.offered, c.source
+        (1, ['recon'], [True], [True])
+    """
+
+    arrays: list[np.ndarray] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    families: list[str] = field(default_factory=list)
+    offered: list[bool] = field(default_factory=list)
+    source: list[bool] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def add(self, array: np.ndarray, name: str, family: str, *, offered: bool = True, source: bool = False) -> None:
+        self.arrays.append(array)
+        self.names.append(name)
+        self.families.append(family)
+        self.offered.append(offered)
+        self.source.append(source)
+
+    def extend(self, other: Candidates) -> None:
+        """Append every candidate of ``other``, in order."""
+        for k in range(len(other)):
+            self.add(
+                other.arrays[k], other.names[k], other.families[k], offered=other.offered[k], source=other.source[k]
+            )
+
+    @classmethod
+    def of(cls, proposed: Candidates | Sequence[np.ndarray]) -> Candidates:
+        """A proposer's answer as :class:`Candidates` (a plain list: family ``candidate``)."""
+        if isinstance(proposed, Candidates):
+            return proposed
+        out = cls()
+        for k, array in enumerate(proposed):
+            out.add(array, f"candidate {k}", "candidate")
+        return out
+
+
+Proposer = Callable[[np.ndarray, np.ndarray | None], "Candidates | list[np.ndarray]"]
+"""(masks (B, H, W), context (B, 3, H, W) or None) → candidates (:class:`Candidates`, or a
+plain list of (B, H, W) label maps); the first replaces every slice under ``gate="none"``."""
+
+
+@dataclass
+class GateResult:
+    """One batch through the gate.
+
+    Attributes:
+        refined: (B, H, W) uint8.
+        reasons: per row, one of :data:`REASONS`.
+        valid_in, valid_out: (B,) bool, anatomical validity of input and output.
+        names, families: per row, the chosen candidate's name and family ("" where kept).
+        scores: (B,) float64, the ``choose`` rule's score of the output.
+    """
+
+    refined: np.ndarray
+    reasons: list[str]
+    valid_in: np.ndarray
+    valid_out: np.ndarray
+    names: list[str]
+    families: list[str]
+    scores: np.ndarray
 
 
 def pooled(proposers: Sequence[Proposer]) -> Proposer:
@@ -25,74 +111,149 @@ def pooled(proposers: Sequence[Proposer]) -> Proposer:
 
     Example:
         >>> both = pooled([lambda m, c: [m + 1], lambda m, c: [m + 2]])
-        >>> [c.tolist() for c in both(np.zeros(1, np.uint8), None)]
+        >>> [c.tolist() for c in both(np.zeros(1, np.uint8), None).arrays]
         [[1], [2]]
     """
-    return lambda masks, context: [c for propose in proposers for c in propose(masks, context)]
+
+    def propose(masks: np.ndarray, context: np.ndarray | None) -> Candidates:
+        out = Candidates()
+        for p in proposers:
+            out.extend(Candidates.of(p(masks, context)))
+        return out
+
+    return propose
 
 
 def gate(
-    masks: np.ndarray, context: np.ndarray | None, spacing: np.ndarray, propose: Proposer, config: RefineConfig
-) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
-    """Apply the gate to one batch.
+    masks: np.ndarray,
+    context: np.ndarray | None,
+    spacing: np.ndarray,
+    propose: Proposer,
+    config: RefineConfig,
+    probs: np.ndarray | None = None,
+) -> GateResult:
+    """Apply the gate to one batch (rules in the module docstring and :mod:`acdctool.stages.refine`).
+
+    Args:
+        masks: (B, H, W) uint8 input label maps.
+        context: (B, 3, H, W) 3-gram context, or None.
+        spacing: (B, 2) pixel spacing, mm.
+        propose: candidates for a sub-batch; the first is the ``gate="none"`` replacement.
+        config: gate, choice, candidate families, minimum agreement.
+        probs: (B, 4, H, W) softmax of the segmentation, needed by ``choose`` other than ``mask``.
 
     Returns:
-        (refined (B, H, W) uint8, reason per row, input valid (B,) bool, output valid (B,) bool).
+        :class:`GateResult`.
+
+    Raises:
+        BadInputError: ``config.choose`` needs ``probs`` and none (or of the wrong shape) is given.
+
+    Example:
+        >>> yy, xx = np.mgrid[:32, :32]; r = np.hypot(yy - 16, xx - 16)
+        >>> ok = np.where(r < 6, 3, np.where(r < 10, 2, 0)).astype(np.uint8)  # LV in a MYO ring
+        >>> m = np.stack([ok, np.zeros_like(ok)]); m[0, 16, 16] = 0  # row 0: a hole in the LV (invalid)
+        >>> g = gate(m, None, np.ones((2, 2)), lambda b, c: [ok[None].repeat(len(b), 0)], RefineConfig())
+        >>> g.reasons, g.families, int(g.refined[0, 16, 16])  # the filled LV replaces the invalid row
+        (['corrected', 'valid-kept'], ['candidate', ''], 3)
+        >>> g = gate(m, None, np.ones((2, 2)), lambda b, c: [np.zeros_like(b)], RefineConfig())
+        >>> g.reasons  # an empty mask is "valid", but never replaces a slice that has structures
+        ['no-valid-candidate', 'valid-kept']
     """
-    _, valid = anatomy.evaluate_batch(masks, spacing)
+    values, valid = anatomy.evaluate_batch(masks, spacing)
+    n = len(masks)
+    names, families = [""] * n, [""] * n
     if config.gate == Gate.NONE.value:
-        out = propose(masks, context)[0].astype(np.uint8)
-        return out, ["ungated"] * len(masks), valid, anatomy.evaluate_batch(out, spacing)[1]
+        cands = Candidates.of(propose(masks, context))
+        out = cands.arrays[0].astype(np.uint8)
+        emptied = _emptied(out, masks)
+        out[emptied] = masks[emptied]  # never wipe out every structure of a slice that had them
+        score = Scorer(config.choose, masks, probs).score(out)
+        return GateResult(
+            out,
+            ["no-valid-candidate" if e else "ungated" for e in emptied],
+            valid,
+            anatomy.evaluate_batch(out, spacing)[1],
+            [cands.names[0]] * n,
+            [cands.families[0]] * n,
+            score,
+        )
     out = masks.copy()
     valid_out = valid.copy()
     reasons = ["valid-kept" if v else "no-valid-candidate" for v in valid]
     todo = np.flatnonzero(~valid)
-    if todo.size == 0:
-        return out, reasons, valid, valid_out
-    candidates = propose(masks[todo], None if context is None else context[todo])
-    choice = closest_valid(masks[todo], candidates, spacing[todo], config.min_agreement)
-    for j, (i, k) in enumerate(zip(todo, choice, strict=False)):
-        if k >= 0:
-            out[i] = candidates[k][j]
-            reasons[i] = "corrected"
-            valid_out[i] = True
-    return out, reasons, valid, valid_out
+    scorer = Scorer(config.choose, masks, probs)
+    if todo.size:
+        sub = masks[todo]
+        cands = Candidates.of(propose(sub, None if context is None else context[todo]))
+        if Family.STRUCTURE.value in config.candidates and any(cands.source):
+            replace = failing_structures(anatomy.criteria_passed(values[todo]))
+            for k in [k for k in range(len(cands)) if cands.source[k]]:
+                edit = structure_edits(sub, cands.arrays[k], replace)
+                if cands.offered[k]:  # an edit equal to its offered source would only be checked twice
+                    same = (edit == cands.arrays[k]).all(axis=(1, 2))
+                    edit[same] = sub[same]  # equal to the input: never taken
+                cands.add(edit, f"structure<{cands.names[k]}>", Family.STRUCTURE.value)
+        offered = [k for k in range(len(cands)) if cands.offered[k]]
+        arrays = [cands.arrays[k] for k in offered]
+        sub_scorer = Scorer(config.choose, sub, None if probs is None else probs[todo])
+        choice = closest_valid(sub, arrays, spacing[todo], config.min_agreement, scores=sub_scorer.matrix(arrays))
+        for j, (i, k) in enumerate(zip(todo, choice, strict=True)):
+            if k >= 0:
+                out[i] = arrays[k][j]
+                reasons[i] = "corrected"
+                valid_out[i] = True
+                names[i], families[i] = cands.names[offered[k]], cands.families[offered[k]]
+    return GateResult(out, reasons, valid, valid_out, names, families, scorer.score(out))
 
 
 def closest_valid(
-    masks: np.ndarray, candidates: list[np.ndarray], spacing: np.ndarray, min_agreement: float = 0.0
+    masks: np.ndarray,
+    candidates: list[np.ndarray],
+    spacing: np.ndarray,
+    min_agreement: float = 0.0,
+    scores: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Per row, the anatomically valid candidate that agrees best (mean Dice) with the input.
+    """Per row, the anatomically valid candidate that agrees best with the input.
 
-    Candidates are checked lazily, best agreement first, so a row costs as many anatomy
-    checks as candidates it rejects (usually one or two), not one per candidate; the result
-    is the same as checking all. Ties go to the earlier candidate. A candidate identical to
-    the (invalid) input is never taken.
+    Candidates are checked lazily, best score first, so a row costs as many anatomy checks
+    as candidates it rejects (usually one or two), not one per candidate; the result is the
+    same as checking all. Ties go to the earlier candidate. A candidate identical to the
+    (invalid) input is never taken, nor one that removes every structure (all background) of
+    an input that has some: an empty mask is anatomically "valid", but it is no correction (a
+    broken model, e.g. NaN logits, would otherwise erase every slice it touches).
 
     Args:
         masks: (B, H, W) input label maps, all anatomically invalid.
         candidates: K arrays (B, H, W), candidate label maps.
         spacing: (B, 2) pixel spacing, mm.
-        min_agreement: least mean Dice with the input for a candidate to be taken.
+        min_agreement: least score for a candidate to be taken.
+        scores: (B, K) agreement of each candidate (higher is better, e.g.
+            :class:`acdctool.correct.scores.Scorer`); default: mean Dice with the input.
 
     Returns:
         (B,) int64: index into ``candidates`` of the chosen one, −1 where none qualifies.
 
     Example:
-        >>> m = np.zeros((1, 8, 8), np.uint8); m[0, 2:6, 2:6] = 3; m[0, 3, 3] = 0  # LV with a hole
-        >>> empty = np.zeros_like(m)  # valid, mean Dice 2/3 with m (RV, MYO both empty)
-        >>> closest_valid(m, [m.copy(), empty], np.ones((1, 2))).tolist()
-        [1]
-        >>> closest_valid(m, [m.copy(), empty], np.ones((1, 2)), min_agreement=0.9).tolist()
+        >>> yy, xx = np.mgrid[:32, :32]; r = np.hypot(yy - 16, xx - 16)
+        >>> ok = np.where(r < 6, 3, np.where(r < 10, 2, 0)).astype(np.uint8)[None]  # LV in a MYO ring
+        >>> m = ok.copy(); m[0, 16, 16] = 0  # a hole in the LV: anatomically invalid
+        >>> empty = np.zeros_like(m)  # "valid", but it erases every structure: never admissible
+        >>> closest_valid(m, [m.copy(), empty, ok], np.ones((1, 2))).tolist()
+        [2]
+        >>> closest_valid(m, [empty, ok], np.ones((1, 2)), min_agreement=0.9999).tolist()
         [-1]
     """
     n = len(masks)
     choice = np.full(n, -1, dtype=np.int64)
     if n == 0 or not candidates:
         return choice
-    agreement = np.stack([overlap.dice_batch(c, masks)[0].mean(axis=1) for c in candidates], axis=1)
+    if scores is None:
+        agreement = np.stack([overlap.dice_batch(c, masks)[0].mean(axis=1) for c in candidates], axis=1)
+    else:
+        agreement = np.array(scores, dtype=np.float64, copy=True)
     unchanged = np.stack([(c == masks).all(axis=(1, 2)) for c in candidates], axis=1)
-    agreement[unchanged | (agreement < min_agreement)] = -np.inf
+    emptied = np.stack([_emptied(c, masks) for c in candidates], axis=1)
+    agreement[unchanged | emptied | (agreement < min_agreement) | np.isnan(agreement)] = -np.inf
     order = np.argsort(-agreement, axis=1, kind="stable")
     pending = np.arange(n)
     for rank in range(len(candidates)):
@@ -106,3 +267,45 @@ def closest_valid(
         choice[pending[ok]] = k[ok]
         pending = pending[~ok]
     return choice
+
+
+def _emptied(candidate: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(B,) bool: rows where ``candidate`` is all background but ``masks`` is not."""
+    flat_c, flat_m = candidate.reshape(len(candidate), -1), masks.reshape(len(masks), -1)
+    return np.asarray(~flat_c.any(axis=1) & flat_m.any(axis=1))
+
+
+def merge_results(parts: Sequence[tuple[np.ndarray, GateResult]], n: int) -> GateResult:
+    """Gate results of sub-batches (rows ``sel`` each) back into one batch of ``n`` rows.
+
+    Used where rows of one batch go through different proposers (e.g. one NVAE per fold).
+
+    Example:
+        >>> def one(v):
+        ...     return GateResult(np.full((1, 2, 2), v, np.uint8), ["valid-kept"], np.ones(1, bool),
+        ...                       np.ones(1, bool), [""], [""], np.ones(1))
+        >>> merge_results([(np.array([1]), one(7)), (np.array([0]), one(5))], 2).refined[:, 0, 0].tolist()
+        [5, 7]
+    """
+    if len(parts) == 1 and len(parts[0][0]) == n:
+        return parts[0][1]
+    first = parts[0][1]
+    out = GateResult(
+        np.empty((n, *first.refined.shape[1:]), np.uint8),
+        [""] * n,
+        np.zeros(n, bool),
+        np.zeros(n, bool),
+        [""] * n,
+        [""] * n,
+        np.zeros(n),
+    )
+    for sel, g in parts:
+        out.refined[sel], out.valid_in[sel], out.valid_out[sel], out.scores[sel] = (
+            g.refined,
+            g.valid_in,
+            g.valid_out,
+            g.scores,
+        )
+        for j, i in enumerate(sel):
+            out.reasons[i], out.names[i], out.families[i] = g.reasons[j], g.names[j], g.families[j]
+    return out

@@ -1,6 +1,6 @@
 """NVAE candidates for the anatomy gate (``refine``, ``predict --nvae``): the posterior-mean
-reconstruction, partial edits of the input towards it, optional samples, and their
-morphological clean-ups."""
+reconstruction, partial edits of the input towards it, latent steps towards the prior, optional
+samples, and their morphological clean-ups."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from acdctool.config import RefineConfig
+from acdctool.config import Family, RefineConfig
 from acdctool.conventions import resolve_device
 from acdctool.correct import morph
+from acdctool.correct.gate import Candidates
+from acdctool.correct.patients import ModelPatients
 from acdctool.data.loader import argmax_labels, one_hot
-from acdctool.errors import BadInputError
+from acdctool.errors import BadInputError, ConfigError
 from acdctool.io.checkpoint import file_sha256, load_checkpoint
 
 if TYPE_CHECKING:
@@ -22,18 +24,35 @@ if TYPE_CHECKING:
 
 
 class NvaeProposer:
-    """Callable ``(masks (B,H,W), context (B,3,H,W) | None) -> [candidates (B,H,W)]``.
+    """Callable ``(masks (B,H,W), context (B,3,H,W) | None) -> Candidates``.
 
-    The first candidate is the posterior-mean decoding (deterministic; what ``--gate none``
-    uses). Then come the :func:`partial_edits` of the input towards it, one per threshold of
-    ``config.partial``, and ``config.samples`` decodings with temperature
-    ``config.temperature`` from a generator seeded with ``config.seed``, so a run is
-    reproducible. With ``config.polish`` each is also offered after
-    :func:`acdctool.correct.morph.clean_batch`.
+    The input is encoded once. Candidates, in this order (ties in the gate go to the earlier):
+
+    - ``recon``: the posterior-mean decoding (deterministic; what ``--gate none`` uses). Always
+      computed, as the source of partial and per-structure edits; offered to the gate only
+      with ``recon`` in ``config.candidates``;
+    - ``morph``: :func:`acdctool.correct.morph.clean_batch` of the input (no shape model);
+    - ``partial``: :func:`partial_edits` of the input towards it, one per ``config.partial``;
+    - ``latent``: decodings with every group at ``(1 − α) · posterior mean + α · prior mean``,
+      one per α of ``config.latent_steps`` (:meth:`acdctool.models.nvae.NVAE.decode`);
+    - ``samples``: ``config.samples`` decodings at temperature ``config.temperature`` from a
+      generator seeded with ``config.seed``, so a run is reproducible;
+    - with ``config.polish``, each offered one but ``morph`` (already clean) again after
+      :func:`acdctool.correct.morph.clean_batch` (family ``<family>+polish``).
+
+    Every unpolished NVAE decoding (not ``morph``) is a source of the gate's per-structure edits.
     """
 
-    def __init__(self, model: NVAE, device: torch.device, config: RefineConfig, info: dict[str, Any]):
+    def __init__(
+        self,
+        model: NVAE,
+        device: torch.device,
+        config: RefineConfig,
+        info: dict[str, Any],
+        patients: ModelPatients | None = None,
+    ):
         self.model, self.device, self.config, self.info = model, device, config, info
+        self.patients = patients
 
     @classmethod
     def load(
@@ -43,7 +62,8 @@ class NvaeProposer:
 
         Raises:
             FileKindError: not an NVAE checkpoint. BadInputError: wrong input channels
-            (4 = single mask, 12 = 3-gram) or image size for this file.
+            (4 = single mask, 12 = 3-gram) or image size for this file, or weights that do
+            not fit the stored model arguments.
         """
         from acdctool.models.nvae import NVAE
 
@@ -63,37 +83,65 @@ class NvaeProposer:
                 f"{path}: NVAE made for {size}×{size} slices, {path_for_errors} has {image_shape[0]}×{image_shape[1]}"
             )
         device = resolve_device(config.device)
-        model = NVAE.from_args(args)
-        model.load_state_dict(ckpt.state_dict)
+        try:
+            model = NVAE.from_args(args)
+            model.load_state_dict(ckpt.state_dict)
+        except (RuntimeError, TypeError, ValueError, KeyError, ConfigError) as exc:
+            raise BadInputError(
+                f"{path}: weights do not fit the NVAE its arguments describe ({str(exc).strip().splitlines()[0]})"
+            ) from None
         model.to(device).eval()
+        patients = ModelPatients.from_data(path, ckpt.data)
         info = {
             "path": str(Path(path).resolve()),
             "sha256": file_sha256(path),
+            "label": patients.label,
+            "fold": patients.fold,
+            "train_patients_from": patients.source,
             "args": args,
             "trained_on": ckpt.data,
             "epoch": (ckpt.train or {}).get("epoch"),
         }
-        return cls(model, device, config, info)
+        return cls(model, device, config, info, patients)
 
     @torch.inference_mode()
-    def __call__(self, masks: np.ndarray, context: np.ndarray | None) -> list[np.ndarray]:
+    def __call__(self, masks: np.ndarray, context: np.ndarray | None) -> Candidates:
+        cfg, families = self.config, set(self.config.candidates)
         labels = torch.from_numpy(np.ascontiguousarray(context if context is not None else masks))
-        x = one_hot(labels.to(self.device))
-        probs = self.model.reconstruct(x, mode="mean").float().softmax(1)
+        feats = self.model.encode(one_hot(labels.to(self.device)))
+        probs = self.model.decode(feats, mode="mean").float().softmax(1)
         recon = argmax_labels(probs)
-        out = [recon]
-        if self.config.partial:
+        out = Candidates()
+
+        def add(name: str, family: str, labels: torch.Tensor, offered: bool = True) -> None:
+            out.add(labels.to("cpu", torch.uint8).numpy(), name, family, offered=offered, source=True)
+
+        add("recon", Family.RECON.value, recon, offered=Family.RECON.value in families)
+        if Family.MORPH.value in families:
+            # The smallest edit of all, no shape model: a stray blob or a hole is often the only
+            # fault, and the NVAE's own candidates would also drop a small apical structure.
+            out.add(morph.clean_batch(masks), "morph", Family.MORPH.value, offered=True, source=False)
+        if Family.PARTIAL.value in families and cfg.partial:
             current = torch.from_numpy(np.ascontiguousarray(masks)).to(self.device, torch.long)
-            out += partial_edits(current, probs, self.config.partial, recon)
-        if self.config.samples:
-            gen = torch.Generator(device=self.device).manual_seed(self.config.seed)
-            for _ in range(self.config.samples):
-                logits = self.model.reconstruct(x, mode="sample", temperature=self.config.temperature, generator=gen)
-                out.append(argmax_labels(logits))
-        candidates = [o.to("cpu", torch.uint8).numpy() for o in out]
-        if self.config.polish:
-            candidates += [morph.clean_batch(c) for c in candidates]
-        return candidates
+            for t, edit in zip(cfg.partial, partial_edits(current, probs, cfg.partial, recon), strict=True):
+                add(f"partial {t:g}", Family.PARTIAL.value, edit)
+        if Family.LATENT.value in families:
+            for alpha in cfg.latent_steps:
+                add(
+                    f"latent {alpha:g}",
+                    Family.LATENT.value,
+                    argmax_labels(self.model.decode(feats, toward_prior=alpha)),
+                )
+        if Family.SAMPLES.value in families and cfg.samples:
+            gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+            for i in range(cfg.samples):
+                logits = self.model.decode(feats, mode="sample", temperature=cfg.temperature, generator=gen)
+                add(f"sample {i}", Family.SAMPLES.value, argmax_labels(logits))
+        if cfg.polish:
+            for k in [k for k in range(len(out)) if out.offered[k] and out.families[k] != Family.MORPH.value]:
+                polished = morph.clean_batch(out.arrays[k])
+                out.add(polished, f"{out.names[k]}+polish", f"{out.families[k]}+polish", offered=True, source=False)
+        return out
 
 
 def partial_edits(

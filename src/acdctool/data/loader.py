@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from acdctool.conventions import N_CLASSES, VOLUME_KEY
 from acdctool.errors import BadInputError
-from acdctool.io.slices import SliceFile
+from acdctool.io.slices import SliceFile, check_values
 
 
 def select_rows(index: pd.DataFrame, fold: int | None, source: str = "input") -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +93,8 @@ class SliceDataset(torch.utils.data.Dataset):
             otherwise read from the file in each worker.
 
     Raises:
-        BadInputError: the file lacks one of ``arrays``.
+        BadInputError: the file lacks one of ``arrays``; a label array holds values outside
+            0..3 or another array NaN/inf (naming the row).
 
     Example:
         >>> ds = SliceDataset("slices.h5", rows=train_rows)              # doctest: +SKIP
@@ -121,6 +122,12 @@ class SliceDataset(torch.utils.data.Dataset):
             self.index = f.index.iloc[self.rows].reset_index(drop=True)
             self.shape = f.shape
             self._cache = {name: f.read(name, self.rows) for name in arrays} if in_memory else None
+            # Bad values fail here, naming the row, not later as a crash or a NaN loss.
+            for name in arrays:
+                if self._cache is not None:
+                    check_values(self.path, name, self._cache[name], self.rows, f, labels=name in labels)
+                else:
+                    f.check_values(name, self.rows, labels=name in labels)
         self.arrays, self.labels = tuple(arrays), tuple(n for n in arrays if n in labels)
         self.one_hot = tuple(one_hot)
         keys = self.index[list(VOLUME_KEY)].astype(str).agg("/".join, axis=1)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from acdctool.config import PrepConfig, Roi
+from acdctool.config import NonFinite, PrepConfig, Roi
 from acdctool.conventions import FOREGROUND, PHASES
 from acdctool.data.crop_rule import MIN_CROP_PX, CropBox, centre_box, heart_centred_box, margin_box  # noqa: F401
 from acdctool.errors import AcdcToolError, BadInputError, InputMissingError
@@ -38,7 +39,8 @@ def ordered_map(fn, items, workers: int):
             yield item, _capture(fn, item)
         return
     window = workers + 1
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         pending = deque((item, pool.submit(_capture, fn, item)) for item in items[:window])
         nxt = window
         while pending:
@@ -47,6 +49,9 @@ def ordered_map(fn, items, workers: int):
                 pending.append((items[nxt], pool.submit(_capture, fn, items[nxt])))
                 nxt += 1
             yield item, future.result()
+    finally:
+        # Stopped early (an error, Ctrl-C, a signal): start no further patient.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _capture(fn, item):
@@ -79,7 +84,7 @@ def patient_rows(
 
     Raises:
         InputMissingError, BadInputError: unreadable frames, ED/ES shapes that differ, no
-            ground truth to place ``roi="gt"``.
+            ground truth to place ``roi="gt"``, NaN/inf inside the crop (:func:`finite_frame`).
     """
     frames = {
         phase: (f, load_frame(patient, f, with_mask=has_gt))
@@ -105,7 +110,8 @@ def frames_rows(
     are returned when every frame has one.
 
     Raises:
-        BadInputError: in-plane shapes differ; no ground truth to place ``roi``.
+        BadInputError: in-plane shapes differ; no ground truth to place ``roi``; NaN/inf inside
+            the crop (:func:`finite_frame`).
     """
     items = list(frames.items())
     first = items[0][1][1]
@@ -117,6 +123,7 @@ def frames_rows(
             )
     has_gt = all(frame.mask is not None for _, (_, frame) in items)
     box = roi_box({phase: frame for phase, (_, frame) in items}, config, where)
+    items = [(phase, (number, finite_frame(frame, box, config))) for phase, (number, frame) in items]
     rows, images, masks = [], [], []
     for phase, (frame_no, frame) in items:
         img, mask = resize_crop(frame, box, config)
@@ -178,6 +185,31 @@ def roi_box(frames: dict[str, Frame], config: PrepConfig, patient: PatientRef | 
     return margin_box(heart, config.margin)
 
 
+def finite_frame(frame: Frame, box: CropBox, config: PrepConfig) -> Frame:
+    """``frame``, checked for NaN/inf image voxels inside ``box`` (per ``config.nonfinite``).
+
+    With ``nonfinite="zero"`` every non-finite voxel becomes 0; outside the crop they are
+    harmless either way (the crop's padding comes from the finite voxels).
+
+    Raises:
+        BadInputError: ``nonfinite="error"`` and the crop holds NaN/inf (file, count, first slice).
+    """
+    image = frame.image
+    if np.isfinite(image).all():
+        return frame
+    if config.nonfinite == NonFinite.ZERO.value:
+        return replace(frame, image=np.where(np.isfinite(image), image, 0).astype(image.dtype))
+    inside = crop(image, box, 0.0)
+    bad = ~np.isfinite(inside)
+    if bad.any():
+        z = int(np.flatnonzero(bad.any(axis=(0, 1)))[0])
+        raise BadInputError(
+            f"{frame.image_path}: {int(bad.sum())} NaN/inf voxels inside the crop, first in slice {z}; "
+            "fix the image or use --nonfinite zero"
+        )
+    return frame
+
+
 def crop(volume: np.ndarray, box: CropBox, fill: float) -> np.ndarray:
     """Crop (X, Y, Z) → (size, size, Z), padding with ``fill`` where the box overhangs."""
     rows, cols = volume.shape[:2]
@@ -203,7 +235,8 @@ def resize_crop(frame: Frame, box: CropBox, config: PrepConfig) -> tuple[np.ndar
     affine = np.diag([sr, sc, sz, 1.0])
     z = frame.image.shape[2]
     resize = tio.Resize((config.size, config.size, z), image_interpolation="linear")
-    image = crop(frame.image, box, float(frame.image.min()))
+    finite = frame.image[np.isfinite(frame.image)]
+    image = crop(frame.image, box, float(finite.min()) if finite.size else 0.0)
     mask = None if frame.mask is None else crop(frame.mask, box, 0)
     channels = [image[None]]
     if mask is not None and config.mask_interp == "smooth":

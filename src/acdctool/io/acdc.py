@@ -150,7 +150,8 @@ def load_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...], object]:
 
     Raises:
         InputMissingError: no such file.
-        BadInputError: truncated, not gzip, or not NIfTI.
+        BadInputError: truncated, not gzip, or not NIfTI; a spatial pixdim that is 0,
+            negative or not finite (nibabel would silently replace it by 1 mm).
     """
     import nibabel as nib
 
@@ -158,6 +159,7 @@ def load_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...], object]:
     if not path.is_file():
         raise InputMissingError(f"{path}: missing file")
     try:
+        _check_pixdim(path)
         img = nib.load(str(path))
         if not isinstance(img, nib.spatialimages.SpatialImage):  # e.g. a CIFTI or MINC container
             raise BadInputError(f"{path}: not a NIfTI image ({type(img).__name__})")
@@ -168,6 +170,32 @@ def load_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...], object]:
         ) from None
     zooms = tuple(float(z) for z in img.header.get_zooms())
     return data, zooms, img.header
+
+
+def _check_pixdim(path: Path) -> None:
+    """Refuse a NIfTI-1 header whose voxel sizes are 0, negative or not finite, as stored.
+
+    nibabel "fixes" a zero pixdim to 1 on load (with a log line), which would make every mm
+    and mL wrong without an error, so the raw header is read first.
+    """
+    import nibabel as nib
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(path)) as fh:
+        block = fh.read(348)
+    if len(block) < 348:
+        return  # too short for a header: nib.load reports it
+    size_le, size_be = int.from_bytes(block[:4], "little"), int.from_bytes(block[:4], "big")
+    if 348 not in (size_le, size_be):
+        return  # not NIfTI-1 (e.g. NIfTI-2): nib.load checks it
+    header = nib.Nifti1Header(binaryblock=block, check=False)
+    ndim = int(header["dim"][0])
+    spatial = np.asarray(header["pixdim"][1 : 1 + max(1, min(ndim, 3))], dtype=np.float64)
+    if not (np.isfinite(spatial).all() and (spatial > 0).all()):
+        raise BadInputError(
+            f"{path}: voxel size {tuple(float(v) for v in spatial)} mm in pixdim is zero, negative or not "
+            "finite; the spacing is unknown (fix the header)"
+        )
 
 
 def load_frame(patient: PatientRef, frame: int, with_mask: bool = True) -> Frame:

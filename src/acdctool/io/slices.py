@@ -12,6 +12,12 @@ outputs), all of the same in-plane size H×W:
 Root attributes: ``format`` (always :data:`FORMAT`), ``kind`` (which stage wrote it),
 ``schema_version``, ``tool_version``, ``config`` and ``provenance`` (JSON strings).
 Arrays are chunked one row per chunk, gzip + shuffle, so random row access stays cheap.
+
+Damaged files fail with one-line errors (:class:`~acdctool.errors.BadInputError`) naming the file
+(and the row, for a corrupt chunk or a bad value): malformed attributes, an unreadable index
+or array, labels outside 0..3 and NaN/inf images (:meth:`SliceFile.check_values`).
+:class:`SliceWriter` builds the file in memory and writes it with plain file I/O at the end,
+so a full disk is a clean :class:`~acdctool.errors.OutputError` (HDF5 itself crashes on one).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import pandas as pd
 from acdctool import __version__
 from acdctool.conventions import VOLUME_KEY
 from acdctool.errors import BadInputError, FileKindError, InputMissingError, SchemaVersionError
-from acdctool.io.atomic import atomic_path
+from acdctool.io.atomic import atomic_path, write_bytes
 
 FORMAT = "acdctool-slices"
 SCHEMA_VERSION = 1
@@ -109,12 +115,14 @@ class SliceWriter:
         self._rows: dict[str, list[Any]] = {c: [] for c in self._columns}
         self._n = 0
         self._ctx: AbstractContextManager[Path] | None = None
+        self._tmp = self.path
         self._h5: h5py.File | None = None
 
     def __enter__(self) -> SliceWriter:
-        self._ctx = atomic_path(self.path, self._force, self._inputs)
-        tmp = self._ctx.__enter__()
-        self._h5 = h5py.File(tmp, "w")
+        ctx = self._ctx = atomic_path(self.path, self._force, self._inputs)
+        self._tmp = ctx.__enter__()
+        # In memory; the bytes go to the temp file at the end (see the module docstring).
+        self._h5 = h5py.File(self._tmp, "w", driver="core", backing_store=False, block_size=1 << 22)
         for name, (dtype, extra) in self._specs.items():
             full = (*extra, *self._shape)
             self._h5.create_dataset(
@@ -148,10 +156,20 @@ class SliceWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self._h5 is not None and self._ctx is not None
         try:
+            try:
+                if exc_type is None:
+                    self._finish()
+                    self._h5.flush()
+                    image = self._h5.id.get_file_image()
+            finally:
+                self._h5.close()
             if exc_type is None:
-                self._finish()
-        finally:
-            self._h5.close()
+                write_bytes(self._tmp, image)
+                del image
+        except BaseException as error:
+            if not self._ctx.__exit__(type(error), error, error.__traceback__):
+                raise
+            return
         self._ctx.__exit__(exc_type, exc, tb)
 
     def _finish(self) -> None:
@@ -212,10 +230,18 @@ class SliceFile:
         self._index: pd.DataFrame | None = None
 
     def _validate(self, kinds: Iterable[str] | None) -> None:
-        attrs = self._h5.attrs
+        try:
+            attrs = dict(self._h5.attrs)
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError):
+            raise BadInputError(f"{self.path}: unreadable attributes (damaged file?)") from None
         if attrs.get("format") != FORMAT:
             raise FileKindError(f"{self.path}: not an acdctool slice file (made by `acdctool prep` and later stages)")
-        version = int(attrs.get("schema_version", -1))
+        try:
+            version = int(attrs.get("schema_version", -1))
+        except (TypeError, ValueError):
+            raise BadInputError(
+                f"{self.path}: malformed 'schema_version' attribute {attrs.get('schema_version')!r}"
+            ) from None
         if version != SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"{self.path}: schema version {version}, this acdctool {__version__} reads version "
@@ -224,15 +250,39 @@ class SliceFile:
         kinds = tuple(kinds) if kinds is not None else KINDS
         if self.kind not in kinds:
             raise FileKindError(f"{self.path}: a '{self.kind}' file, expected {' or '.join(repr(k) for k in kinds)}")
-        if "index" not in self._h5 or "image" not in self._h5:
+        for key in ("config", "provenance"):
+            raw = attrs.get(key, "{}")
+            try:
+                ok = isinstance(json.loads(raw), dict)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise BadInputError(f"{self.path}: malformed '{key}' attribute (not a JSON object)")
+        try:
+            self._check_layout()
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise BadInputError(f"{self.path}: damaged slice file ({_first_line(exc)})") from None
+
+    def _check_layout(self) -> None:
+        h5 = self._h5
+        if not isinstance(h5.get("index"), h5py.Group) or not isinstance(h5.get("image"), h5py.Dataset):
             raise BadInputError(f"{self.path}: incomplete slice file (no index or image array)")
-        missing = [c for c in INDEX_COLUMNS if c not in self._h5["index"]]
+        missing = [c for c in INDEX_COLUMNS if not isinstance(h5["index"].get(c), h5py.Dataset)]
         if missing:
             raise BadInputError(f"{self.path}: index lacks columns {', '.join(missing)}")
         n = len(self)
+        for col in h5["index"]:
+            ds = h5["index"][col]
+            if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or ds.shape[0] != n:
+                raise BadInputError(f"{self.path}: index column '{col}' is not one value per row ({n} rows)")
         for name in self.arrays:
-            if self._h5[name].shape[0] != n:
-                raise BadInputError(f"{self.path}: array '{name}' has {self._h5[name].shape[0]} rows, index has {n}")
+            ds = h5[name]
+            if ds.shape[0] != n:
+                raise BadInputError(f"{self.path}: array '{name}' has {ds.shape[0]} rows, index has {n}")
+            if ds.ndim < 3 or ds.shape[-2:] != h5["image"].shape[-2:]:
+                raise BadInputError(
+                    f"{self.path}: array '{name}' has shape {ds.shape}; expected rows of {h5['image'].shape[-2:]}"
+                )
 
     def __enter__(self) -> SliceFile:
         return self
@@ -266,7 +316,7 @@ class SliceFile:
 
     @property
     def config(self) -> dict[str, Any]:
-        return json.loads(self._h5.attrs.get("config", "{}"))
+        return json.loads(self._h5.attrs.get("config", "{}"))  # checked to be a JSON object on open
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -289,7 +339,17 @@ class SliceFile:
             data = {}
             for col in [*INDEX_COLUMNS, *extra]:
                 ds = grp[col]
-                data[col] = ds.asstr()[:] if h5py.check_string_dtype(ds.dtype) else ds[:]
+                want_text = INDEX_COLUMNS.get(col) == _STR
+                is_text = h5py.check_string_dtype(ds.dtype) is not None
+                if col in INDEX_COLUMNS and want_text != is_text:
+                    kind = "text" if want_text else "numbers"
+                    raise BadInputError(f"{self.path}: index column '{col}' should hold {kind} ({ds.dtype})")
+                try:
+                    data[col] = ds.asstr()[:] if is_text else ds[:]
+                except (OSError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
+                    raise BadInputError(
+                        f"{self.path}: index column '{col}' is unreadable ({_first_line(exc)})"
+                    ) from None
             self._index = pd.DataFrame(data)
         return self._index
 
@@ -307,15 +367,50 @@ class SliceFile:
         """Read array ``name`` for ``rows`` (all rows by default), in the given row order."""
         ds = self.dataset(name)
         if rows is None:
-            return ds[:]
+            return self._read(ds, slice(None))
         if isinstance(rows, slice):
-            return ds[rows]
+            return self._read(ds, rows)
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
             return np.empty((0, *ds.shape[1:]), dtype=ds.dtype)
         # h5py fancy indexing needs increasing unique indices: read sorted, then reorder.
         uniq, inverse = np.unique(rows, return_inverse=True)
-        return ds[uniq][inverse]
+        return self._read(ds, uniq)[inverse]
+
+    def _read(self, ds: h5py.Dataset, selection: slice | np.ndarray) -> np.ndarray:
+        """``ds[selection]``; a corrupt chunk is a :class:`BadInputError` naming the first bad row."""
+        try:
+            return ds[selection]
+        except (OSError, RuntimeError, ValueError) as exc:
+            rows = np.arange(ds.shape[0])[selection]
+            bad = next((int(r) for r in rows if not _readable(ds, int(r))), None)
+            where = f" at row {bad}{self._describe(bad)}" if bad is not None else ""
+            raise BadInputError(
+                f"{self.path}: array '{ds.name.lstrip('/')}' is corrupt{where} ({_first_line(exc)}); "
+                "re-run the stage that made it"
+            ) from None
+
+    def _describe(self, row: int) -> str:
+        try:
+            r = self.index.iloc[row]
+            return f" ({r.patient} {r.phase} slice {r.slice})"
+        except Exception:  # noqa: BLE001 - only decorates a message; the index may be the damaged part
+            return ""
+
+    def check_values(
+        self, name: str, rows: Sequence[int] | np.ndarray | None = None, *, labels: bool | None = None
+    ) -> None:
+        """Refuse bad values in array ``name`` (``rows``, default all), read in chunks.
+
+        Label arrays (uint8; ``labels`` overrides the guess) must hold 0..3, others be finite.
+
+        Raises:
+            BadInputError: naming the file, the array and the first bad row (patient, phase, slice).
+        """
+        rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
+        for start in range(0, len(rows), 256):
+            part = rows[start : start + 256]
+            check_values(self.path, name, self.read(name, part), part, self, labels=labels)
 
     def spacing(self) -> np.ndarray:
         """(N, 2) pixel spacing (row_mm, col_mm) of every row, after crop and resize."""
@@ -357,8 +452,72 @@ class SliceFile:
     def _empty_gt_count(self) -> int | None:
         if not self.has("gt"):
             return None
-        ds = self._h5["gt"]
-        return int(sum(not ds[i].any() for i in range(ds.shape[0])))
+        n, count = len(self), 0
+        for start in range(0, n, 256):
+            part = self.read("gt", slice(start, min(start + 256, n)))
+            count += int((~part.reshape(len(part), -1).any(axis=1)).sum())
+        return count
+
+
+def check_values(
+    path: Path | str,
+    name: str,
+    values: np.ndarray,
+    rows: Sequence[int] | np.ndarray | None = None,
+    source: SliceFile | None = None,
+    *,
+    labels: bool | None = None,
+) -> None:
+    """Refuse labels outside 0..3 (integer arrays, or ``labels=True``) or NaN/inf (float arrays).
+
+    Args:
+        path, name: for the message.
+        values: (n, ...) rows of the array.
+        rows: the file rows they are (default ``0..n-1``), for the message.
+        source: the open file, to name the row's patient, phase and slice.
+
+    Raises:
+        BadInputError: naming the first bad row.
+
+    Example:
+        >>> check_values("s.h5", "gt", np.array([[[0, 4]]], np.uint8))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        acdctool.errors.BadInputError: s.h5: 'gt' row 0 has labels outside 0..3 (4); ...
+    """
+    if values.size == 0:
+        return
+    flat = values.reshape(len(values), -1)
+    is_labels = labels if labels is not None else not np.issubdtype(values.dtype, np.floating)
+    if is_labels:
+        bad_rows = ((flat < 0) | (flat > 3)).any(axis=1) if values.dtype.kind != "u" else (flat > 3).any(axis=1)
+        if not bad_rows.any():
+            return
+        i = int(np.flatnonzero(bad_rows)[0])
+        what = f"has labels outside 0..3 ({flat[i][(flat[i] < 0) | (flat[i] > 3)][0]})"
+        hint = "labels must be 0 background, 1 RV, 2 MYO, 3 LV"
+    else:
+        bad_rows = ~np.isfinite(flat).all(axis=1)
+        if not bad_rows.any():
+            return
+        i = int(np.flatnonzero(bad_rows)[0])
+        what = "has NaN or infinite values"
+        hint = "re-run prep (see --nonfinite)"
+    row = i if rows is None else int(np.asarray(rows)[i])
+    where = source._describe(row) if source is not None else ""
+    raise BadInputError(f"{path}: '{name}' row {row}{where} {what}; {hint}")
+
+
+def _readable(ds: h5py.Dataset, row: int) -> bool:
+    try:
+        ds[row]
+    except (OSError, RuntimeError, ValueError):
+        return False
+    return True
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def volume_groups(index: pd.DataFrame) -> list[tuple[tuple[str, str, str], np.ndarray]]:

@@ -26,7 +26,7 @@ from acdctool.config import PredictConfig, PrepConfig
 from acdctool.conventions import N_CLASSES
 from acdctool.data.crop_rule import CropBox, CropRule, centre_box, heart_centred_box
 from acdctool.data.prep import resize_crop
-from acdctool.errors import BadInputError, FileKindError
+from acdctool.errors import BadInputError, ConfigError, FileKindError
 from acdctool.io.acdc import Frame
 from acdctool.io.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from acdctool.io.export import uncrop
@@ -114,13 +114,12 @@ class SegEnsemble:
         nets = []
         for ck in ckpts:
             check_input_size(ck.model_name, ck.model_args, (rule.size, rule.size), str(ck.path))
-            net = build_seg_model(ck.model_name, ck.model_args)
             try:
+                net = build_seg_model(ck.model_name, ck.model_args)
                 net.load_state_dict(ck.state_dict)
-            except RuntimeError as exc:
-                raise BadInputError(
-                    f"{ck.path}: weights do not fit its stored architecture ({str(exc).splitlines()[0]})"
-                ) from None
+            except (RuntimeError, TypeError, ValueError, KeyError, ConfigError) as exc:
+                why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise BadInputError(f"{ck.path}: weights do not fit its stored architecture ({why})") from None
             nets.append(net.to(device).eval())
         return cls(ckpts, nets, rule, device)
 

@@ -328,8 +328,13 @@ class NVAE(nn.Module):
         temperature: float,
         generator: torch.Generator | None,
         compute_kl: bool = True,
+        toward_prior: float = 0.0,
     ) -> NVAEOutput:
-        """Run the decoder; with ``feats`` use posteriors (and compute KL), else the prior."""
+        """Run the decoder; with ``feats`` use posteriors (and compute KL), else the prior.
+
+        ``toward_prior`` α (``mode="mean"`` with ``feats``): every group takes
+        ``(1 − α) · posterior mean + α · prior mean``, its prior conditioned on the groups above.
+        """
         if mode not in DECODE_MODES:
             raise ConfigError(f"decode mode must be one of {DECODE_MODES}, got {mode!r}")
         state = self.h.expand(batch, -1, -1, -1)
@@ -351,7 +356,12 @@ class NVAE(nn.Module):
                 dist = prior.residual(self.post_net[g](combined))
                 if compute_kl:
                     kls.append(dist.kl(prior).sum(dim=(1, 2, 3)))
-            z = dist.mu if mode == "mean" else dist.sample(temperature, generator)
+            if mode == "sample":
+                z = dist.sample(temperature, generator)
+            elif toward_prior and feats_td is not None:
+                z = torch.lerp(dist.mu, prior.mu, toward_prior)
+            else:
+                z = dist.mu
             zs.append(z)
             state = self.dec_combiner[g](torch.cat([state, z.to(state.dtype)], dim=1))
         logits = self.head(self.post(state))
@@ -388,9 +398,33 @@ class NVAE(nn.Module):
         and grad mode (use ``model.eval()`` and ``torch.inference_mode()`` to refine).
         ``logits.argmax(1)`` gives the label map.
         """
-        feats = self.encode(x)
-        out = self._top_down(feats, x.shape[0], mode, temperature, generator, compute_kl=False)
-        return out.logits
+        return self.decode(self.encode(x), mode, temperature, generator)
+
+    def decode(
+        self,
+        feats: list[torch.Tensor],
+        mode: str = "mean",
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        toward_prior: float = 0.0,
+    ) -> torch.Tensor:
+        """Decode :meth:`encode`'s features through the posterior; logits ``(B, out_channels, H, W)``.
+
+        ``reconstruct(x, ...)`` is ``decode(encode(x), ...)``: encode once to decode several
+        ways. ``toward_prior`` α in [0, 1] (``mode="mean"`` only) walks from the input's own
+        encoding (α = 0: every posterior mean) towards the model's mean shape (α = 1: every
+        conditional prior mean), group by group: ``z_l = (1 − α) · mu_q + α · mu_p``.
+
+        Example:
+            >>> model = NVAE(image_size=32, scales=2, groups_per_scale=(1, 1)).eval()
+            >>> x = torch.zeros(1, 4, 32, 32)
+            >>> torch.equal(model.decode(model.encode(x)), model.reconstruct(x))
+            True
+        """
+        if not 0.0 <= toward_prior <= 1.0:
+            raise ConfigError(f"toward_prior must be within [0, 1], got {toward_prior}")
+        batch = feats[0].shape[0]
+        return self._top_down(feats, batch, mode, temperature, generator, False, toward_prior).logits
 
     def sample(
         self,

@@ -127,6 +127,29 @@ def check_input_size(arch: str, args: Mapping[str, Any], shape: tuple[int, int],
         )
 
 
+def check_buildable(arch: str, args: Mapping[str, Any], shape: tuple[int, int]) -> None:
+    """Build the net and run one zero slice of ``shape`` (H, W) through it, on the CPU.
+
+    ``--net-arg`` values of the wrong type or range (``channels=abc``, ``dropout=2``,
+    ``kernel_size=2``) fail here as a usage error instead of deep inside training.
+
+    Raises:
+        ConfigError: naming the arguments and what the net said.
+    """
+    import torch
+
+    try:
+        net = build_seg_model(arch, args)
+        net.eval()
+        with torch.no_grad():
+            out = net(torch.zeros(1, int(args.get("in_channels", 1)), *shape))
+    except (TypeError, ValueError, RuntimeError, AttributeError, KeyError, IndexError, ZeroDivisionError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"--net-arg: {arch} cannot be built or run with these arguments ({first})") from None
+    if tuple(out.shape[-2:]) != tuple(shape):
+        raise ConfigError(f"--net-arg: {arch} maps {shape[0]}×{shape[1]} slices to {tuple(out.shape[-2:])}")
+
+
 def build_seg_model(arch: str, args: Mapping[str, Any]):
     """Build a MONAI segmentation net from its name and full constructor arguments.
 

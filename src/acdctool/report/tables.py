@@ -6,7 +6,6 @@ resize), never from pixel counts alone.
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -15,6 +14,7 @@ import pandas as pd
 from acdctool.conventions import CLASS_NAMES, CLASSES, PHASES, VOLUME_KEY
 from acdctool.io.slices import volume_groups
 from acdctool.metrics import anatomy, clinical, overlap
+from acdctool.workers import process_map
 
 KEY = ["patient", "group", "phase", "slice", "n_slices", "split", "fold", "model"]
 _CHUNK = 256
@@ -77,11 +77,9 @@ def _chunk_metrics(pred: np.ndarray, gt: np.ndarray, spacing: np.ndarray, with_h
 
 
 def _map(fn, jobs: list[tuple], workers: int) -> list:
-    """``[fn(*job) for job in jobs]``, over ``workers`` processes when there is enough work."""
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(fn, *zip(*jobs, strict=False)))
-    return [fn(*job) for job in jobs]
+    """``[fn(*job) for job in jobs]``, over ``workers`` processes when there is enough work (ended
+    with the command: :func:`acdctool.workers.process_map`)."""
+    return process_map(fn, jobs, workers)
 
 
 def volume_metrics(

@@ -9,7 +9,9 @@ Every stage has the same contract::
 - ``inputs``: the module's ``Inputs`` dataclass: the files it reads and the ``provenance``
   record stored in its output (the CLI builds it from the command line; None: made without one);
   ``synth`` reads nothing and takes None;
-- ``output``: the file or folder to write (atomically; ``info`` writes nothing and takes None);
+- ``output``: the file or folder to write (atomically through :mod:`acdctool.io.atomic`, given
+  every input path so that it can never delete or replace one; ``info`` writes nothing and
+  takes None);
 - ``force``: replace an existing output;
 - ``progress``: a :data:`acdctool.progress.Progress` callback (:mod:`acdctool.progress`);
 - returns the module's ``Result`` dataclass. Training stages also take ``resume`` and

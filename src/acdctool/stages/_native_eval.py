@@ -125,7 +125,11 @@ def run_native(
         raise ConfigError("--baseline compares slice files; evaluate each at native resolution instead")
     pred = Path(inputs.pred)
     notes: list[str] = []
-    with atomic_dir(output, force) as out, tempfile.TemporaryDirectory(prefix="acdctool-native-") as scratch:
+    read = [inputs.pred, inputs.gt, inputs.like]
+    with (
+        atomic_dir(output, force, inputs=read) as out,
+        tempfile.TemporaryDirectory(prefix="acdctool-native-") as scratch,
+    ):
         if pred.is_dir():
             pairs, notes = pairs_from_folders(pred, inputs.gt, config)
             source = f"native: {pred} vs {inputs.gt}"

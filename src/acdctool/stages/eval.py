@@ -1,7 +1,9 @@
 """``eval``: compare predicted masks with ground truth; optionally before/after a correction.
 
 The report folder holds ``slices.csv``, ``volumes.csv``, ``clinical.csv``, ``summary.json``
-and PNG figures; with a baseline also ``comparison.csv``. It is written into a temp folder
+and PNG figures; with a baseline also ``comparison.csv``; with a QC folder (``acdctool qc``)
+also ``qc_scores.csv``, how well its predicted Dice and each of its signals detect bad slices
+and patients (:mod:`acdctool.qc.report`). It is written into a temp folder
 and moved into place only when complete, so a failure never leaves a partial report.
 """
 
@@ -17,14 +19,16 @@ import pandas as pd
 
 from acdctool.config import EvalConfig, config_to_dict
 from acdctool.conventions import CLASSES, ROW_KEY, SLICE_KEY
-from acdctool.errors import BadInputError
+from acdctool.errors import BadInputError, ConfigError
 from acdctool.io.atomic import atomic_dir
 from acdctool.io.slices import SliceFile
 from acdctool.metrics import anatomy
 from acdctool.progress import Progress, Tracker
 from acdctool.provenance import Provenance, make_provenance
+from acdctool.qc.report import read_qc_dir, score_against_truth, scores_frame
+from acdctool.qc.scoring import PATIENT_THRESHOLD, SLICE_THRESHOLD
 from acdctool.report import plots
-from acdctool.report.compare import compare
+from acdctool.report.compare import clinical_change, compare
 from acdctool.report.tables import (
     clinical_agreement,
     clinical_table,
@@ -64,6 +68,9 @@ class Inputs:
     folder is always evaluated at native resolution (against the ``gt`` folder)."""
     like: Path | None = None
     """``native``: the ACDC folder the slice file was prepped from (images and ``_gt`` masks)."""
+    qc: Path | None = None
+    """A QC folder of the same masks (``acdctool qc``): scores its predictions against the
+    true Dice (AUC for slices < 0.8 and patients < 0.85, Spearman, MAE) in ``qc_scores.csv``."""
     provenance: Provenance | None = None
     """Stored in ``summary.json``; None: made here, without a command line."""
 
@@ -89,10 +96,12 @@ def load_predictions(path: Path, gt_path: Path | None = None, with_image: bool =
     A ``prep`` file (no ``pred`` array) is its ground truth evaluated against itself.
 
     Raises:
-        BadInputError: no ground truth and no ``gt_path``; rows without a match (named);
+        BadInputError: no rows; no ground truth and no ``gt_path``; rows without a match (named);
             different geometry between matched rows; labels outside 0..3; bad spacing.
     """
     with SliceFile(path) as f:
+        if len(f) == 0:
+            raise BadInputError(f"{path}: the file has no rows; nothing to evaluate")
         index = f.index.copy()
         name = "pred" if f.has("pred") else "gt"
         if name == "gt" and not f.has("gt"):
@@ -184,7 +193,7 @@ def run(
 
     Raises:
         BadInputError, FileKindError, SchemaVersionError, InputMissingError: bad inputs (nothing
-            is written); OutputError: the folder exists without ``force``.
+            is written); OutputError: the folder exists without ``force``, or holds an input.
 
     A folder of NIfTI masks (or ``inputs.native``) is evaluated at native resolution instead,
     per 3D volume as the ACDC challenge does (:mod:`acdctool.stages._native_eval`).
@@ -194,10 +203,13 @@ def run(
         >>> run(EvalConfig(), Inputs(Path("nnunet_out"), gt=Path("labelsTs")), Path("report"))  # doctest: +SKIP
     """
     if inputs.native or Path(inputs.pred).is_dir():
+        if inputs.qc is not None:
+            raise ConfigError("--qc scores the QC of a slice file's rows: not with --native or a NIfTI folder")
         from acdctool.stages._native_eval import run_native
 
         return run_native(config, inputs, Path(output), force=force, progress=progress)
     pred_path, gt_path, baseline_path, out_dir = inputs.pred, inputs.gt, inputs.baseline, Path(output)
+    qc_run = read_qc_dir(inputs.qc) if inputs.qc is not None else None
     after = load_predictions(pred_path, gt_path)
     before = None
     if baseline_path is not None:
@@ -214,7 +226,7 @@ def run(
         if not np.array_equal(before.gt, after.gt):
             raise BadInputError(f"{baseline_path}: its ground truth differs from that of {pred_path}")
     tracker = Tracker(progress, 3 + (before is not None) + bool(config.plots), "parts")
-    with atomic_dir(out_dir, force) as tmp:
+    with atomic_dir(out_dir, force, inputs=[pred_path, gt_path, baseline_path]) as tmp:
         table = slice_metrics(after.index, after.pred, after.gt, hausdorff=config.hausdorff, workers=config.workers)
         tracker.advance()
         volumes = volume_metrics(after.index, after.pred, after.gt, hausdorff=config.hausdorff, workers=config.workers)
@@ -230,11 +242,20 @@ def run(
             pred_file=str(Path(pred_path).resolve()),
             gt_file=str(Path(gt_path).resolve()) if gt_path else None,
         )
+        if qc_run is not None:
+            summary["qc"] = score_against_truth(qc_run, table, SLICE_THRESHOLD, PATIENT_THRESHOLD)
+            scores_frame(summary["qc"]).to_csv(tmp / "qc_scores.csv", index=False, float_format="%.6g")
         figures = {}
         compared = None
         if before is not None:
-            base_table = slice_metrics(before.index, before.pred, before.gt, hausdorff=False, workers=config.workers)
-            deltas, comparison = compare(base_table, table, config.threshold, config.top_k)
+            base_table = slice_metrics(
+                before.index, before.pred, before.gt, hausdorff=config.hausdorff, workers=config.workers
+            )
+            families = after.index["refine_family"] if "refine_family" in after.index else None
+            deltas, comparison = compare(
+                base_table, table, config.threshold, config.top_k, config.worse_threshold, families
+            )
+            comparison["clinical_mae"] = clinical_change(clinical_table(before.index, before.pred, before.gt), clinical)
             deltas.to_csv(tmp / "comparison.csv", index=False, float_format="%.6g")
             comparison["baseline_file"] = str(Path(baseline_path).resolve())  # type: ignore[arg-type]
             summary["comparison"] = comparison
@@ -246,7 +267,7 @@ def run(
         summary["figures"] = sorted(figures)
         summary["config"] = config_to_dict(config)
         summary["provenance"] = (
-            make_provenance([p for p in (pred_path, gt_path, baseline_path) if p])
+            make_provenance([p for p in (pred_path, gt_path, baseline_path, inputs.qc) if p])
             if inputs.provenance is None
             else inputs.provenance
         )

@@ -70,7 +70,8 @@ def run(
         BadInputError: the file lacks the array; a volume has missing slices; the source image
             has another shape than the file recorded. InputMissingError: a patient or frame is
             not in ``like``. ConfigError: no ``like`` for a file without sources. OutputError:
-            ``output`` exists without ``force``.
+            ``output`` exists without ``force``, or would replace the slice file, a patient
+            folder of ``like`` or a source image.
 
     Example:
         >>> run(ExportConfig(), Inputs(Path("refined.h5"), Path("ACDC/training")), Path("nifti"))  # doctest: +SKIP
@@ -87,10 +88,15 @@ def run(
         raise ConfigError(f"{path}: give --like ACDC_DIR, the folder it was prepped from")
     like = Path(inputs.like) if inputs.like is not None else None
     patients = {p.name: p for p in find_patients(like)} if like is not None and not sourced else {}
+    if len(index) == 0:
+        raise BadInputError(f"{path}: the file has no rows; nothing to export")
     volumes = volume_groups(index)
     result = Result(out_dir)
     tracker = Tracker(progress, len(volumes), "volumes")
-    with atomic_dir(out_dir, force) as tmp:
+    # What is read (the slice file, the patient folders, the source images) may not be replaced.
+    sources = {str(v) for c in index.columns if c.startswith("source_") for v in index[c].unique() if str(v)}
+    read: list[Path | str | None] = [path, *(p.path for p in patients.values()), *sorted(sources)]
+    with atomic_dir(out_dir, force, inputs=read) as tmp:
         for (patient, phase, model), rows in volumes:
             first = index.iloc[rows[0]]
             if len(rows) != int(first.n_slices):

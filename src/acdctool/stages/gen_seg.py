@@ -31,10 +31,10 @@ import numpy as np
 
 from acdctool.config import GenSegConfig, config_to_dict
 from acdctool.conventions import N_CLASSES, resolve_device
-from acdctool.errors import BadInputError
+from acdctool.errors import BadInputError, ConfigError
 from acdctool.io.atomic import check_output
 from acdctool.io.checkpoint import Checkpoint, file_sha256, load_checkpoint
-from acdctool.io.slices import INDEX_COLUMNS, SliceFile, SliceWriter
+from acdctool.io.slices import INDEX_COLUMNS, SliceFile, SliceWriter, check_values
 from acdctool.progress import Progress, Tracker
 from acdctool.provenance import Provenance, make_provenance
 
@@ -163,8 +163,9 @@ def run(
 
     Raises:
         InputMissingError, FileKindError, SchemaVersionError, BadInputError: see
-            :func:`plan_gen_seg`.
-        OutputError: ``output`` exists (without ``force``) or cannot be written.
+            :func:`plan_gen_seg`; an image with NaN/inf (naming the row).
+        OutputError: ``output`` exists (without ``force``), is one of the inputs, or cannot
+            be written.
         ConfigError: ``device`` is ``cuda`` without a CUDA device.
 
     Example:
@@ -175,7 +176,7 @@ def run(
     plan = plan_gen_seg(inputs.slices, inputs.models, config)
     provenance = make_provenance([inputs.slices, *inputs.models]) if inputs.provenance is None else inputs.provenance
     output = Path(output)
-    check_output(output, force, [plan.path])
+    check_output(output, force, [plan.path, *inputs.models])
     device = resolve_device(config.device)
     tracker = Tracker(progress, plan.n_batches, "batches")
     nets = {(g.name, fold): _load_net(ck, device) for g in plan.groups for fold, ck in g.by_fold.items()}
@@ -205,7 +206,7 @@ def run(
             arrays=arrays,
             force=force,
             attrs=attrs,
-            inputs=[plan.path],
+            inputs=[plan.path, *inputs.models],
             columns=extra,
         ) as writer:
             for group in plan.groups:
@@ -213,6 +214,7 @@ def run(
                     rows = group.rows[start : start + plan.batch_size]
                     who = group.predictors[start : start + plan.batch_size]
                     image = f.read("image", rows)
+                    check_values(plan.path, "image", image, rows, f)  # NaN would decode as empty masks
                     probs = _predict(nets, group.name, image, who, device, config.amp and device.type == "cuda")
                     out = {"image": image, "pred": probs.argmax(1).astype(np.uint8)}
                     if has_gt:
@@ -276,12 +278,12 @@ def _assign(group: ModelGroup, patients: np.ndarray, folds: np.ndarray, warnings
 def _load_net(ck: Checkpoint, device):
     from acdctool.models.seg import build_seg_model
 
-    net = build_seg_model(ck.model_name, ck.model_args)
     try:
+        net = build_seg_model(ck.model_name, ck.model_args)
         net.load_state_dict(ck.state_dict)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, ValueError, KeyError, ConfigError) as exc:
         raise BadInputError(
-            f"{ck.path}: weights do not fit its stored architecture ({str(exc).splitlines()[0]})"
+            f"{ck.path}: weights do not fit its stored architecture ({(str(exc).strip().splitlines() or ['?'])[0]})"
         ) from None
     return net.to(device).eval()
 

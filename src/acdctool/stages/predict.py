@@ -26,7 +26,7 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from acdctool.config import PredictConfig, config_to_dict
+from acdctool.config import Choose, PredictConfig, RefineConfig, config_to_dict
 from acdctool.conventions import PHASES, resolve_device
 from acdctool.correct.gate import Proposer, gate, pooled
 from acdctool.data.phases import assign_phases
@@ -161,7 +161,7 @@ def run(
     result = Result(out_dir, notes=notes)
     records: list[dict[str, Any]] = []
     refine = config.refine_config()
-    with atomic_dir(out_dir, force) as tmp:
+    with atomic_dir(out_dir, force, inputs=[images, *inputs.models, *inputs.nvae]) as tmp:
         if propose is not None:
             (tmp / "uncorrected").mkdir()
         cache: dict[Path, Any] = {}
@@ -173,12 +173,12 @@ def run(
                 data = vol.data if fr.t is None else vol.data[..., fr.t]
                 loaded.append((fr, vol, np.asarray(data, dtype=np.float32)))
             seg = segment_patient([(d, v.spacing, fr.path) for fr, v, d in loaded], ensemble, config)
-            for (fr, vol, _), labels in zip(loaded, seg.labels, strict=True):
+            for (fr, vol, _), labels, probs in zip(loaded, seg.labels, seg.probs, strict=True):
                 rec = _frame_record(fr, seg)
                 final = labels
                 if propose is not None:
                     final, rec["corrected_slices"], rec["invalid_slices_crop"] = _correct(
-                        labels, seg.crop_spacing, propose, refine
+                        labels, seg.crop_spacing, propose, refine, probs
                     )
                 grid = (int(vol.shape[0]), int(vol.shape[1]))
                 native = uncrop(final, seg.box.r0, seg.box.c0, seg.box.size, grid)
@@ -242,18 +242,23 @@ def _proposer(
 
 
 def _correct(
-    labels: np.ndarray, spacing: tuple[float, float], propose: Proposer, refine: Any
+    labels: np.ndarray, spacing: tuple[float, float], propose: Proposer, refine: RefineConfig, probs: np.ndarray
 ) -> tuple[np.ndarray, int, int]:
-    """Gate one frame's crop masks: (masks, slices corrected, slices invalid before), at crop resolution."""
+    """Gate one frame's crop masks: (masks, slices corrected, slices invalid before), at crop resolution.
+
+    ``probs`` (N, 4, H, W) is the ensemble's mean softmax, whose argmax ``labels`` are: the
+    reference of ``refine.choose`` ``soft-dice`` and ``loglik``.
+    """
     sp = np.tile(np.asarray(spacing, dtype=np.float64), (len(labels), 1))
     out = labels.copy()
     corrected = invalid = 0
+    with_probs = refine.choose != Choose.MASK.value
     for start in range(0, len(labels), refine.batch_size):
         rows = slice(start, start + refine.batch_size)
-        fixed, reasons, valid_in, _ = gate(labels[rows], None, sp[rows], propose, refine)
-        out[rows] = fixed
-        corrected += sum(r == "corrected" for r in reasons)
-        invalid += int((~valid_in).sum())
+        g = gate(labels[rows], None, sp[rows], propose, refine, probs=probs[rows] if with_probs else None)
+        out[rows] = g.refined
+        corrected += g.reasons.count("corrected")
+        invalid += int((~g.valid_in).sum())
     return out, corrected, invalid
 
 

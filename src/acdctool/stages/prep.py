@@ -65,9 +65,11 @@ def run(
     Raises:
         InputMissingError: the folder or a file it needs is missing.
         BadInputError: malformed Info.cfg or NIfTI, shape mismatch, labels outside 0..3, no
-            ground truth with ``roi="gt"`` (each naming the file); with ``skip_bad`` these
+            ground truth with ``roi="gt"``, NaN/inf inside the crop (with
+            ``nonfinite="error"``), each naming the file; with ``skip_bad`` these
             skip the patient instead, unless every patient fails.
-        OutputError: ``output`` exists (without ``force``) or cannot be written.
+        OutputError: ``output`` exists (without ``force``), lies in (or is) a patient folder
+            and exists, or cannot be written.
 
     Example:
         >>> run(PrepConfig(folds=5), Inputs(Path("ACDC/training")), Path("slices.h5"))  # doctest: +SKIP
@@ -96,6 +98,7 @@ def run(
         arrays=arrays,
         force=force,
         columns=SOURCE_COLUMNS if is_nnunet_raw(root) else None,
+        inputs=_read_paths(root),  # the output may not replace anything prep reads
     ) as writer:
         for (name, _), outcome in ordered_map(lambda u: u[1](), units, workers=config.workers):
             if isinstance(outcome, AcdcToolError):
@@ -112,6 +115,15 @@ def run(
         if result.patients == 0:
             raise BadInputError(f"{root}: every patient failed; first error: {result.skipped[0][1]}")
     return result
+
+
+def _read_paths(root: Path) -> list[Path]:
+    """The folders whose files prep reads: each patient folder, or an nnU-Net dataset's subsets."""
+    if not is_nnunet_raw(root):
+        return [p.path for p in find_patients(root)]
+    if root.name.startswith("images"):  # one image folder of a dataset (and its labels beside it)
+        return [root, root.with_name(root.name.replace("images", "labels", 1))]
+    return [root / "dataset.json", *(root / d for d in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"))]
 
 
 Unit = tuple[str, Callable[[], tuple[list[dict[str, Any]], np.ndarray, np.ndarray | None]]]

@@ -78,7 +78,7 @@ def run(
 
     path, run_dir = Path(inputs.data), Path(output)
     resolve_device(config.device)
-    check_run_dir(run_dir, resume, force)
+    check_run_dir(run_dir, resume, force, [path])
     check_tensorboard(config.tensorboard)
     input_key, target_key = nvae_arrays(config)
     with SliceFile(path) as f:
@@ -123,6 +123,9 @@ def run(
         "context": config.context,
         "fold": config.fold,
         "folds": patient_folds(index),
+        # refine refuses to correct a patient with an NVAE that trained on it
+        "train_patients": sorted(index.patient.iloc[train_rows].unique().tolist()),
+        "val_patients": sorted(index.patient.iloc[val_rows].unique().tolist()),
         "rows": {"train": int(len(train_rows)), "val": int(len(val_rows))},
         "prep": prep,  # the crop the masks were made with (None unless a prep file)
     }
@@ -138,5 +141,6 @@ def run(
         resume=resume,
         force=force,
         hooks=training_hooks(progress, config.epochs, should_stop),
+        inputs=(path,),
     )
     return trainer.fit(train_ds, val_ds)

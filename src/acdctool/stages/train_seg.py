@@ -19,7 +19,7 @@ from acdctool.data.loader import Augment, SliceDataset, patient_folds, select_ro
 from acdctool.errors import BadInputError
 from acdctool.io.checkpoint import file_sha256
 from acdctool.io.slices import SliceFile
-from acdctool.models.seg import check_input_size, parse_net_args, resolve_args
+from acdctool.models.seg import check_buildable, check_input_size, parse_net_args, resolve_args
 from acdctool.progress import Progress
 from acdctool.provenance import Provenance, make_provenance
 from acdctool.stages._training import check_tensorboard, training_hooks
@@ -72,10 +72,13 @@ def run(
     Raises:
         InputMissingError, FileKindError, SchemaVersionError: unreadable input.
         BadInputError: no ground truth, ``fold`` not in the file, empty train/val selection,
-            slice size the net cannot take, or resuming on another file.
-        ConfigError: bad net arguments, CUDA asked but absent, ``tensorboard`` not installed,
-            or resuming with other settings.
-        OutputError: ``output`` exists (without ``resume``/``force``).
+            slice size the net cannot take, labels outside 0..3 or NaN/inf images (naming
+            the row), or resuming on another file.
+        ConfigError: bad net arguments (unknown, of the wrong type, or a net that cannot be
+            built or run), CUDA asked but absent, ``tensorboard`` not installed, or resuming
+            with other settings.
+        OutputError: ``output`` exists (without ``resume``/``force``), or another process is
+            training into it.
         TrainingDivergedError: non-finite loss or weights (last good checkpoint kept).
 
     Example:
@@ -85,7 +88,7 @@ def run(
     """
     path, run_dir = Path(inputs.slices), Path(output)
     resolve_device(config.device)
-    check_run_dir(run_dir, resume, force)
+    check_run_dir(run_dir, resume, force, [path])
     args = resolve_args(config.arch, parse_net_args(config.net_args))
     check_tensorboard(config.tensorboard)
     with SliceFile(path, kinds=("prep",)) as f:
@@ -95,6 +98,7 @@ def run(
                 f"patients with *_gt.nii.gz masks"
             )
         check_input_size(config.arch, args, f.shape, str(path))
+        check_buildable(config.arch, args, f.shape)
         index, prep = f.index, preprocessing_of(f.kind, f.config)
     train_rows, val_rows = select_rows(index, config.fold, str(path))
     data = {
@@ -129,5 +133,6 @@ def run(
         resume=resume,
         force=force,
         hooks=training_hooks(progress, config.epochs, should_stop),
+        inputs=(path,),
     )
     return trainer.fit(train_ds, val_ds)

@@ -156,11 +156,14 @@ class EpochSampler(torch.utils.data.Sampler[int]):
 
 
 class StopSignals:
-    """Turn SIGTERM/SIGINT into a request (``received``) while active, in the main thread only.
+    """Turn SIGTERM/SIGINT/SIGHUP into a request (``received``) while active, in the main thread only.
 
-    A preempted SLURM job gets SIGTERM: the trainer then saves ``last.pt`` and returns. The
-    first signal restores the previous handler, so a second Ctrl-C interrupts at once.
+    A preempted SLURM job gets SIGTERM, a closed terminal SIGHUP: the trainer then saves
+    ``last.pt`` and returns. The first signal restores the previous handlers, so a second one
+    interrupts at once (through the CLI's handlers).
     """
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -168,13 +171,14 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in self.SIGNALS:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.received = signum
-        signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._old.get(sig, signal.SIG_DFL))
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._old.items():

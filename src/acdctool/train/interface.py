@@ -124,3 +124,4 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     resumed_from: int | None = None  # epoch of the checkpoint resumed from
     notes: list[str] = field(default_factory=list)
+    signal: int | None = None  # the signal that stopped an interrupted run (None: the stop hook)

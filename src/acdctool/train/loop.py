@@ -7,19 +7,23 @@ here too): it builds the net, turns a batch into a loss, and validation batches 
 one behaviour:
 
 - **Run folder** ``RUN_DIR`` (:mod:`acdctool.train.run_dir`): ``last.pt`` (every epoch, and on
-  SIGTERM/SIGINT mid-epoch), ``best.pt`` (best value of ``task.best_metric``), ``metrics.csv``
-  (one row per epoch, rewritten atomically from the history stored in ``last.pt``), ``tb/``
-  with ``--tensorboard``. An existing non-empty folder needs ``resume`` (continue) or
-  ``force`` (start over).
+  SIGTERM/SIGINT/SIGHUP mid-epoch), ``best.pt`` (best value of ``task.best_metric``),
+  ``metrics.csv`` (one row per epoch, rewritten atomically from the history stored in
+  ``last.pt``), ``tb/`` with ``--tensorboard``. An existing non-empty folder needs ``resume``
+  (continue) or ``force`` (start over: the previous run is kept until the new one saves its
+  first ``last.pt``, and put back if it fails before). A lock refuses a second process.
 - **Resume** (:mod:`acdctool.train.state`) restores model, optimiser, scheduler, task state,
   the Python, NumPy, torch (and CUDA) RNG states and the augmentation generator of every rank,
-  the epoch and the step inside it; the epoch order is a function of (seed, epoch). A resumed
-  CPU run is bit-identical to an uninterrupted one. ``resume`` without a checkpoint starts
+  the epoch and the step inside it; the epoch order is a function of (seed, epoch), and the
+  data loaders draw their seeds from their own generators (seeded by seed, epoch and rank),
+  never from the global RNG. A resumed CPU run is bit-identical to an uninterrupted one.
+  Resuming with another ``epochs`` stretches the learning-rate schedule to the new length
+  (:func:`acdctool.train.state.continue_schedule`). ``resume`` without a checkpoint starts
   fresh, so a preempted SLURM job just reruns the same command.
-- **Stop** (SIGTERM, SIGINT or ``Hooks.should_stop``): ranks agree at the next check step,
-  ``last.pt`` is saved, :meth:`Trainer.fit` returns ``status="interrupted"``.
-- **Divergence**: a non-finite loss or weight raises :class:`TrainingDivergedError` before
-  anything is saved, so the last good checkpoint stays.
+- **Stop** (SIGTERM, SIGINT, SIGHUP or ``Hooks.should_stop``): ranks agree at the next check
+  step, ``last.pt`` is saved, :meth:`Trainer.fit` returns ``status="interrupted"``.
+- **Divergence**: a non-finite loss, weight or validation metric raises
+  :class:`TrainingDivergedError` before anything is saved, so the last good checkpoint stays.
 - **DDP** under ``torchrun``: :class:`EpochSampler` shards, rank 0 writes, validation sums are
   all-reduced. ``batch_size`` is per process.
 - **Mixed precision** is bf16 autocast on CUDA (``amp``), which needs no loss scaling.
@@ -27,10 +31,10 @@ one behaviour:
 
 from __future__ import annotations
 
+import math
 import random
-import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,13 +42,22 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from acdctool.errors import ConfigError, TrainingDivergedError
+from acdctool.errors import BadInputError, ConfigError, TrainingDivergedError
 from acdctool.io.checkpoint import load_checkpoint, save_checkpoint
 from acdctool.train import dist
 from acdctool.train.dist import DistContext, EpochSampler
 from acdctool.train.interface import Hooks, LoopSettings, StepContext, Task, TrainResult
-from acdctool.train.run_dir import check_run_dir, prepare_run_dir, write_metrics_csv
-from acdctool.train.state import RESUMABLE, RunState, check_resumable, restore, train_entry
+from acdctool.train.run_dir import RunFolder, check_run_dir, prepare_run_dir, write_metrics_csv
+from acdctool.train.state import (
+    RESUMABLE,
+    RunState,
+    check_resumable,
+    continue_schedule,
+    restore,
+    schedule_lengths,
+    train_entry,
+)
+from acdctool.workers import quiet_worker
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -79,14 +92,18 @@ class Trainer:
         data: training-data record for checkpoints (must hold ``sha256``; see io/checkpoint).
         provenance: stored in checkpoints.
         resume: continue from ``run_dir/last.pt`` when it exists.
-        force: start over in an existing run folder (removes its checkpoints and metrics).
+        force: start over in an existing run folder (its checkpoints and metrics are replaced
+            once the new run has saved its first ``last.pt``).
         hooks: progress callbacks and a stop hook.
+        inputs: the files the run reads; no run file may be one of them.
 
     Raises (from :meth:`fit`):
-        OutputError: ``run_dir`` is not empty and neither ``resume`` nor ``force`` was given.
+        OutputError: ``run_dir`` is not empty and neither ``resume`` nor ``force`` was given,
+            another process is using it, or a run file would replace an input.
         ConfigError: resuming with different settings, or too few validation rows for DDP.
         BadInputError: resuming on a different data file.
-        TrainingDivergedError: a non-finite loss or weight; nothing is saved for that epoch.
+        TrainingDivergedError: a non-finite loss, weight or validation metric; nothing is
+            saved for that epoch.
 
     Example:
         >>> result = Trainer(SegTask(...), LoopSettings.from_config(cfg), Path("run"),
@@ -105,11 +122,14 @@ class Trainer:
         resume: bool = False,
         force: bool = False,
         hooks: Hooks | None = None,
+        inputs: tuple[Path | str, ...] = (),
     ) -> None:
         self.task, self.settings, self.run_dir = task, settings, Path(run_dir)
         self.config, self.data, self.provenance = dict(config), dict(data), dict(provenance or {})
         self.resume, self.force, self.hooks = resume, force, hooks or Hooks()
+        self.inputs = tuple(inputs)
         self._signals: dist.StopSignals | None = None
+        self._folder: RunFolder | None = None  # rank 0: the locked run folder
 
     # ---------------------------------------------------------------- public
     def fit(self, train_ds: Dataset[Any], val_ds: Dataset[Any]) -> TrainResult:
@@ -117,14 +137,18 @@ class Trainer:
             self._signals = signals
             if _len(val_ds) < ctx.world_size:
                 raise ConfigError(f"{_len(val_ds)} validation rows for {ctx.world_size} processes")
-            resume_path, created = dist.on_main(ctx, self._prepare_run_dir)
+            resume_path = dist.on_main(ctx, self._prepare_run_dir)
             try:
                 result = self._fit(ctx, train_ds, val_ds, resume_path)
+                dist.barrier(ctx)  # rank 0 may still be writing; nobody leaves before it is done
             except BaseException:
-                if created and ctx.is_main and not (self.run_dir / "last.pt").exists():
-                    shutil.rmtree(self.run_dir, ignore_errors=True)  # we made it; leave nothing behind
+                if self._folder is not None:
+                    self._folder.rollback()  # before its first checkpoint: the folder as it was
                 raise
-            dist.barrier(ctx)  # rank 0 may still be writing; nobody leaves before it is done
+            finally:
+                if self._folder is not None:
+                    self._folder.release()
+                    self._folder = None
             return result
 
     # ------------------------------------------------------------- internals
@@ -144,7 +168,8 @@ class Trainer:
     ) -> TrainResult:
         s, device = self.settings, ctx.device
         run = self._start(ctx)
-        notes = self._restore(run, resume_path) if resume_path is not None else []
+        notes = list(self._folder.notes) if self._folder is not None else []
+        notes += self._restore(run, resume_path) if resume_path is not None else []
         resumed_from = run.epoch if resume_path is not None else None
         if run.epoch >= s.epochs:
             return self._result("up-to-date", run, resumed_from, notes)
@@ -162,6 +187,7 @@ class Trainer:
                     self._save(run, best=False)
                     return self._result("interrupted", run, resumed_from, notes)
                 record = self._end_epoch(run, val_ds, time.perf_counter() - t0)
+                self._check_validation(record)
                 if self.task.scheduler_interval == "epoch":
                     run.scheduler.step()
                 improved = self._update_best(run, record)
@@ -200,12 +226,14 @@ class Trainer:
             num_workers=s.workers,
             collate_fn=_collate,
             pin_memory=device.type == "cuda",
+            generator=self._loader_generator(run, "train"),
+            worker_init_fn=quiet_worker if s.workers else None,
         )
         sums = {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in run.partial.items()}
         run.net.train()
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.amp and device.type == "cuda")
         note = self.hooks.on_note if ctx.is_main else None
-        for batch in _batches(loader, resumed=run.step > 0):
+        for batch in loader:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             step_ctx = StepContext(run.epoch, run.step, run.global_step, n_steps, run.generator, device, note)
             with autocast:
@@ -263,7 +291,13 @@ class Trainer:
         device = ctx.device
         positions = list(range(ctx.rank, _len(val_ds), ctx.world_size))
         loader = DataLoader(
-            val_ds, batch_size=2 * s.batch_size, sampler=positions, num_workers=s.workers, collate_fn=_collate
+            val_ds,
+            batch_size=2 * s.batch_size,
+            sampler=positions,
+            num_workers=s.workers,
+            collate_fn=_collate,
+            generator=self._loader_generator(run, "val"),
+            worker_init_fn=quiet_worker if s.workers else None,
         )
         run.model.eval()
         sums: dict[str, torch.Tensor] = {}
@@ -289,6 +323,31 @@ class Trainer:
         if better:
             run.best_value, run.best_epoch = float(value), run.epoch
         return better
+
+    def _loader_generator(self, run: RunState, part: str) -> torch.Generator:
+        """The generator a DataLoader draws its workers' base seed from, a function of (seed,
+        epoch, rank): starting an iterator then never draws from the global RNG, whose state a
+        mid-epoch resume restores (the NVAE's latents and dropout come from it)."""
+        offset = 0 if part == "train" else 1
+        return torch.Generator().manual_seed(
+            (self.settings.seed * 1_000_003 + run.epoch) * 4099 + 2 * run.ctx.rank + offset
+        )
+
+    def _check_validation(self, record: dict[str, Any]) -> None:
+        # NaN (or +inf: a blown-up loss) anywhere in validation; -inf is a task's "not eligible yet".
+        bad = {
+            k: v
+            for k, v in record.items()
+            if k.startswith("val_") and isinstance(v, float) and (math.isnan(v) or v == math.inf)
+        }
+        if bad:
+            shown = ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
+            kept = self.run_dir / "last.pt"
+            raise TrainingDivergedError(
+                f"validation of epoch {record['epoch']} gave non-finite {shown}; "
+                + (f"last good checkpoint kept: {kept}" if kept.exists() else "no checkpoint was written")
+                + " (check the input for NaN/inf, or lower the learning rate)"
+            )
 
     def _check_finite(self, run: RunState) -> None:
         if not all(torch.isfinite(p).all() for p in run.model.parameters()):
@@ -332,20 +391,35 @@ class Trainer:
             train=train,
             provenance=self.provenance,
         )
+        if not best and self._folder is not None:
+            self._folder.commit()  # a good last.pt exists: the previous run (if forced) may go
 
     def _restore(self, run: RunState, path: Path) -> list[str]:
         """Continue from the checkpoint at ``path``; returns notes for the user."""
         ckpt = load_checkpoint(path, kinds=[self.task.checkpoint_kind])
         train = check_resumable(path, ckpt, self.config, self.data)
-        run.model.load_state_dict(ckpt.state_dict)
+        try:
+            run.model.load_state_dict(ckpt.state_dict)
+        except RuntimeError as exc:
+            raise BadInputError(f"{path}: weights do not fit this model ({str(exc).splitlines()[0]})") from None
+        lengths = schedule_lengths(run.scheduler)  # the schedule built for this run's --epochs
         notes = restore(run, train, self.settings.seed)
         if hasattr(self.task, "load_state_dict") and train.get("task") is not None:
             self.task.load_state_dict(train["task"])
+        old, new = ckpt.config.get("epochs"), self.config.get("epochs")
+        if old is not None and new is not None and old != new and run.epoch < new:
+            lr = continue_schedule(run, lengths)
+            if lr is not None:
+                notes.append(
+                    f"--epochs {new} (was {old}): the learning-rate schedule now spans {new} epochs and "
+                    f"continues at lr {lr:.4g}, where a {new}-epoch run is at this step"
+                )
         return notes
 
-    def _prepare_run_dir(self) -> tuple[Path | None, bool]:
-        """(checkpoint to resume from or None, whether the folder was created)."""
-        return prepare_run_dir(self.run_dir, self.resume, self.force)
+    def _prepare_run_dir(self) -> Path | None:
+        """Lock and prepare the run folder (rank 0); the checkpoint to resume from, or None."""
+        self._folder = prepare_run_dir(self.run_dir, self.resume, self.force, self.inputs)
+        return self._folder.resume_from
 
     def _tensorboard(self, run: RunState) -> SummaryWriter | None:
         if not (self.settings.tensorboard and run.ctx.is_main):
@@ -365,22 +439,8 @@ class Trainer:
             dict(run.history[-1]) if run.history else {},
             resumed_from,
             notes,
+            self._signals.received if self._signals is not None and status == "interrupted" else None,
         )
-
-
-def _batches(loader: DataLoader[Any], *, resumed: bool) -> Iterator[Batch]:
-    """Iterate ``loader``; when resuming mid-epoch, without touching the global torch RNG.
-
-    Starting an iterator draws the workers' base seed from the global CPU RNG. An uninterrupted
-    epoch drew it before its first step, and the resume restored the RNG state from after that
-    draw, so a second one would shift every later draw (e.g. the NVAE's latent samples).
-    """
-    if not resumed:
-        return iter(loader)
-    state = torch.get_rng_state()
-    batches = iter(loader)
-    torch.set_rng_state(state)
-    return batches
 
 
 def _len(dataset: Dataset[Any]) -> int:

@@ -28,6 +28,7 @@ Checkpoints written before bf16-only mixed precision also hold ``scaler`` (the s
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,16 @@ from acdctool.io.checkpoint import Checkpoint
 from acdctool.train import dist
 from acdctool.train.dist import DistContext
 
-__all__ = ["RESUMABLE", "Scheduler", "RunState", "train_entry", "check_resumable", "restore"]
+__all__ = [
+    "RESUMABLE",
+    "Scheduler",
+    "RunState",
+    "train_entry",
+    "check_resumable",
+    "restore",
+    "schedule_lengths",
+    "continue_schedule",
+]
 
 RESUMABLE = ("epochs", "device", "workers", "tensorboard", "cache", "amp", "precision", "compile")
 """Config fields that may change on ``--resume``; any other difference is refused."""
@@ -158,6 +168,47 @@ def restore(run: RunState, train: Mapping[str, Any], seed: int) -> list[str]:
         f"resumed with {ctx.world_size} processes instead of {rng['world_size']}: "
         f"augmentation and data order continue, but not bit-identically"
     ]
+
+
+def schedule_lengths(scheduler: Scheduler) -> dict[str, Any]:
+    """The length settings of a freshly built scheduler (``T_max`` of a cosine), which
+    ``load_state_dict`` would overwrite with the checkpoint's; see :func:`continue_schedule`."""
+    return {k: getattr(scheduler, k) for k in ("T_max",) if hasattr(scheduler, k)}
+
+
+def continue_schedule(run: RunState, lengths: Mapping[str, Any]) -> float | None:
+    """After resuming with another ``--epochs``: give the schedule its new length and set the
+    learning rate it prescribes at the current step.
+
+    A cosine (``CosineAnnealingLR``) gets back the new ``T_max`` (``load_state_dict`` restored
+    the old one, past which the rate would climb again); a ``LambdaLR`` keeps the closure built
+    for the new length. Either way the rate becomes the closed form at the current step, so
+    the run continues exactly on the curve of a run started with the new ``--epochs`` (the
+    steps before the resume followed the old one).
+
+    Returns:
+        The new learning rate of the first parameter group, or None for a schedule without a
+        length (e.g. constant), which is left alone.
+    """
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR
+
+    sched: Any = run.scheduler
+    for key, value in lengths.items():
+        setattr(sched, key, value)
+    step = sched.last_epoch
+    if isinstance(sched, CosineAnnealingLR):
+        lrs = [
+            sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * step / sched.T_max)) / 2
+            for base in sched.base_lrs
+        ]
+    elif isinstance(sched, LambdaLR):
+        lrs = [base * fn(step) for fn, base in zip(sched.lr_lambdas, sched.base_lrs, strict=True)]
+    else:
+        return None
+    for group, lr in zip(run.optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    sched._last_lr = list(lrs)
+    return float(lrs[0])
 
 
 def _norm(value: Any) -> str:

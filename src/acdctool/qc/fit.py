@@ -1,0 +1,172 @@
+"""Fit the QC combination on slices with ground truth, and score it out of fold.
+
+:func:`fit_qc` takes a QC slice table with the true Dice (``gt_dice``) of training patients
+and:
+
+1. **out of fold**: for each outer fold (the file's ``fold`` column; patients dealt into 5
+   parts when there are fewer than two folds), fits the slice model on the other folds
+   (:func:`acdctool.qc.hurdle.fit_slice_model`, isotonic maps on cross-fitted scores over the
+   remaining folds), predicts the held-out fold, and fits the ``linear`` patient model on the
+   training patients' cross-fitted slice predictions;
+2. scores the out-of-fold predictions (:func:`acdctool.qc.scoring.score_level`): the
+   combination and every single signal, per slice and per patient, and both patient models;
+3. keeps the patient model with the lower out-of-fold MAE (``mean`` on ties, and always
+   ``mean`` with fewer than :data:`MIN_PATIENTS_LINEAR` patients: too few to fit a second
+   model on);
+4. refits everything on all the given patients: the model a calibration file stores.
+
+Every number in ``scores`` therefore comes from predictions of models that never saw the
+patient; the final model is fitted on all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from acdctool.conventions import CLASSES
+from acdctool.qc.features import SIGNALS, feature_matrix
+from acdctool.qc.hurdle import SliceModel, fit_slice_model
+from acdctool.qc.model import DEFAULT_ALPHA, LinearIsotonic, fit, parts_of
+from acdctool.qc.patients import PATIENT_FEATURES, PATIENT_KEY, patient_features, patient_table
+from acdctool.qc.scoring import PATIENT_THRESHOLD, SLICE_THRESHOLD, mae, score_level
+
+__all__ = ["QcFit", "fit_qc", "class_inputs", "score_tables", "MIN_PATIENTS_LINEAR"]
+
+MIN_PATIENTS_LINEAR = 20
+"""Fewest patients for the ``linear`` patient model to be considered."""
+
+
+@dataclass
+class QcFit:
+    """What :func:`fit_qc` returns."""
+
+    slice_model: SliceModel
+    patient_type: str
+    patient_model: LinearIsotonic | None
+    oof_slices: pd.DataFrame
+    """The input's key columns, ``gt_dice`` and the out-of-fold ``pred_dice``."""
+    oof_patients: pd.DataFrame
+    """Per patient: ``gt_dice``, ``pred_dice`` (chosen model), ``pred_mean``, ``pred_linear``."""
+    scores: dict[str, Any]
+
+
+def class_inputs(
+    table: pd.DataFrame, features: Mapping[str, Sequence[str]]
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each class's feature matrix and whether each mask holds each class ``(N, 3)``."""
+    xs = {c: feature_matrix(table, list(features[c])) for c in CLASSES}
+    present = np.stack([table[f"area_{c}"].to_numpy() > 0 for c in CLASSES], axis=1)
+    return xs, present
+
+
+def fit_qc(
+    table: pd.DataFrame,
+    features: Mapping[str, Sequence[str]],
+    *,
+    key: Sequence[str] = PATIENT_KEY,
+    alpha: float = DEFAULT_ALPHA,
+    slice_threshold: float = SLICE_THRESHOLD,
+    patient_threshold: float = PATIENT_THRESHOLD,
+) -> QcFit:
+    """Fit and score the QC combination (see the module docstring).
+
+    Args:
+        table: QC slice table with the truth columns (``gt_dice``, ``gt_dice_<c>``,
+            ``gt_has_<c>``), ``fold`` and ``patient`` (training patients).
+        features: class → its feature names (:func:`acdctool.qc.features.feature_names`).
+        key: columns identifying a patient in ``table``.
+        alpha: ridge / logistic penalty of every model.
+        slice_threshold, patient_threshold: what counts as a bad slice / patient in the scores.
+
+    Raises:
+        BadInputError: the table lacks signals some feature needs.
+        ValueError: fewer than two patients.
+    """
+    table = table.reset_index(drop=True)
+    xs, present = class_inputs(table, features)
+    has = np.stack([table[f"gt_has_{c}"].to_numpy() > 0 for c in CLASSES], axis=1)
+    dice = np.stack([table[f"gt_dice_{c}"].to_numpy(np.float64) for c in CLASSES], axis=1)
+    y = table["gt_dice"].to_numpy(np.float64)
+    folds, groups = table["fold"].to_numpy(), table["patient"].to_numpy()
+    if pd.unique(groups).size < 2:
+        raise ValueError("need at least two patients to fit and score out of fold")
+    outer = parts_of(folds, groups)
+    oof = np.empty(len(y))
+    pats: list[pd.DataFrame] = []
+    for f in np.unique(outer):
+        test = outer == f
+        tr = ~test
+        model, inner = fit_slice_model(
+            {c: x[tr] for c, x in xs.items()},
+            present[tr],
+            has[tr],
+            dice[tr],
+            y[tr],
+            parts_of(folds[tr], groups[tr]),
+            features,
+            alpha,
+        )
+        oof[test] = model.predict({c: x[test] for c, x in xs.items()}, present[test])
+        pmodel = _patient_model(table[tr].assign(pred_dice=inner), key, alpha)
+        held = patient_table(table[test].assign(pred_dice=oof[test]), key)
+        held["pred_linear"] = pmodel.predict(patient_features(held))
+        pats.append(held)
+    patients = pd.concat(pats, ignore_index=True).sort_values(list(key), kind="stable").reset_index(drop=True)
+    linear_mae = mae(patients["pred_linear"], patients["gt_dice"])
+    mean_mae = mae(patients["pred_mean"], patients["gt_dice"])
+    enough = patients["patient"].nunique() >= MIN_PATIENTS_LINEAR
+    ptype = "linear" if enough and linear_mae < mean_mae else "mean"
+    patients["pred_dice"] = patients["pred_linear"] if ptype == "linear" else patients["pred_mean"]
+    slices = table.assign(pred_dice=oof)
+    scores = score_tables(slices, patients, slice_threshold, patient_threshold)
+    scores["patient_models"] = {
+        "mean": {"mae": mean_mae, **_brief(patients["pred_mean"], patients["gt_dice"], patient_threshold)},
+        "linear": {"mae": linear_mae, **_brief(patients["pred_linear"], patients["gt_dice"], patient_threshold)},
+        "chosen": ptype,
+    }
+    final, inner = fit_slice_model(xs, present, has, dice, y, parts_of(folds, groups), features, alpha)
+    final_patient = _patient_model(table.assign(pred_dice=inner), key, alpha) if ptype == "linear" else None
+    keep = [c for c in (*key, "phase", "slice", "fold", "gt_dice", "pred_dice") if c in slices.columns]
+    out_patients = patients[[*key, "fold", "gt_dice", "pred_dice", "pred_mean", "pred_linear"]]
+    return QcFit(final, ptype, final_patient, slices[list(dict.fromkeys(keep))], out_patients, scores)
+
+
+def _patient_model(slices: pd.DataFrame, key: Sequence[str], alpha: float) -> LinearIsotonic:
+    pt = patient_table(slices, key)
+    parts = parts_of(pt["fold"].to_numpy(), pt["patient"].to_numpy())
+    model, _ = fit(patient_features(pt), pt["gt_dice"].to_numpy(), parts, list(PATIENT_FEATURES), alpha)
+    return model
+
+
+def _brief(pred: pd.Series, true: pd.Series, threshold: float) -> dict[str, float]:
+    s = score_level(true.to_numpy(), threshold, pred.to_numpy())["predicted"]
+    return {"auc": s["auc"], "spearman": s["spearman"]}
+
+
+def score_tables(
+    slices: pd.DataFrame,
+    patients: pd.DataFrame,
+    slice_threshold: float = SLICE_THRESHOLD,
+    patient_threshold: float = PATIENT_THRESHOLD,
+) -> dict[str, Any]:
+    """Scores of predicted Dice and of every single signal, per slice and per patient.
+
+    Args:
+        slices: QC slice table with ``gt_dice`` and, when calibrated, ``pred_dice``.
+        patients: its patient table (:func:`acdctool.qc.patients.patient_table`) with
+            ``gt_dice`` and, when calibrated, ``pred_dice``; patient signals are slice means.
+
+    Returns:
+        ``{"slice": score_level(...), "patient": score_level(...)}``.
+    """
+    out: dict[str, Any] = {}
+    for level, t, thr in (("slice", slices, slice_threshold), ("patient", patients, patient_threshold)):
+        sig = {name: (t[name].to_numpy(np.float64), sign) for name, sign in SIGNALS.items() if name in t.columns}
+        pred = t["pred_dice"].to_numpy(np.float64) if "pred_dice" in t.columns else None
+        out[level] = score_level(t["gt_dice"].to_numpy(np.float64), thr, pred, sig)
+    return out
