@@ -8,6 +8,7 @@ import torch
 
 from acdctool.errors import BadInputError, FileKindError
 from acdctool.models.nvae import NVAE
+from acdctool.models.nvae_cells import BatchNormSiLU, Conv1x1
 from acdctool.models.nvae_io import LoadedNvae, fuse_for_inference, load_nvae, patient_seen
 from acdctool.qc.nvae import NvaeBank
 
@@ -30,6 +31,8 @@ def test_fused_model_reconstructs_like_the_model():
     fused = fuse_for_inference(model)
     n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     assert n_bn < sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert not any(isinstance(m, BatchNormSiLU) for m in fused.modules())  # unfused, then folded
+    assert any(isinstance(m, Conv1x1) for m in fused.modules())  # 1×1 folds keep their fast path
     x = torch.nn.functional.one_hot(torch.randint(0, 4, (3, 32, 32)), 4).permute(0, 3, 1, 2).float()
     with torch.inference_mode():
         ref = model.reconstruct(x)

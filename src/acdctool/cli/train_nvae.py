@@ -101,7 +101,8 @@ def train_nvae(
     compile: bool = typer.Option(
         _D.compile,
         "--compile/--no-compile",
-        help="torch.compile the training step (minutes once, then faster; falls back to eager on failure).",
+        help="torch.compile the training step (minutes once, then faster; falls back to eager on failure); "
+        "on CPU also builds and uses the NVAE's C++ kernels (needs a C++ compiler and ninja, else torch's ops).",
     ),
     workers: int = typer.Option(_D.workers, "--workers", metavar="N", help="DataLoader worker processes."),
     tensorboard: bool = TENSORBOARD,

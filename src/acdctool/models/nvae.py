@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from acdctool.errors import BadInputError, ConfigError
-from acdctool.models.nvae_cells import DecoderCell, DownCell, EncoderCell, UpCell
+from acdctool.models.nvae_cells import Conv1x1, DecoderCell, DownCell, EncoderCell, UpCell
 from acdctool.models.nvae_dist import Normal
 
 __all__ = ["NVAE", "NVAEOutput", "DECODE_MODES"]
@@ -205,9 +205,9 @@ class NVAE(nn.Module):
                 else:
                     self.dec_groups.append(nn.Sequential(*[DecoderCell(c, exp, se, mom) for _ in range(dec_cells)]))
                     self.prior_net.append(_sampler(c, 2 * zc))
-                    self.enc_combiner.append(nn.Conv2d(c, c, 1))
+                    self.enc_combiner.append(Conv1x1(c, c))
                 self.post_net.append(_sampler(c, 2 * zc))
-                self.dec_combiner.append(nn.Conv2d(c + zc, c, 1))
+                self.dec_combiner.append(Conv1x1(c + zc, c))
                 group_scales.append(t)
                 latent_shapes.append((zc, side, side))
 

@@ -22,8 +22,13 @@ up-sampling of the body's output it still lets every output pixel differ (no 2×
 Why ``0.1``: scaling the residual branch keeps every cell close to the identity at
 initialisation, so the deep hierarchy starts stable (one of the official stabilisers, SPEC §3).
 
-All tensors are ``(B, C, H, W)``; the cells work with either memory format, channels_last
-included, because they only use plain convolutions, batch norm and element-wise ops.
+All tensors are ``(B, C, H, W)``; the cells work with either memory format. With channels_last
+input (the training step's) two layers take faster CPU paths with the same parameters, so the
+same ``state_dict``: :class:`Conv1x1` runs as a matrix product on the NHWC view, and
+:class:`DepthwiseConv` and :class:`BatchNormSiLU` on the CPU kernels of
+:mod:`acdctool.models.nvae_kernels` once they are loaded. A ``BatchNormSiLU`` is followed by an
+``nn.Identity`` where the ``nn.SiLU`` used to be, so every layer keeps its ``nn.Sequential`` index
+and ``state_dict`` key.
 """
 
 from __future__ import annotations
@@ -32,8 +37,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from acdctool.models import nvae_kernels
+
 __all__ = [
     "RESIDUAL_SCALE",
+    "Conv1x1",
+    "DepthwiseConv",
+    "BatchNormSiLU",
     "SqueezeExcitation",
     "EncoderCell",
     "DownCell",
@@ -47,8 +57,77 @@ RESIDUAL_SCALE = 0.1
 _SE_MIN_HIDDEN = 4  # with 4–8 channels, C // 8 would leave 0–1 hidden units: keep a floor
 
 
+class Conv1x1(nn.Conv2d):
+    """A 1×1 convolution (an ``nn.Conv2d``: same parameters and ``state_dict`` keys) that runs
+    as ``F.linear`` on the NHWC view of a channels_last input.
+
+    On CPU, torch sends 1×1 convolutions to its slow NCHW im2col path, so inside a
+    channels_last network each one also cost two layout transposes; the matrix product on the
+    NHWC view needs none and is 1.4–1.9× faster on its own. Other inputs (NCHW, CUDA) take
+    ``nn.Conv2d``'s own forward.
+
+    Example:
+        >>> conv = Conv1x1(8, 4)
+        >>> x = torch.randn(2, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+        >>> bool(torch.allclose(conv(x), F.conv2d(x, conv.weight, conv.bias), atol=1e-6))
+        True
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            y = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
+            return y.permute(0, 3, 1, 2)
+        return super().forward(x)
+
+
+class DepthwiseConv(nn.Conv2d):
+    """Depthwise K×K convolution (``groups = channels``, padding K//2, no bias; an
+    ``nn.Conv2d``), on the CPU kernel of :mod:`acdctool.models.nvae_kernels` where it applies
+    (:func:`~acdctool.models.nvae_kernels.dwconv_usable`), else ``nn.Conv2d``'s own forward.
+
+    Example:
+        >>> DepthwiseConv(48, 5).weight.shape
+        torch.Size([48, 1, 5, 5])
+    """
+
+    def __init__(self, channels: int, kernel_size: int) -> None:
+        super().__init__(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if nvae_kernels.dwconv_usable(x, self):
+            return nvae_kernels.depthwise_conv2d(x, self.weight)
+        return super().forward(x)
+
+
+class BatchNormSiLU(nn.BatchNorm2d):
+    """``silu(batch_norm(x))``: an ``nn.BatchNorm2d`` (same parameters, buffers, ``state_dict``)
+    whose forward also applies SiLU; in training on the fused CPU kernel of
+    :mod:`acdctool.models.nvae_kernels` where it applies
+    (:func:`~acdctool.models.nvae_kernels.bn_silu_usable`), else batch norm then ``F.silu``.
+
+    Example:
+        >>> bn = BatchNormSiLU(8)
+        >>> x = torch.randn(2, 8, 4, 4)
+        >>> bool(torch.allclose(bn(x), F.silu(F.batch_norm(x, None, None, bn.weight, bn.bias, training=True))))
+        True
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if nvae_kernels.bn_silu_usable(x, self):
+            return nvae_kernels.bn_silu(x, self)
+        return F.silu(super().forward(x))
+
+
 def _bn(channels: int, momentum: float) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, momentum=momentum)
+
+
+def _bn_silu(channels: int, momentum: float) -> list[nn.Module]:
+    """Batch norm then SiLU as two ``nn.Sequential`` entries (the second an identity: see the module docstring)."""
+    return [BatchNormSiLU(channels, momentum=momentum), nn.Identity()]
 
 
 class SqueezeExcitation(nn.Module):
@@ -94,11 +173,9 @@ class EncoderCell(nn.Module):
     def __init__(self, channels: int, se_reduction: int = 8, bn_momentum: float = 0.1) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            _bn(channels, bn_momentum),
-            nn.SiLU(),
+            *_bn_silu(channels, bn_momentum),
             nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-            _bn(channels, bn_momentum),
-            nn.SiLU(),
+            *_bn_silu(channels, bn_momentum),
             nn.Conv2d(channels, channels, 3, padding=1),
             SqueezeExcitation(channels, se_reduction),
         )
@@ -124,11 +201,9 @@ class DownCell(nn.Module):
         out = 2 * channels
         self.skip = nn.Conv2d(channels, out, 2, stride=2)
         self.body = nn.Sequential(
-            _bn(channels, bn_momentum),
-            nn.SiLU(),
+            *_bn_silu(channels, bn_momentum),
             nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False),
-            _bn(out, bn_momentum),
-            nn.SiLU(),
+            *_bn_silu(out, bn_momentum),
             nn.Conv2d(out, out, 3, padding=1),
             SqueezeExcitation(out, se_reduction),
         )
@@ -141,13 +216,11 @@ def _inverted_residual(cin: int, cout: int, expansion: int, bn_momentum: float) 
     hidden = expansion * cin
     return [
         _bn(cin, bn_momentum),
-        nn.Conv2d(cin, hidden, 1, bias=False),
-        _bn(hidden, bn_momentum),
-        nn.SiLU(),
-        nn.Conv2d(hidden, hidden, 5, padding=2, groups=hidden, bias=False),
-        _bn(hidden, bn_momentum),
-        nn.SiLU(),
-        nn.Conv2d(hidden, cout, 1, bias=False),
+        Conv1x1(cin, hidden, bias=False),
+        *_bn_silu(hidden, bn_momentum),
+        DepthwiseConv(hidden, 5),
+        *_bn_silu(hidden, bn_momentum),
+        Conv1x1(hidden, cout, bias=False),
         _bn(cout, bn_momentum),
     ]
 
@@ -195,7 +268,7 @@ class UpCell(nn.Module):
             raise ValueError(f"UpCell needs an even channel count, got {channels}")
         out = channels // 2
         # 1×1 conv before the (linear) nearest up-sampling: same result, a quarter of the work
-        self.skip = nn.Conv2d(channels, out, 1)
+        self.skip = Conv1x1(channels, out)
         # body ends with 4·out = 2C channels that pixel_shuffle turns into out channels at 2×
         self.body = nn.Sequential(
             *_inverted_residual(channels, 4 * out, expansion, bn_momentum),

@@ -160,10 +160,31 @@ def fuse_for_inference(model: NVAE) -> NVAE:
     return fused.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
+def _unfuse_bn_silu(mods: list[nn.Module]) -> list[nn.Module]:
+    """Each training-time :class:`~acdctool.models.nvae_cells.BatchNormSiLU` as the plain
+    ``nn.BatchNorm2d`` then ``nn.SiLU`` (in place of the identity that follows it), so that
+    folding a convolution into the batch norm keeps the SiLU after it."""
+    from torch import nn
+
+    from acdctool.models.nvae_cells import BatchNormSiLU
+
+    out: list[nn.Module] = []
+    for j, m in enumerate(mods):
+        if isinstance(m, nn.Identity) and j > 0 and isinstance(mods[j - 1], BatchNormSiLU):
+            continue  # the SiLU now follows the plain batch norm
+        if isinstance(m, BatchNormSiLU):
+            bn = nn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+            bn.load_state_dict(m.state_dict())
+            out += [bn.to(m.weight.device).eval(), nn.SiLU()]
+        else:
+            out.append(m)
+    return out
+
+
 def _fold_sequence(seq: nn.Sequential) -> nn.Sequential:
     from torch import nn
 
-    mods = list(seq)
+    mods = _unfuse_bn_silu(list(seq))
     i = 0
     while i < len(mods) - 1:
         a, b = mods[i], mods[i + 1]
@@ -204,16 +225,22 @@ def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 def _conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
     from torch import nn
 
-    out = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,  # type: ignore[arg-type]
-        stride=conv.stride,  # type: ignore[arg-type]
-        padding=conv.padding,  # type: ignore[arg-type]
-        dilation=conv.dilation,  # type: ignore[arg-type]
-        groups=conv.groups,
-        bias=True,
-    )
+    from acdctool.models.nvae_cells import Conv1x1
+
+    out: nn.Conv2d
+    if isinstance(conv, Conv1x1):  # keeps its matrix-product path on channels-last CPU input
+        out = Conv1x1(conv.in_channels, conv.out_channels, bias=True)
+    else:
+        out = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,  # type: ignore[arg-type]
+            stride=conv.stride,  # type: ignore[arg-type]
+            padding=conv.padding,  # type: ignore[arg-type]
+            dilation=conv.dilation,  # type: ignore[arg-type]
+            groups=conv.groups,
+            bias=True,
+        )
     out.weight.data.copy_(weight)
     assert out.bias is not None
     out.bias.data.copy_(bias)

@@ -1,0 +1,503 @@
+// CPU kernels of the NVAE training step, float32, NHWC (channels_last) tensors.
+//
+// Built and loaded at run time by acdctool/models/nvae_kernels.py, which registers the fake
+// (shape) and autograd rules of every op; see its docstring for why they exist.
+//
+// Every loop is vectorised with GCC/Clang vector extensions (AVX-512, AVX2 or NEON code from the
+// same source, per the compiler flags), V = 16 floats per vector.
+//
+// 1. Depthwise K×K convolution (stride 1, padding K/2, no bias). x, y, dy are [b][h][w][c]; the
+//    weight (C, 1, K, K) is repacked to taps[i][j][c]; vectorised along the channels, with a
+//    scalar loop for the last C % V channels.
+//      forward      y[b,h,w,c]  = sum_ij x[b, h+i-P, w+j-P, c] * taps[i,j,c]
+//      grad input   dx          = the forward of dy with the taps flipped in both axes
+//      grad weight  gw[i,j,c]   = sum_bhw dy[b,h,w,c] * x[b, h+i-P, w+j-P, c]
+//                                 (K·K accumulators per channel block, one pass over the batch;
+//                                 one partial sum per thread, added at the end)
+//    Out-of-range taps (the zero padding) are skipped, never read.
+//
+// 2. Training-mode batch norm fused with SiLU, out = silu(gamma * (x - mean) * invstd + beta),
+//    batch statistics over (B, H, W). The tensor is a flat array of rows of C floats, processed
+//    in blocks of L = lcm(C, V) floats (per-channel parameters tiled to L), so any C vectorises.
+//      forward   one pass for the statistics (sums shifted by the first row, accumulated in
+//                double), one pass to normalise and activate;
+//      backward  one pass for sum(dy) and sum(dy * xhat) (dy = grad * silu'(y), recomputed
+//                from x), one pass for dx; nothing but x, mean and invstd is saved.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+constexpr int V = 16;  // floats per vector block
+typedef float vec __attribute__((vector_size(V * 4)));
+typedef float vecu __attribute__((vector_size(V * 4), aligned(4)));  // unaligned access
+
+inline vec load(const float* p) { return *reinterpret_cast<const vecu*>(p); }
+inline void store(float* p, vec v) { *reinterpret_cast<vecu*>(p) = v; }
+
+// First and one-past-last kernel row i whose input row h + i - P lies inside [0, H).
+template <int K>
+inline void row_range(int64_t h, int64_t H, int* i0, int* i1) {
+  constexpr int P = K / 2;
+  *i0 = h < P ? static_cast<int>(P - h) : 0;
+  *i1 = h + P >= H ? static_cast<int>(H - h + P) : K;
+}
+
+// Output rows [r0, r1) (row = b * H + h) of y = conv(x, taps). WB output pixels share every
+// weight load in the interior; the P columns at either edge take the bounds-checked path.
+template <int K, int WB>
+void forward_rows(const float* x, const float* taps, float* y, int64_t H, int64_t W, int64_t C, int64_t r0,
+                  int64_t r1) {
+  constexpr int P = K / 2;
+  const int64_t CV = C / V * V;
+  for (int64_t row = r0; row < r1; ++row) {
+    const int64_t b = row / H, h = row % H;
+    const float* xb = x + b * H * W * C;
+    float* yr = y + row * W * C;
+    int i0, i1;
+    row_range<K>(h, H, &i0, &i1);
+    for (int64_t cb = 0; cb < CV; cb += V) {
+      auto edge = [&](int64_t wo) {
+        vec acc = {};
+        for (int i = i0; i < i1; ++i) {
+          const float* xr = xb + (h + i - P) * W * C + cb;
+          for (int j = 0; j < K; ++j) {
+            const int64_t wi = wo + j - P;
+            if (wi >= 0 && wi < W) acc += load(xr + wi * C) * load(taps + (i * K + j) * C + cb);
+          }
+        }
+        store(yr + wo * C + cb, acc);
+      };
+      int64_t w = 0;
+      for (; w < P && w < W; ++w) edge(w);
+      for (; w + WB - 1 + P < W; w += WB) {
+        vec acc[WB];
+        for (int q = 0; q < WB; ++q) acc[q] = vec{};
+        for (int i = i0; i < i1; ++i) {
+          const float* xr = xb + (h + i - P) * W * C + (w - P) * C + cb;
+          const float* tr = taps + i * K * C + cb;
+#pragma GCC unroll 8
+          for (int j = 0; j < K; ++j) {
+            const vec t = load(tr + j * C);
+#pragma GCC unroll 8
+            for (int q = 0; q < WB; ++q) acc[q] += load(xr + (q + j) * C) * t;
+          }
+        }
+        for (int q = 0; q < WB; ++q) store(yr + (w + q) * C + cb, acc[q]);
+      }
+      for (; w < W; ++w) edge(w);
+    }
+    for (int64_t c = CV; c < C; ++c) {
+      for (int64_t wo = 0; wo < W; ++wo) {
+        float acc = 0.f;
+        for (int i = i0; i < i1; ++i) {
+          const float* xr = xb + (h + i - P) * W * C + c;
+          for (int j = 0; j < K; ++j) {
+            const int64_t wi = wo + j - P;
+            if (wi >= 0 && wi < W) acc += xr[wi * C] * taps[(i * K + j) * C + c];
+          }
+        }
+        yr[wo * C + c] = acc;
+      }
+    }
+  }
+}
+
+// gw[i, j, c] += contributions of the output rows [r0, r1).
+template <int K>
+void grad_weight_rows(const float* x, const float* dy, float* gw, int64_t H, int64_t W, int64_t C, int64_t r0,
+                      int64_t r1) {
+  constexpr int P = K / 2;
+  const int64_t CV = C / V * V;
+  for (int64_t row = r0; row < r1; ++row) {
+    const int64_t b = row / H, h = row % H;
+    const float* xb = x + b * H * W * C;
+    const float* dr = dy + row * W * C;
+    int i0, i1;
+    row_range<K>(h, H, &i0, &i1);
+    for (int64_t cb = 0; cb < CV; cb += V) {
+      vec acc[K * K];
+      for (int t = 0; t < K * K; ++t) acc[t] = load(gw + t * C + cb);
+      auto edge = [&](int64_t w) {
+        const vec d = load(dr + w * C + cb);
+        for (int i = i0; i < i1; ++i) {
+          const float* xr = xb + (h + i - P) * W * C + cb;
+          for (int j = 0; j < K; ++j) {
+            const int64_t wi = w + j - P;
+            if (wi >= 0 && wi < W) acc[i * K + j] += d * load(xr + wi * C);
+          }
+        }
+      };
+      int64_t w = 0;
+      for (; w < P && w < W; ++w) edge(w);
+      if (i0 == 0 && i1 == K) {
+        for (; w + P < W; ++w) {
+          const vec d = load(dr + w * C + cb);
+          const float* xr = xb + (h - P) * W * C + (w - P) * C + cb;
+#pragma GCC unroll 8
+          for (int i = 0; i < K; ++i)
+#pragma GCC unroll 8
+            for (int j = 0; j < K; ++j) acc[i * K + j] += d * load(xr + (i * W + j) * C);
+        }
+      } else {
+        for (; w + P < W; ++w) {
+          const vec d = load(dr + w * C + cb);
+          for (int i = i0; i < i1; ++i) {
+            const float* xr = xb + (h + i - P) * W * C + (w - P) * C + cb;
+#pragma GCC unroll 8
+            for (int j = 0; j < K; ++j) acc[i * K + j] += d * load(xr + j * C);
+          }
+        }
+      }
+      for (; w < W; ++w) edge(w);
+      for (int t = 0; t < K * K; ++t) store(gw + t * C + cb, acc[t]);
+    }
+    for (int64_t c = CV; c < C; ++c) {
+      for (int64_t w = 0; w < W; ++w) {
+        const float d = dr[w * C + c];
+        for (int i = i0; i < i1; ++i) {
+          const float* xr = xb + (h + i - P) * W * C + c;
+          for (int j = 0; j < K; ++j) {
+            const int64_t wi = w + j - P;
+            if (wi >= 0 && wi < W) gw[(i * K + j) * C + c] += d * xr[wi * C];
+          }
+        }
+      }
+    }
+  }
+}
+
+void check_args(const at::Tensor& x, const at::Tensor& weight) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 4,
+              "acdctool::dwconv2d: x must be a 4-D float32 CPU tensor");
+  TORCH_CHECK(weight.device().is_cpu() && weight.scalar_type() == at::kFloat && weight.dim() == 4 &&
+                  weight.size(0) == x.size(1) && weight.size(1) == 1 && weight.size(2) == weight.size(3) &&
+                  (weight.size(2) == 3 || weight.size(2) == 5),
+              "acdctool::dwconv2d: weight must be (C, 1, K, K) float32 on the CPU with K 3 or 5");
+}
+
+// (C, 1, K, K) -> taps (K, K, C), flipped in both spatial axes for the input gradient.
+at::Tensor repack(const at::Tensor& weight, bool flip) {
+  at::Tensor t = weight.reshape({weight.size(0), weight.size(2), weight.size(3)});
+  if (flip) t = t.flip({1, 2});
+  return t.permute({1, 2, 0}).contiguous();
+}
+
+at::Tensor run_forward(const at::Tensor& input, const at::Tensor& weight, bool flip) {
+  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = weight.size(2);
+  const at::Tensor taps = repack(weight, flip);
+  at::Tensor y = at::empty({B, C, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const float* xp = x.const_data_ptr<float>();
+  const float* tp = taps.const_data_ptr<float>();
+  float* yp = y.mutable_data_ptr<float>();
+  at::parallel_for(0, B * H, 1, [&](int64_t r0, int64_t r1) {
+    if (K == 5)
+      forward_rows<5, 4>(xp, tp, yp, H, W, C, r0, r1);
+    else
+      forward_rows<3, 4>(xp, tp, yp, H, W, C, r0, r1);
+  });
+  return y;
+}
+
+at::Tensor dwconv2d(const at::Tensor& x, const at::Tensor& weight) {
+  check_args(x, weight);
+  return run_forward(x, weight, false);
+}
+
+std::tuple<at::Tensor, at::Tensor> dwconv2d_backward(const at::Tensor& grad, const at::Tensor& input,
+                                                     const at::Tensor& weight) {
+  check_args(input, weight);
+  TORCH_CHECK(grad.sizes() == input.sizes() && grad.scalar_type() == at::kFloat && grad.device().is_cpu(),
+              "acdctool::dwconv2d_backward: grad must be float32 on the CPU, shaped like the input");
+  const at::Tensor dy = grad.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = weight.size(2);
+  at::Tensor grad_input = run_forward(dy, weight, true);
+  const int threads = at::get_num_threads();
+  at::Tensor partial = at::zeros({threads, K, K, C}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  const float* xp = x.const_data_ptr<float>();
+  const float* dp = dy.const_data_ptr<float>();
+  float* pp = partial.mutable_data_ptr<float>();
+  at::parallel_for(0, B * H, 1, [&](int64_t r0, int64_t r1) {
+    float* g = pp + at::get_thread_num() * K * K * C;
+    if (K == 5)
+      grad_weight_rows<5>(xp, dp, g, H, W, C, r0, r1);
+    else
+      grad_weight_rows<3>(xp, dp, g, H, W, C, r0, r1);
+  });
+  // (K, K, C) -> (C, 1, K, K) in the weight's own memory layout (as a parameter gradient should be)
+  at::Tensor grad_weight = at::empty_like(weight);
+  grad_weight.copy_(partial.sum(0).permute({2, 0, 1}).unsqueeze(1));
+  return {grad_input, grad_weight};
+}
+
+
+// ---------------------------------------------------------------- batch norm + SiLU
+
+typedef int32_t ivec __attribute__((vector_size(V * 4)));
+
+inline vec splat(float v) { return vec{} + v; }
+
+// exp(x) to about 1 ulp (Cephes' expf polynomial); x clamped to the range of normal floats.
+inline vec vexp(vec x) {
+  const vec hi = splat(88.3f), lo = splat(-87.3f);
+  x = x > hi ? hi : x;
+  x = x < lo ? lo : x;
+  const vec magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  const vec n = (x * splat(1.44269504088896341f) + magic) - magic;
+  vec r = x - n * splat(0.693359375f);
+  r = r - n * splat(-2.12194440e-4f);
+  vec p = splat(1.9875691500e-4f);
+  p = p * r + splat(1.3981999507e-3f);
+  p = p * r + splat(8.3334519073e-3f);
+  p = p * r + splat(4.1665795894e-2f);
+  p = p * r + splat(1.6666665459e-1f);
+  p = p * r + splat(5.0000001201e-1f);
+  p = p * r * r + r + splat(1.0f);
+  const ivec e = (__builtin_convertvector(n, ivec) + 127) << 23;
+  vec scale;
+  std::memcpy(&scale, &e, sizeof scale);  // the float with exponent n
+  return p * scale;
+}
+
+inline vec vsigmoid(vec y) { return splat(1.0f) / (splat(1.0f) + vexp(-y)); }
+
+inline float ssigmoid(float y) { return 1.0f / (1.0f + std::exp(-y)); }
+
+// Per-channel double sums of f(j, x) over the flat tensor, with f applied to vectors of the
+// L-tiled layout. Threads take whole blocks; the rows after the last whole block are added by
+// a scalar loop. F(const float* p, int k, vec* a, vec* b) accumulates vector k of the block at p
+// into partial sums a, b; S(float v, int64_t c, double* a, double* b) is the scalar version.
+struct Tiling {
+  int64_t C, L, K, blocks, tail_start, total;  // K = L / V vectors per block
+  Tiling(int64_t rows, int64_t C_) : C(C_) {
+    L = std::lcm(C_, static_cast<int64_t>(V));
+    K = L / V;
+    total = rows * C_;
+    blocks = total / L;
+    tail_start = blocks * L;
+  }
+  std::vector<float> tile(const float* per_channel) const {
+    std::vector<float> t(L);
+    for (int64_t j = 0; j < L; ++j) t[j] = per_channel[j % C];
+    return t;
+  }
+};
+
+template <class VecF, class ScalarF>
+void channel_sums(const Tiling& t, VecF vf, ScalarF sf, double* sum_a, double* sum_b) {
+  constexpr int64_t FLUSH = 64;  // blocks summed in float before adding to the double totals
+  const int threads = at::get_num_threads();
+  std::vector<double> part(static_cast<size_t>(threads) * 2 * t.L, 0.0);
+  at::parallel_for(0, t.blocks, 1, [&](int64_t b0, int64_t b1) {
+    double* pa = part.data() + static_cast<int64_t>(at::get_thread_num()) * 2 * t.L;
+    double* pb = pa + t.L;
+    std::vector<vec> fa(t.K), fb(t.K);
+    for (int64_t start = b0; start < b1; start += FLUSH) {
+      const int64_t stop = std::min(b1, start + FLUSH);
+      for (int64_t k = 0; k < t.K; ++k) fa[k] = fb[k] = vec{};
+      for (int64_t blk = start; blk < stop; ++blk)
+        for (int64_t k = 0; k < t.K; ++k) vf(blk * t.L + k * V, k, &fa[k], &fb[k]);
+      for (int64_t k = 0; k < t.K; ++k)
+        for (int l = 0; l < V; ++l) {
+          pa[k * V + l] += fa[k][l];
+          pb[k * V + l] += fb[k][l];
+        }
+    }
+  });
+  for (int64_t c = 0; c < t.C; ++c) sum_a[c] = sum_b[c] = 0.0;
+  for (int th = 0; th < threads; ++th) {
+    const double* pa = part.data() + static_cast<int64_t>(th) * 2 * t.L;
+    for (int64_t j = 0; j < t.L; ++j) {
+      sum_a[j % t.C] += pa[j];
+      sum_b[j % t.C] += pa[t.L + j];
+    }
+  }
+  for (int64_t i = t.tail_start; i < t.total; ++i) sf(i, i % t.C, sum_a, sum_b);
+}
+
+// Element-wise pass over the flat tensor: vf(offset, k) on whole blocks, sf(i, c) on the tail.
+template <class VecF, class ScalarF>
+void for_each_block(const Tiling& t, VecF vf, ScalarF sf) {
+  at::parallel_for(0, t.blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk)
+      for (int64_t k = 0; k < t.K; ++k) vf(blk * t.L + k * V, k);
+  });
+  for (int64_t i = t.tail_start; i < t.total; ++i) sf(i, i % t.C);
+}
+
+void check_bn_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 4 && x.numel() > 0,
+              "acdctool::bn_silu: x must be a non-empty 4-D float32 CPU tensor");
+  const int64_t C = x.size(1);
+  for (const at::Tensor* p : {&weight, &bias})
+    TORCH_CHECK(p->device().is_cpu() && p->scalar_type() == at::kFloat && p->dim() == 1 && p->size(0) == C,
+                "acdctool::bn_silu: weight and bias must be (C,) float32 CPU tensors");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_silu(const at::Tensor& input, const at::Tensor& weight,
+                                                                   const at::Tensor& bias, double eps) {
+  check_bn_args(input, weight, bias);
+  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t C = x.size(1), rows = x.numel() / C;
+  const Tiling t(rows, C);
+  const float* xp = x.const_data_ptr<float>();
+  const at::Tensor w = weight.contiguous(), b = bias.contiguous();
+
+  // statistics: sums of (x - shift) and its square, shift = the first row (kills cancellation)
+  std::vector<float> shift(xp, xp + C);
+  const std::vector<float> shift_t = t.tile(shift.data());
+  std::vector<double> s1(C), s2(C);
+  channel_sums(
+      t,
+      [&](int64_t off, int64_t k, vec* a, vec* q) {
+        const vec d = load(xp + off) - load(shift_t.data() + k * V);
+        *a += d;
+        *q += d * d;
+      },
+      [&](int64_t i, int64_t c, double* a, double* q) {
+        const double d = static_cast<double>(xp[i]) - shift[c];
+        a[c] += d;
+        q[c] += d * d;
+      },
+      s1.data(), s2.data());
+  at::Tensor mean = at::empty({C}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor var = at::empty_like(mean), invstd = at::empty_like(mean);
+  float* mp = mean.mutable_data_ptr<float>();
+  float* vp = var.mutable_data_ptr<float>();
+  float* ip = invstd.mutable_data_ptr<float>();
+  for (int64_t c = 0; c < C; ++c) {
+    const double m = s1[c] / rows;
+    const double v = std::max(s2[c] / rows - m * m, 0.0);
+    mp[c] = static_cast<float>(shift[c] + m);
+    vp[c] = static_cast<float>(v);
+    ip[c] = static_cast<float>(1.0 / std::sqrt(v + eps));
+  }
+
+  // out = silu((x - mean) * (gamma * invstd) + beta)
+  std::vector<float> scale(C);
+  const float* wp = w.const_data_ptr<float>();
+  const float* bp = b.const_data_ptr<float>();
+  for (int64_t c = 0; c < C; ++c) scale[c] = wp[c] * ip[c];
+  const std::vector<float> mean_t = t.tile(mp), scale_t = t.tile(scale.data()), beta_t = t.tile(bp);
+  at::Tensor out = at::empty_like(x, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  float* op = out.mutable_data_ptr<float>();
+  for_each_block(
+      t,
+      [&](int64_t off, int64_t k) {
+        const vec y = (load(xp + off) - load(mean_t.data() + k * V)) * load(scale_t.data() + k * V) +
+                      load(beta_t.data() + k * V);
+        store(op + off, y * vsigmoid(y));
+      },
+      [&](int64_t i, int64_t c) {
+        const float y = (xp[i] - mp[c]) * scale[c] + bp[c];
+        op[i] = y * ssigmoid(y);
+      });
+  return {out, mean, invstd, var};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_silu_backward(const at::Tensor& grad, const at::Tensor& input,
+                                                                const at::Tensor& weight, const at::Tensor& bias,
+                                                                const at::Tensor& mean, const at::Tensor& invstd) {
+  check_bn_args(input, weight, bias);
+  TORCH_CHECK(grad.sizes() == input.sizes() && grad.scalar_type() == at::kFloat && grad.device().is_cpu(),
+              "acdctool::bn_silu_backward: grad must be float32 on the CPU, shaped like the input");
+  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor g = grad.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t C = x.size(1), rows = x.numel() / C;
+  const Tiling t(rows, C);
+  const float* xp = x.const_data_ptr<float>();
+  const float* gp = g.const_data_ptr<float>();
+  const at::Tensor w = weight.contiguous(), b = bias.contiguous(), mu = mean.contiguous(), is = invstd.contiguous();
+  const float* wp = w.const_data_ptr<float>();
+  const float* bp = b.const_data_ptr<float>();
+  const float* mp = mu.const_data_ptr<float>();
+  const float* ip = is.const_data_ptr<float>();
+  const std::vector<float> mean_t = t.tile(mp), inv_t = t.tile(ip), gamma_t = t.tile(wp), beta_t = t.tile(bp);
+
+  // dy = grad * silu'(y), y = xhat * gamma + beta, silu'(y) = s * (1 + y * (1 - s))
+  auto dy_vec = [&](int64_t off, int64_t k, vec* xhat) {
+    *xhat = (load(xp + off) - load(mean_t.data() + k * V)) * load(inv_t.data() + k * V);
+    const vec y = *xhat * load(gamma_t.data() + k * V) + load(beta_t.data() + k * V);
+    const vec s = vsigmoid(y);
+    return load(gp + off) * s * (splat(1.0f) + y * (splat(1.0f) - s));
+  };
+  auto dy_scalar = [&](int64_t i, int64_t c, float* xhat) {
+    *xhat = (xp[i] - mp[c]) * ip[c];
+    const float y = *xhat * wp[c] + bp[c];
+    const float s = ssigmoid(y);
+    return gp[i] * s * (1.0f + y * (1.0f - s));
+  };
+  std::vector<double> sum_dy(C), sum_dy_xhat(C);
+  channel_sums(
+      t,
+      [&](int64_t off, int64_t k, vec* a, vec* q) {
+        vec xhat;
+        const vec dy = dy_vec(off, k, &xhat);
+        *a += dy;
+        *q += dy * xhat;
+      },
+      [&](int64_t i, int64_t c, double* a, double* q) {
+        float xhat;
+        const float dy = dy_scalar(i, c, &xhat);
+        a[c] += dy;
+        q[c] += static_cast<double>(dy) * xhat;
+      },
+      sum_dy.data(), sum_dy_xhat.data());
+
+  at::Tensor grad_weight = at::empty_like(w), grad_bias = at::empty_like(b);
+  float* gwp = grad_weight.mutable_data_ptr<float>();
+  float* gbp = grad_bias.mutable_data_ptr<float>();
+  std::vector<float> k1(C), m1(C), m2(C);
+  for (int64_t c = 0; c < C; ++c) {
+    gbp[c] = static_cast<float>(sum_dy[c]);
+    gwp[c] = static_cast<float>(sum_dy_xhat[c]);
+    k1[c] = wp[c] * ip[c];
+    m1[c] = static_cast<float>(sum_dy[c] / rows);
+    m2[c] = static_cast<float>(sum_dy_xhat[c] / rows);
+  }
+  // dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))
+  const std::vector<float> k1_t = t.tile(k1.data()), m1_t = t.tile(m1.data()), m2_t = t.tile(m2.data());
+  at::Tensor grad_input = at::empty_like(x, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  float* dxp = grad_input.mutable_data_ptr<float>();
+  for_each_block(
+      t,
+      [&](int64_t off, int64_t k) {
+        vec xhat;
+        const vec dy = dy_vec(off, k, &xhat);
+        store(dxp + off, load(k1_t.data() + k * V) *
+                             (dy - load(m1_t.data() + k * V) - xhat * load(m2_t.data() + k * V)));
+      },
+      [&](int64_t i, int64_t c) {
+        float xhat;
+        const float dy = dy_scalar(i, c, &xhat);
+        dxp[i] = k1[c] * (dy - m1[c] - xhat * m2[c]);
+      });
+  return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(acdctool, m) {
+  m.def("dwconv2d(Tensor x, Tensor weight) -> Tensor");
+  m.def("dwconv2d_backward(Tensor grad, Tensor x, Tensor weight) -> (Tensor, Tensor)");
+  m.def("bn_silu(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "bn_silu_backward(Tensor grad, Tensor x, Tensor weight, Tensor bias, Tensor mean, Tensor invstd)"
+      " -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(acdctool, CPU, m) {
+  m.impl("dwconv2d", &dwconv2d);
+  m.impl("dwconv2d_backward", &dwconv2d_backward);
+  m.impl("bn_silu", &bn_silu);
+  m.impl("bn_silu_backward", &bn_silu_backward);
+}

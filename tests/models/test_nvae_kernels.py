@@ -1,0 +1,370 @@
+"""The NVAE's CPU kernels (depthwise convolution, batch norm + SiLU) and the 1×1-as-linear layer
+against torch's own ops.
+
+Tolerance (fp32): outputs and every gradient agree with the reference to 1e-5 of the reference's
+largest element. For the convolution the reference is ``F.conv2d`` in float32 (the kernel adds
+the same products in another order; observed 1e-7–1e-5); for batch norm it is torch's batch
+norm in float64, since the kernel (double accumulators) is closer to it than torch's float32
+path is (observed 1e-7–1e-6 against 1e-6–2e-5 for torch float32 on data with mean 5, std 3).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from acdctool.models import nvae_kernels as kernels
+from acdctool.models.nvae import NVAE
+from acdctool.models.nvae_cells import BatchNormSiLU, Conv1x1, DepthwiseConv
+
+TOL = 1e-5
+ARGS = {"image_size": 32, "scales": 2, "groups_per_scale": (2, 1), "latent_channels": 4}
+
+
+def _close(a: torch.Tensor, ref: torch.Tensor) -> bool:
+    a, ref = a.detach(), ref.detach()
+    return float((a - ref).abs().max()) <= TOL * float(ref.abs().max())
+
+
+@pytest.fixture(scope="module")
+def kernel() -> None:
+    error = kernels.load()
+    if error is not None and (shutil.which("ninja") is None or shutil.which("c++") is None):
+        pytest.skip(f"no ninja or C++ compiler and no cached build: {error}")
+    assert error is None, error  # with a toolchain present the build must work
+
+
+def _cl(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+# channel counts with and without a tail beyond the 16-wide blocks, sides below and above K
+@pytest.mark.parametrize(("channels", "side", "k"), [(48, 16, 5), (20, 9, 5), (35, 7, 3), (16, 3, 5), (8, 1, 3)])
+def test_dwconv_matches_conv2d_forward_and_gradients(kernel: None, channels: int, side: int, k: int) -> None:
+    g = torch.Generator().manual_seed(channels + side)
+    x = _cl(torch.randn(3, channels, side, side + 2, generator=g)).requires_grad_()
+    w = torch.randn(channels, 1, k, k, generator=g).requires_grad_()
+    grad = torch.randn(3, channels, side, side + 2, generator=g)
+    ref = F.conv2d(x, w, padding=k // 2, groups=channels)
+    ref_gx, ref_gw = torch.autograd.grad(ref, (x, w), grad)
+    out = kernels.depthwise_conv2d(x, w)
+    gx, gw = torch.autograd.grad(out, (x, w), grad)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert _close(out, ref) and _close(gx, ref_gx) and _close(gw, ref_gw)
+    assert gw.shape == w.shape
+
+
+def test_dwconv_takes_any_input_layout(kernel: None) -> None:
+    x, w = torch.randn(2, 16, 6, 6), torch.randn(16, 1, 5, 5)
+    assert _close(kernels.depthwise_conv2d(x, w), F.conv2d(x, w, padding=2, groups=16))
+
+
+def test_dwconv_registrations_pass_torch_opcheck(kernel: None) -> None:
+    """Schema, fake-tensor (shapes and strides for torch.compile) and autograd registrations."""
+    x = _cl(torch.randn(2, 16, 6, 6)).requires_grad_()
+    w = torch.randn(16, 1, 5, 5, requires_grad=True)
+    torch.library.opcheck(torch.ops.acdctool.dwconv2d.default, (x, w))
+
+
+def test_depthwise_layer_uses_the_kernel_only_where_it_applies(kernel: None) -> None:
+    conv = DepthwiseConv(16, 5)
+    x = _cl(torch.randn(2, 16, 8, 8))
+    assert kernels.dwconv_usable(x, conv)
+    assert not kernels.dwconv_usable(x.contiguous(), conv)  # NCHW: torch's convolution
+    assert not kernels.dwconv_usable(x.bfloat16(), conv)
+    assert not kernels.dwconv_usable(x, nn.Conv2d(16, 16, 5, padding=2, groups=16, bias=True))
+    assert not kernels.dwconv_usable(x, nn.Conv2d(16, 16, 5, padding=1, groups=16, bias=False))
+    assert not kernels.dwconv_usable(x, nn.Conv2d(16, 16, 5, padding=2, stride=2, groups=16, bias=False))
+    ref = F.conv2d(x, conv.weight, padding=2, groups=16)
+    assert _close(conv(x), ref) and _close(conv(x.contiguous()), ref)
+
+
+@pytest.mark.parametrize(("channels", "side"), [(48, 16), (4, 32), (20, 9), (35, 5)])
+def test_bn_silu_matches_batch_norm_then_silu(kernel: None, channels: int, side: int) -> None:
+    """Output, gradients of input, scale and shift, running statistics: against float64 torch."""
+    g = torch.Generator().manual_seed(channels)
+    x = _cl(torch.randn(4, channels, side, side, generator=g) * 3 + 5)
+    grad = _cl(torch.randn(4, channels, side, side, generator=g))
+    fused = BatchNormSiLU(channels, momentum=0.2).train()
+    with torch.no_grad():
+        fused.weight.uniform_(0.5, 1.5, generator=g)
+        fused.bias.uniform_(-0.5, 0.5, generator=g)
+        fused.running_var.uniform_(0.5, 2.0, generator=g)
+    ref = nn.BatchNorm2d(channels, momentum=0.2).double().train()
+    ref.load_state_dict(fused.state_dict())
+    assert kernels.bn_silu_usable(x, fused)
+    xk, xr = x.clone().requires_grad_(), x.double().requires_grad_()
+    out, ref_out = fused(xk), F.silu(ref(xr))
+    grads = torch.autograd.grad(out, (xk, fused.weight, fused.bias), grad)
+    ref_grads = torch.autograd.grad(ref_out, (xr, ref.weight, ref.bias), grad.double())
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert _close(out, ref_out.float())
+    assert all(_close(a, b.float()) for a, b in zip(grads, ref_grads, strict=True))
+    assert _close(fused.running_mean, ref.running_mean.float()) and _close(fused.running_var, ref.running_var.float())
+    assert int(fused.num_batches_tracked) == 1
+
+
+def test_bn_silu_layer_uses_the_kernel_only_in_training(kernel: None) -> None:
+    bn = BatchNormSiLU(8)
+    x = _cl(torch.randn(2, 8, 4, 4))
+    assert kernels.bn_silu_usable(x, bn)
+    assert not kernels.bn_silu_usable(x.contiguous(), bn) and not kernels.bn_silu_usable(x.bfloat16(), bn)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # --precision bf16: torch's ops, as before
+        assert not kernels.bn_silu_usable(x, bn) and not kernels.dwconv_usable(x, DepthwiseConv(8, 3))
+    bn.eval()
+    assert not kernels.bn_silu_usable(x, bn)
+    expected = F.silu(F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, eps=bn.eps))
+    assert torch.equal(bn(x), expected)
+
+
+def test_bn_silu_registrations_pass_torch_opcheck(kernel: None) -> None:
+    x = _cl(torch.randn(2, 8, 4, 4)).requires_grad_()
+    w, b = torch.rand(8, requires_grad=True), torch.rand(8, requires_grad=True)
+    torch.library.opcheck(torch.ops.acdctool.bn_silu.default, (x, w, b, 1e-5))
+
+
+def test_failed_build_falls_back_to_torch_ops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build failure is returned once as one line, never raised; layers stay on F.conv2d."""
+    calls = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise RuntimeError("Ninja is required to load C++ extensions\nmore detail")
+
+    monkeypatch.setattr(kernels, "_STATE", kernels._State())
+    monkeypatch.setattr(kernels, "_build", broken)
+    error = kernels.load()
+    assert error == "RuntimeError: Ninja is required to load C++ extensions"
+    assert kernels.load() == error and len(calls) == 1  # tried once per process
+    assert not kernels.available()
+    conv = DepthwiseConv(16, 5)
+    x = _cl(torch.randn(2, 16, 8, 8))
+    assert not kernels.dwconv_usable(x, conv)
+    assert torch.equal(conv(x), F.conv2d(x, conv.weight, padding=2, groups=16))
+    bn = BatchNormSiLU(16)
+    assert not kernels.bn_silu_usable(x, bn)
+    assert torch.equal(bn(x), F.silu(F.batch_norm(x, None, None, bn.weight, bn.bias, training=True)))
+
+
+def test_task_reports_a_failed_build_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from acdctool.config import TrainNvaeConfig
+    from acdctool.train.nvae_task import NvaeTask
+
+    monkeypatch.setattr(kernels, "_STATE", kernels._State())
+    monkeypatch.setattr(kernels, "_build", lambda: (_ for _ in ()).throw(OSError("c++: not found")))
+    passthrough: Any = lambda module, **_: module  # noqa: E731 - stands in for torch.compile
+    monkeypatch.setattr(torch, "compile", passthrough)
+    config = TrainNvaeConfig(scales=2, groups_per_scale=(2, 1), betas=(1.0, 1.0), compile=True)
+    task = NvaeTask(dict(NVAE(**ARGS).args), config, steps_per_epoch=1, val_spacing=None)  # type: ignore[arg-type]
+    model = task.build_model()
+    notes: list[str] = []
+    x = _cl(torch.zeros(2, 4, 32, 32))
+    task.forward(model, x, notes.append)
+    task.forward(model, x, notes.append)
+    assert len(notes) == 1 and "kernels unavailable (OSError: c++: not found)" in notes[0]
+
+
+def test_conv1x1_is_a_conv2d_with_the_same_maths() -> None:
+    torch.manual_seed(0)
+    conv = Conv1x1(12, 7)
+    assert isinstance(conv, nn.Conv2d) and sorted(conv.state_dict()) == ["bias", "weight"]
+    x = torch.randn(3, 12, 5, 6)
+    ref = F.conv2d(x, conv.weight, conv.bias)
+    out = conv(_cl(x))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert _close(out, ref) and torch.equal(conv(x), ref)  # NCHW input: nn.Conv2d itself
+    gx, gw = torch.autograd.grad(conv(_cl(x.requires_grad_())).sum(), (x, conv.weight))
+    ref_gx, ref_gw = torch.autograd.grad(F.conv2d(x, conv.weight, conv.bias).sum(), (x, conv.weight))
+    assert _close(gx, ref_gx) and _close(gw, ref_gw)
+
+
+def test_checkpoints_of_the_plain_model_load_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same parameter names, shapes and initial values as the model built from torch's layers
+    (nn.Conv2d, nn.BatchNorm2d then nn.SiLU), and the same outputs."""
+    from acdctool.models import nvae, nvae_cells
+
+    torch.manual_seed(0)
+    new = NVAE(**ARGS)
+
+    def conv1x1(cin: int, cout: int, bias: bool = True) -> nn.Conv2d:
+        return nn.Conv2d(cin, cout, 1, bias=bias)
+
+    def depthwise(channels: int, k: int) -> nn.Conv2d:
+        return nn.Conv2d(channels, channels, k, padding=k // 2, groups=channels, bias=False)
+
+    for module in (nvae, nvae_cells):
+        monkeypatch.setattr(module, "Conv1x1", conv1x1, raising=False)
+    monkeypatch.setattr(nvae_cells, "DepthwiseConv", depthwise)
+    monkeypatch.setattr(nvae_cells, "_bn_silu", lambda c, m: [nn.BatchNorm2d(c, momentum=m), nn.SiLU()])
+    torch.manual_seed(0)
+    old = NVAE(**ARGS)
+    assert any(isinstance(m, Conv1x1) for m in new.modules())
+    assert not any(isinstance(m, (Conv1x1, DepthwiseConv, BatchNormSiLU)) for m in old.modules())
+    old_sd, new_sd = old.state_dict(), new.state_dict()
+    assert list(old_sd) == list(new_sd)
+    assert all(torch.equal(old_sd[k], new_sd[k]) for k in old_sd)  # the seed gives the same init
+    x = torch.randn(2, 4, 32, 32)
+    new.eval(), old.eval()
+    assert torch.allclose(new.reconstruct(x), old.reconstruct(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_layers_keep_the_kernels_and_match_eager(kernel: None, backend: str) -> None:
+    """torch.compile traces the ops as single nodes (fullgraph: no graph break) through their
+    fake and autograd rules; outputs, gradients and running statistics match the eager layers."""
+    torch.manual_seed(0)
+    eager = nn.Sequential(BatchNormSiLU(20, momentum=0.3), DepthwiseConv(20, 5), BatchNormSiLU(20)).train()
+    twin = nn.Sequential(BatchNormSiLU(20, momentum=0.3), DepthwiseConv(20, 5), BatchNormSiLU(20)).train()
+    twin.load_state_dict(eager.state_dict())
+    compiled: Any = torch.compile(twin, backend=backend, fullgraph=True)
+    x = _cl(torch.randn(2, 20, 9, 9) * 2 + 1)
+    for _ in range(2):  # the second call also checks the running statistics carried over
+        xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out_e, out_c = eager(xe), compiled(xc)
+        (gx_e,) = torch.autograd.grad(out_e.square().sum(), xe)
+        (gx_c,) = torch.autograd.grad(out_c.square().sum(), xc)
+        assert _close(out_c, out_e) and _close(gx_c, gx_e)
+    for key, value in eager.state_dict().items():
+        assert _close(twin.state_dict()[key].float(), value.float()), key
+    assert int(twin[0].num_batches_tracked) == 2
+
+
+def test_old_layout_state_dict_loads_and_trains_alike(kernel: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state dict of the model as it was built before (nn.Conv2d, nn.BatchNorm2d then nn.SiLU)
+    loads strictly; the training-mode step on the kernels gives its outputs and running stats."""
+    from acdctool.models import nvae, nvae_cells
+
+    torch.manual_seed(1)
+    new = NVAE(**ARGS)
+    monkeypatch.setattr(nvae, "Conv1x1", lambda cin, cout, bias=True: nn.Conv2d(cin, cout, 1, bias=bias))
+    monkeypatch.setattr(nvae_cells, "Conv1x1", lambda cin, cout, bias=True: nn.Conv2d(cin, cout, 1, bias=bias))
+    monkeypatch.setattr(
+        nvae_cells, "DepthwiseConv", lambda c, k: nn.Conv2d(c, c, k, padding=k // 2, groups=c, bias=False)
+    )
+    monkeypatch.setattr(nvae_cells, "_bn_silu", lambda c, m: [nn.BatchNorm2d(c, momentum=m), nn.SiLU()])
+    torch.manual_seed(2)
+    old = NVAE(**ARGS)
+    with torch.no_grad():  # trained-looking statistics, so a dropped buffer would show
+        for name, buf in old.named_buffers():
+            if name.endswith("running_var"):
+                buf.uniform_(0.5, 2.0)
+    new.load_state_dict(old.state_dict(), strict=True)
+    x = _cl(F.one_hot(torch.randint(0, 4, (2, 32, 32)), 4).permute(0, 3, 1, 2).float())
+    torch.manual_seed(3)
+    out_new = new.to(memory_format=torch.channels_last).train()(x)
+    torch.manual_seed(3)
+    out_old = old.train()(x.contiguous())
+    assert any(isinstance(m, (DepthwiseConv, BatchNormSiLU)) for m in new.modules())
+    assert torch.allclose(out_new.logits, out_old.logits, atol=1e-4, rtol=1e-4)
+    new_sd, old_sd = new.state_dict(), old.state_dict()
+    assert list(new_sd) == list(old_sd)
+    assert all(torch.allclose(new_sd[k].float(), old_sd[k].float(), atol=1e-5) for k in old_sd)
+
+
+class _FakeBuild:
+    """Stands in for cpp_extension.load: writes the library into the build folder it is given."""
+
+    def __init__(self) -> None:
+        self.folders: list[Path] = []
+
+    def __call__(self, *, name: str, build_directory: str, **_: Any) -> str:
+        folder = Path(build_directory)
+        self.folders.append(folder)
+        (folder / f"{name}.so").write_text("built")
+        return str(folder / f"{name}.so")
+
+
+def test_build_happens_privately_then_is_published_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each process compiles in its own folder (no shared lock file to go stale) and publishes
+    it with one rename; the next process loads the published library without compiling."""
+    import torch.utils.cpp_extension as cpp_extension
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    build, loaded = _FakeBuild(), []
+    monkeypatch.setattr(cpp_extension, "load", build)
+    monkeypatch.setattr(torch.ops, "load_library", loaded.append)
+    monkeypatch.setattr(kernels, "_register", lambda: None)
+    final = kernels.cache_dir()
+    kernels._build()
+    assert len(build.folders) == 1 and build.folders[0] != final and build.folders[0].parent == final.parent
+    library = final / f"{kernels._library_name(final)}.so"
+    assert library.read_text() == "built" and loaded == []
+    assert [p.name for p in final.parent.iterdir()] == [final.name]  # no private folder left
+    kernels._build()  # a later process: the cached library, no compiler
+    assert len(build.folders) == 1 and loaded == [str(library)]
+
+
+def test_a_concurrent_publisher_wins_and_leftovers_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.utils.cpp_extension as cpp_extension
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(kernels, "_register", lambda: None)
+    final = kernels.cache_dir()
+    name = kernels._library_name(final)
+
+    def racing(*, name: str, build_directory: str, **_: Any) -> str:
+        final.mkdir(parents=True)  # another process publishes while this one compiles
+        (final / f"{name}.so").write_text("theirs")
+        (Path(build_directory) / f"{name}.so").write_text("ours")
+        return ""
+
+    monkeypatch.setattr(cpp_extension, "load", racing)
+    kernels._build()
+    assert (final / f"{name}.so").read_text() == "theirs"
+    assert [p.name for p in final.parent.iterdir()] == [final.name]
+    # a folder without a library (an interrupted build of an older layout, its lock file) is replaced
+    for p in final.iterdir():
+        p.unlink()
+    (final / "lock").write_text("")
+    monkeypatch.setattr(cpp_extension, "load", _FakeBuild())
+    kernels._build()
+    assert sorted(p.name for p in final.iterdir()) == [f"{name}.so"]
+
+
+def test_a_failed_compile_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.utils.cpp_extension as cpp_extension
+
+    def broken(**_: Any) -> str:
+        raise RuntimeError("Error building extension")
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(cpp_extension, "load", broken)
+    monkeypatch.setattr(kernels, "_STATE", kernels._State())
+    assert kernels.load() == "RuntimeError: Error building extension"
+    assert list(kernels.cache_dir().parent.iterdir()) == []
+
+
+def test_nothing_builds_on_import_or_with_the_plain_model(tmp_path: Path) -> None:
+    """Importing acdctool, the CLI, the model and the task, and a channels_last training-mode
+    forward pass, neither build nor load the kernels (only the compiled CPU training step does)."""
+    code = (
+        "import torch, acdctool, acdctool.cli.app, acdctool.train.nvae_task\n"
+        "from acdctool.models import nvae_kernels\n"
+        "from acdctool.models.nvae import NVAE\n"
+        "m = NVAE(image_size=32, scales=2, groups_per_scale=(1, 1)).to(memory_format=torch.channels_last)\n"
+        "m.train()(torch.zeros(2, 4, 32, 32).contiguous(memory_format=torch.channels_last))\n"
+        "assert not nvae_kernels._STATE.tried and not nvae_kernels.available()\n"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+    assert not (tmp_path / "acdctool").exists()
+
+
+def test_ninja_of_the_python_package_is_put_on_path_for_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    monkeypatch.setattr(kernels.shutil, "which", lambda name: None)  # no ninja on PATH
+    monkeypatch.setitem(sys.modules, "ninja", types.SimpleNamespace(BIN_DIR="/opt/ninja-pkg/bin"))
+    before = os.environ.get("PATH", "")
+    with kernels._ninja_on_path():
+        assert os.environ["PATH"].split(os.pathsep)[0] == "/opt/ninja-pkg/bin"
+    assert os.environ.get("PATH", "") == before
