@@ -540,6 +540,8 @@ def make_cases(fx: dict[str, Path]) -> list[Case]:
 
     def flip(raw: dict) -> None:
         key = next(k for k, v in raw["state_dict"].items() if v.is_floating_point() and v.numel() > 4)
+        # contiguous first: a channels_last-trained weight has no flat view
+        raw["state_dict"][key] = raw["state_dict"][key].contiguous()
         raw["state_dict"][key].view(-1)[0] = 3.7e37
 
     def reshape(raw: dict) -> None:
@@ -947,6 +949,7 @@ def _flipped_run(run_src: Path) -> Callable[[Path], None]:
 
         def flip(raw: dict) -> None:
             key = next(k for k, v in raw["state_dict"].items() if v.is_floating_point() and v.numel() > 4)
+            raw["state_dict"][key] = raw["state_dict"][key].contiguous()
             raw["state_dict"][key].view(-1)[1] += 1.0
 
         edit_checkpoint(run_src / "last.pt", w / "run" / "last.pt", flip, rehash=False)

@@ -282,7 +282,7 @@ def test_nvae_proposer_offers_the_input_s_clean_up_only_when_asked(nvae_checkpoi
     masks = np.stack([np.pad(_heart(), 12), np.pad(_disc(40), 12)])
     masks[0, 3:6, 3:6] = 3  # a stray LV blob: morph removes it
     masks[1, 32, 32] = 0  # a hole in the LV: morph fills it
-    with_morph = NvaeProposer.load(ck, RefineConfig(device="cpu"), (64, 64), tmp_path / "seg.h5")
+    with_morph = NvaeProposer.load(ck, RefineConfig(device="cpu", polish=True), (64, 64), tmp_path / "seg.h5")
     out = with_morph(masks, None)
     k = out.names.index("morph")
     assert out.families[k] == "morph" and out.offered[k] and "morph+polish" not in out.names

@@ -30,8 +30,9 @@ by default), for the NVAE:
   (the reconstruction always among them; an edit equal to its offered source is dropped);
   every other structure keeps its pixels bit-identical and wins any overlap
   (:mod:`acdctool.correct.structure`);
-- with ``polish``, each offered candidate but ``morph`` and the per-structure edits is offered again after
-  the morphological clean-up (family ``<family>+polish``).
+- with ``polish`` (off by default), each offered candidate but ``morph`` and the
+  per-structure edits is offered again after the morphological clean-up (family
+  ``<family>+polish``).
 
 Method ``morph`` has one candidate, the clean-up (largest component per class, holes filled;
 family ``morph``).
