@@ -130,19 +130,19 @@ def seg_file_factory(prepped, tmp_path):
 
 @pytest.fixture(scope="session")
 def nvae_checkpoint_factory():
-    """``make(path, in_channels=4, size=64, data=None)`` writes an untrained tiny NVAE checkpoint
-    (kind ``nvae-model``, seeded weights) and returns its path. Its ``data`` record defaults to
+    """``make(path, in_channels=4, size=64, data=None, seed=0)`` writes an untrained tiny NVAE
+    checkpoint (kind ``nvae-model``, weights seeded by ``seed``) and returns its path. Its ``data`` record defaults to
     one that trained on no patient (fold None, empty ``train_patients``), so refine's leakage
     check accepts it for any patient."""
 
-    def make(path: Path, in_channels: int = 4, size: int = 64, data: dict | None = None) -> Path:
+    def make(path: Path, in_channels: int = 4, size: int = 64, data: dict | None = None, seed: int = 0) -> Path:
         import torch
 
         from acdctool.io.checkpoint import save_checkpoint
         from acdctool.models.nvae import NVAE
 
         with torch.random.fork_rng(devices=[]):  # seeded weights, the session's RNG left alone
-            torch.manual_seed(0)
+            torch.manual_seed(seed)
             model = NVAE(
                 in_channels=in_channels,
                 image_size=size,

@@ -65,29 +65,6 @@ def write_seg(
     return out
 
 
-def nvae_checkpoint(path: Path, *, fold: int | None, folds: dict[str, int], in_channels: int = 4, size: int = 64):
-    import torch
-
-    from acdctool.io.checkpoint import save_checkpoint
-    from acdctool.models.nvae import NVAE
-
-    torch.manual_seed(0 if fold is None else fold)
-    model = NVAE(
-        in_channels=in_channels, image_size=size, stem_channels=4, scales=2, groups_per_scale=(1, 1), latent_channels=4
-    )
-    data = {"input": "gt", "fold": fold, "folds": folds}
-    save_checkpoint(
-        path,
-        kind="nvae-model",
-        model_name="nvae",
-        model_args=model.args,
-        state_dict=model.state_dict(),
-        config={},
-        data=data,
-    )
-    return path
-
-
 @pytest.fixture(scope="session")
 def write_qc_seg():
     """``write_qc_seg(prepped, out, severity=None, gt=True, probs=True, seed=0)``: a seg file whose masks are
@@ -96,9 +73,15 @@ def write_qc_seg():
 
 
 @pytest.fixture(scope="session")
-def qc_nvae_checkpoint():
-    """``qc_nvae_checkpoint(path, fold=..., folds={...}, in_channels=4, size=64)``: an untrained NVAE checkpoint."""
-    return nvae_checkpoint
+def qc_nvae_checkpoint(nvae_checkpoint_factory):
+    """``qc_nvae_checkpoint(path, fold=..., folds={...}, in_channels=4, size=64)``: an untrained NVAE
+    checkpoint of that fold (weights seeded by the fold), made by ``nvae_checkpoint_factory``."""
+
+    def make(path: Path, *, fold: int | None, folds: dict[str, int], in_channels: int = 4, size: int = 64) -> Path:
+        data = {"input": "gt", "fold": fold, "folds": folds}
+        return nvae_checkpoint_factory(path, in_channels, size, data=data, seed=0 if fold is None else fold)
+
+    return make
 
 
 @pytest.fixture(scope="session")
@@ -108,9 +91,9 @@ def qc_seg(prepped, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def fold_nvaes(prepped, tmp_path_factory) -> list[Path]:
+def fold_nvaes(prepped, tmp_path_factory, qc_nvae_checkpoint) -> list[Path]:
     """Two untrained 64² NVAE checkpoints, one per fold of the prep fixture."""
     with SliceFile(prepped) as f:
         folds = {str(p): int(k) for p, k in f.index.groupby("patient")["fold"].first().items()}
     d = tmp_path_factory.mktemp("nvae")
-    return [nvae_checkpoint(d / f"nvae-f{k}.pt", fold=k, folds=folds) for k in (0, 1)]
+    return [qc_nvae_checkpoint(d / f"nvae-f{k}.pt", fold=k, folds=folds) for k in (0, 1)]

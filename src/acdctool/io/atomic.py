@@ -70,6 +70,18 @@ def _full_message(path: Path, exc: BaseException) -> str:
     return f"{path}: {what.lower()} while writing; nothing was written (free some space and rerun)"
 
 
+@contextlib.contextmanager
+def _full_disk_is_output_error(path: Path) -> Iterator[None]:
+    """A full disk inside the block (an OSError, or h5py's RuntimeError around one) becomes one
+    OutputError line naming ``path``; every other error propagates unchanged."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if disk_full(exc):
+            raise OutputError(_full_message(path, exc)) from None
+        raise
+
+
 def check_overlap(output: Path | str, inputs: Inputs) -> None:
     """Refuse an output that could delete or replace one of ``inputs`` (files or folders).
 
@@ -284,7 +296,7 @@ def atomic_path(path: Path, force: bool = False, inputs: Inputs = ()) -> Iterato
     tmp = Path(tmp_name)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
-        try:
+        with _full_disk_is_output_error(path):
             yield tmp
             _fsync(tmp)
             try:
@@ -294,10 +306,6 @@ def atomic_path(path: Path, force: bool = False, inputs: Inputs = ()) -> Iterato
                     _move_noreplace(tmp, path)
             except FileExistsError:
                 raise OutputError(f"{path}: appeared while writing (use --force to overwrite)") from None
-        except (OSError, RuntimeError) as exc:
-            if disk_full(exc):
-                raise OutputError(_full_message(path, exc)) from None
-            raise
     finally:
         with contextlib.suppress(OSError):
             if os.path.lexists(tmp):
@@ -333,7 +341,7 @@ def atomic_dir(path: Path, force: bool = False, inputs: Inputs = ()) -> Iterator
         raise OutputError(f"{path.parent}: cannot create output folder ({exc.strerror or exc})") from None
     old: Path | None = None
     try:
-        try:
+        with _full_disk_is_output_error(path):
             yield tmp
             try:
                 if force and path.is_dir() and not path.is_symlink():
@@ -342,10 +350,6 @@ def atomic_dir(path: Path, force: bool = False, inputs: Inputs = ()) -> Iterator
                     _move_noreplace(tmp, path)
             except FileExistsError:
                 raise OutputError(f"{path}: appeared while writing (use --force to overwrite)") from None
-        except (OSError, RuntimeError) as exc:
-            if disk_full(exc):
-                raise OutputError(_full_message(path, exc)) from None
-            raise
     finally:
         for leftover in (tmp, old):
             if leftover is not None and os.path.lexists(leftover):

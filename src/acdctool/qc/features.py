@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from enum import Enum
 
 import numpy as np
 import pandas as pd
 
+from acdctool.config import QcFeatures
 from acdctool.conventions import CLASSES
 from acdctool.errors import BadInputError
 
@@ -40,12 +40,8 @@ __all__ = [
 ]
 
 
-class FeatureGroup(str, Enum):
-    """What a feature needs besides the mask."""
-
-    MASK = "mask"
-    PROBS = "probs"
-    NVAE = "nvae"
+FeatureGroup = QcFeatures
+"""What a feature needs besides the mask: the groups ``qc-calibrate --features`` chooses from."""
 
 
 @dataclass(frozen=True)
