@@ -88,3 +88,17 @@ def test_slice_model_round_trip_and_inner_predictions_do_not_see_their_part():
     np.testing.assert_allclose(inner[~rest], np.clip(np.interp(score, model.iso_x, model.iso_y), 0, 1))
     with pytest.raises(ValueError):
         SliceModel.from_dict({**model.to_dict(), "type": "ridge+isotonic"})
+
+
+def test_slice_model_predicts_the_median_and_averages_the_mean():
+    xs, present, has, dice, y = _data()
+    model, _ = fit_slice_model(xs, present, has, dice, y, np.arange(len(y)) % 4, {c: ["a", "b"] for c in CLASSES})
+    pred, expected = model.predict(xs, present), model.expected(xs, present)
+    assert model.med_x is not None and not np.allclose(pred, expected)
+    # in sample, each map wins on its own loss
+    assert np.abs(pred - y).mean() <= np.abs(expected - y).mean()
+    assert ((expected - y) ** 2).mean() <= ((pred - y) ** 2).mean()
+    # a calibration written before the median map existed still loads, and predicts the mean
+    old = model.to_dict()
+    del old["isotonic_median"]
+    np.testing.assert_array_equal(SliceModel.from_dict(old).predict(xs, present), expected)

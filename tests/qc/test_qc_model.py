@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from acdctool.qc.model import LinearIsotonic, cross_validate, fit, fit_ridge, isotonic, parts_of
+from acdctool.qc.model import LinearIsotonic, cross_validate, fit, fit_ridge, isotonic, isotonic_median, parts_of
 
 
 def isotonic_minmax(x, y):
@@ -31,6 +31,38 @@ def test_isotonic_matches_the_minmax_formula(seed):
     np.testing.assert_allclose(kx, want_x)
     np.testing.assert_allclose(ky, want_y)
     assert np.all(np.diff(kx) > 0) and np.all(np.diff(ky) > 0)
+
+
+def l1_isotonic_cost(y):
+    """Least sum of |y - f| over non-decreasing f (dynamic programme over the values of y)."""
+    values = np.unique(y)
+    best = np.abs(y[0] - values)
+    for yi in y[1:]:
+        best = np.minimum.accumulate(best) + np.abs(yi - values)
+    return best.min()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_isotonic_median_is_the_least_absolute_error_monotone_fit(seed):
+    rng = np.random.default_rng(seed)
+    n = 40
+    x = np.arange(n, dtype=float)
+    y = np.clip(0.7 + x / 200 + rng.normal(0, 0.1, n), 0, 1)
+    y[rng.choice(n, 6, replace=False)] = 0.0  # Dice-like: a few structures missed outright
+    kx, ky = isotonic_median(x, y)
+    assert np.all(np.diff(kx) > 0) and np.all(np.diff(ky) > 0)
+    # x = 0..n-1: each block is a run [a, e) whose knot is its mean x, (a + e - 1) / 2
+    fitted, a = np.empty(n), 0
+    for cx, cy in zip(kx, ky, strict=True):
+        e = int(round(2 * cx - a + 1))
+        fitted[a:e] = cy
+        a = e
+    assert a == n
+    assert np.abs(y - fitted).sum() == pytest.approx(l1_isotonic_cost(y), abs=1e-9)
+    # the mean fit has the lower squared error, the median fit the lower absolute error
+    mx, my = isotonic(x, y)
+    mean_fit = np.interp(x, mx, my)
+    assert np.abs(y - np.interp(x, kx, ky)).mean() <= np.abs(y - mean_fit).mean()
 
 
 def test_isotonic_pools_equal_x():

@@ -85,7 +85,7 @@ class Calibration:
         return groups_of(self.features)
 
     def predict_slices(self, table: pd.DataFrame) -> np.ndarray:
-        """Predicted Dice of every row of a QC slice table.
+        """Predicted Dice of every row of a QC slice table (the conditional median: least absolute error).
 
         Raises:
             BadInputError: the table lacks the signals some feature needs.
@@ -93,6 +93,16 @@ class Calibration:
         feature_matrix(table.iloc[:0], self.features)  # one clear error for missing signals
         xs, present = class_inputs(table, {c: m.features for c, m in self.slice_model.classes.items()})
         return self.slice_model.predict(xs, present)
+
+    def expected_slices(self, table: pd.DataFrame) -> np.ndarray:
+        """Expected Dice of every row (the conditional mean; :meth:`predict_slices` gives the median).
+
+        Raises:
+            BadInputError: the table lacks the signals some feature needs.
+        """
+        feature_matrix(table.iloc[:0], self.features)
+        xs, present = class_inputs(table, {c: m.features for c, m in self.slice_model.classes.items()})
+        return self.slice_model.expected(xs, present)
 
     def predict_patients(self, patients: pd.DataFrame) -> np.ndarray:
         """Predicted Dice of every row of a patient table (whose ``pred_*`` come from :meth:`predict_slices`)."""

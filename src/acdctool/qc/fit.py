@@ -49,7 +49,7 @@ class QcFit:
     patient_type: str
     patient_model: LinearIsotonic | None
     oof_slices: pd.DataFrame
-    """The input's key columns, ``gt_dice`` and the out-of-fold ``pred_dice``."""
+    """The input's key columns, ``gt_dice`` and the out-of-fold ``pred_dice`` (median) and ``exp_dice`` (mean)."""
     oof_patients: pd.DataFrame
     """Per patient: ``gt_dice``, ``pred_dice`` (chosen model), ``pred_mean``, ``pred_linear``."""
     scores: dict[str, Any]
@@ -96,7 +96,7 @@ def fit_qc(
     if pd.unique(groups).size < 2:
         raise ValueError("need at least two patients to fit and score out of fold")
     outer = parts_of(folds, groups)
-    oof = np.empty(len(y))
+    oof, oof_exp = np.empty(len(y)), np.empty(len(y))
     pats: list[pd.DataFrame] = []
     for f in np.unique(outer):
         test = outer == f
@@ -111,9 +111,11 @@ def fit_qc(
             features,
             alpha,
         )
-        oof[test] = model.predict({c: x[test] for c, x in xs.items()}, present[test])
-        pmodel = _patient_model(table[tr].assign(pred_dice=inner), key, alpha)
-        held = patient_table(table[test].assign(pred_dice=oof[test]), key)
+        held_x = {c: x[test] for c, x in xs.items()}
+        oof[test] = model.predict(held_x, present[test])
+        oof_exp[test] = model.expected(held_x, present[test])
+        pmodel = _patient_model(table[tr].assign(exp_dice=inner), key, alpha)
+        held = patient_table(table[test].assign(pred_dice=oof[test], exp_dice=oof_exp[test]), key)
         held["pred_linear"] = pmodel.predict(patient_features(held))
         pats.append(held)
     patients = pd.concat(pats, ignore_index=True).sort_values(list(key), kind="stable").reset_index(drop=True)
@@ -122,7 +124,7 @@ def fit_qc(
     enough = patients["patient"].nunique() >= MIN_PATIENTS_LINEAR
     ptype = "linear" if enough and linear_mae < mean_mae else "mean"
     patients["pred_dice"] = patients["pred_linear"] if ptype == "linear" else patients["pred_mean"]
-    slices = table.assign(pred_dice=oof)
+    slices = table.assign(pred_dice=oof, exp_dice=oof_exp)
     scores = score_tables(slices, patients, slice_threshold, patient_threshold)
     scores["patient_models"] = {
         "mean": {"mae": mean_mae, **_brief(patients["pred_mean"], patients["gt_dice"], patient_threshold)},
@@ -130,8 +132,8 @@ def fit_qc(
         "chosen": ptype,
     }
     final, inner = fit_slice_model(xs, present, has, dice, y, parts_of(folds, groups), features, alpha)
-    final_patient = _patient_model(table.assign(pred_dice=inner), key, alpha) if ptype == "linear" else None
-    keep = [c for c in (*key, "phase", "slice", "fold", "gt_dice", "pred_dice") if c in slices.columns]
+    final_patient = _patient_model(table.assign(exp_dice=inner), key, alpha) if ptype == "linear" else None
+    keep = [c for c in (*key, "phase", "slice", "fold", "gt_dice", "pred_dice", "exp_dice") if c in slices.columns]
     out_patients = patients[[*key, "fold", "gt_dice", "pred_dice", "pred_mean", "pred_linear"]]
     return QcFit(final, ptype, final_patient, slices[list(dict.fromkeys(keep))], out_patients, scores)
 

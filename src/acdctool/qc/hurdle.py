@@ -11,8 +11,11 @@ the apex, an atrium at the base). So each class c gets three small models on its
 
 so that ``E[Dice_c] = (1 − spurious)·dice`` where the mask has c and ``1 − missed`` where it
 does not (ACDC conventions: both empty → 1, one empty → 0). The slice's score is the mean over
-RV, MYO and LV, mapped to a predicted Dice by an isotonic curve fitted on cross-fitted scores
-(as in :func:`acdctool.qc.model.fit`). Numpy only.
+RV, MYO and LV, mapped by two monotone curves fitted on cross-fitted scores (as in
+:func:`acdctool.qc.model.fit`): the *expected* slice Dice (isotonic in squared error, what a
+patient's mean must average) and the *predicted* slice Dice, the conditional median (isotonic
+in absolute error: Dice is skewed towards 0, and the median is the point prediction with the
+least mean absolute error). Numpy only.
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -35,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from acdctool.conventions import CLASSES
-from acdctool.qc.model import DEFAULT_ALPHA, LinearIsotonic, fit, isotonic, parts_of
+from acdctool.qc.model import DEFAULT_ALPHA, LinearIsotonic, fit, isotonic, isotonic_median, parts_of
 
 __all__ = ["Logistic", "ClassModel", "SliceModel", "fit_logistic", "fit_class", "fit_slice_model"]
 
@@ -178,11 +181,20 @@ def fit_class(
 
 @dataclass
 class SliceModel:
-    """Per-class expected Dice, averaged, mapped to a predicted slice Dice."""
+    """Per-class expected Dice, averaged, mapped to the slice's expected and predicted Dice.
+
+    Attributes:
+        classes: class → its :class:`ClassModel`.
+        iso_x, iso_y: knots of the score → expected Dice map (conditional mean).
+        med_x, med_y: knots of the score → predicted Dice map (conditional median); None in
+            calibrations written before it existed, which then predict the expected Dice.
+    """
 
     classes: dict[str, ClassModel]
     iso_x: np.ndarray
     iso_y: np.ndarray
+    med_x: np.ndarray | None = None
+    med_y: np.ndarray | None = None
 
     @property
     def features(self) -> list[str]:
@@ -193,16 +205,25 @@ class SliceModel:
         """Mean over classes of ``E[Dice_c]``: ``(N,)``; ``xs``: class → its features, ``present`` ``(N, 3)``."""
         return np.mean([m.expected(xs[c], present[:, j]) for j, (c, m) in enumerate(self.classes.items())], axis=0)
 
-    def predict(self, xs: Mapping[str, np.ndarray], present: np.ndarray) -> np.ndarray:
-        """Predicted slice Dice ``(N,)`` in [0, 1]."""
+    def expected(self, xs: Mapping[str, np.ndarray], present: np.ndarray) -> np.ndarray:
+        """Expected slice Dice ``(N,)`` in [0, 1] (averages into a patient's expected Dice)."""
         return np.clip(np.interp(self.score(xs, present), self.iso_x, self.iso_y), 0.0, 1.0)
 
+    def predict(self, xs: Mapping[str, np.ndarray], present: np.ndarray) -> np.ndarray:
+        """Predicted slice Dice ``(N,)`` in [0, 1]: the conditional median (least absolute error)."""
+        if self.med_x is None or self.med_y is None:
+            return self.expected(xs, present)
+        return np.clip(np.interp(self.score(xs, present), self.med_x, self.med_y), 0.0, 1.0)
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "type": "hurdle",
             "classes": {c: m.to_dict() for c, m in self.classes.items()},
             "isotonic": {"x": self.iso_x.tolist(), "y": self.iso_y.tolist()},
         }
+        if self.med_x is not None and self.med_y is not None:
+            out["isotonic_median"] = {"x": self.med_x.tolist(), "y": self.med_y.tolist()}
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SliceModel:
@@ -210,10 +231,19 @@ class SliceModel:
             raise ValueError(f"slice model type {d.get('type')!r}, expected 'hurdle'")
         if list(d["classes"]) != list(CLASSES):
             raise ValueError(f"slice model classes {list(d['classes'])}, expected {list(CLASSES)}")
-        iso_x, iso_y = (np.asarray(d["isotonic"][k], np.float64) for k in ("x", "y"))
-        if iso_x.shape != iso_y.shape or iso_x.size == 0:
-            raise ValueError("inconsistent isotonic knots")
-        return cls({c: ClassModel.from_dict(m) for c, m in d["classes"].items()}, iso_x, iso_y)
+        maps = []
+        for key in ("isotonic", "isotonic_median"):
+            if key not in d:
+                maps.append((None, None))
+                continue
+            kx, ky = (np.asarray(d[key][k], np.float64) for k in ("x", "y"))
+            if kx.shape != ky.shape or kx.size == 0:
+                raise ValueError(f"inconsistent {key} knots")
+            maps.append((kx, ky))
+        (iso_x, iso_y), (med_x, med_y) = maps
+        if iso_x is None or iso_y is None:
+            raise ValueError("slice model without its isotonic map")
+        return cls({c: ClassModel.from_dict(m) for c, m in d["classes"].items()}, iso_x, iso_y, med_x, med_y)
 
 
 def fit_slice_model(
@@ -235,7 +265,7 @@ def fit_slice_model(
         parts: ``(N,)`` cross-fitting parts (patients never span parts).
 
     Returns:
-        ``(model, inner)``: the model fitted on all rows, and every row's predicted Dice from
+        ``(model, inner)``: the model fitted on all rows, and every row's *expected* Dice from
         class models that did not see its part (for a second-level patient model).
     """
     present, has = np.asarray(present, bool), np.asarray(has, bool)
@@ -258,4 +288,5 @@ def fit_slice_model(
     if len(ups) < 2:
         scores = SliceModel(final, np.zeros(1), np.zeros(1)).score(xs, present)
     kx, ky = isotonic(scores, y)
-    return SliceModel(final, kx, ky), np.clip(np.interp(scores, kx, ky), 0.0, 1.0)
+    mx, my = isotonic_median(scores, y)
+    return SliceModel(final, kx, ky, mx, my), np.clip(np.interp(scores, kx, ky), 0.0, 1.0)

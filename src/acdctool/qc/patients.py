@@ -57,8 +57,9 @@ def patient_table(slices: pd.DataFrame, key: Sequence[str] = PATIENT_KEY) -> pd.
         ``frac_invalid``, ``missing_mid``, the mean of every signal present (same names),
         ``nvae_dice_worst`` (the lowest slice's), ED/ES volumes (mL) and ``ed_gt_es_lv/rv``,
         ``ed_es_wrong`` (1 when LV or RV is not larger at ED), and, when the slice table has
-        them, ``pred_mean``/``pred_min``/``pred_q25``/``frac_low`` of the slices' predicted
-        Dice and ``gt_dice`` (mean of the slices' true Dice).
+        them, ``pred_mean``/``pred_min``/``pred_q25``/``frac_low`` of the slices' expected
+        Dice (``exp_dice``, else their predicted ``pred_dice``) and ``gt_dice`` (mean of the
+        slices' true Dice).
     """
     key = list(key)
     g = slices.groupby(key, sort=True)
@@ -75,8 +76,9 @@ def patient_table(slices: pd.DataFrame, key: Sequence[str] = PATIENT_KEY) -> pd.
     out = out.join(g[means].mean())
     if "nvae_dice_min" in slices.columns:
         out["nvae_dice_worst"] = g["nvae_dice_min"].min()
-    if "pred_dice" in slices.columns:
-        out = out.join(_prediction_summary(g["pred_dice"]))
+    expected = "exp_dice" if "exp_dice" in slices.columns else "pred_dice"
+    if expected in slices.columns:  # a patient's Dice is a mean: average the slices' expected Dice
+        out = out.join(_prediction_summary(g[expected]))
     if "gt_dice" in slices.columns:
         out["gt_dice"] = g["gt_dice"].mean()
     out = out.reset_index().merge(patient_volumes(slices, key), on=key, how="left")

@@ -171,7 +171,7 @@ def run(
     if oof_csv is not None:
         with atomic_path(Path(oof_csv), force, srcs) as tmp:
             fitted.oof_slices.assign(file=fitted.oof_slices["file"].map(lambda i: segs[int(i)].name)).to_csv(
-                tmp, index=False, float_format="%.6g"
+                tmp, index=False, float_format="%.10g"
             )
     return Result(
         Path(output),
