@@ -231,7 +231,7 @@ class SliceModel:
             raise ValueError(f"slice model type {d.get('type')!r}, expected 'hurdle'")
         if list(d["classes"]) != list(CLASSES):
             raise ValueError(f"slice model classes {list(d['classes'])}, expected {list(CLASSES)}")
-        maps = []
+        maps: list[tuple[np.ndarray | None, np.ndarray | None]] = []
         for key in ("isotonic", "isotonic_median"):
             if key not in d:
                 maps.append((None, None))
