@@ -405,6 +405,11 @@ class RefineConfig:
     min_agreement: float = 0.0
     """Gate: a candidate's score under ``choose`` (in [0, 1]) must be at least this to replace
     the input."""
+    min_structure_dice: float = 0.0
+    """Gate: a candidate that keeps a structure of the input (RV, MYO or LV in both) must agree
+    with it at least this much (that structure's Dice with the input's); removing a structure
+    or adding one is not limited by it. Corrections that keep a fraction of a structure are
+    the ones that most often harm (README, five folds)."""
     polish: bool = False
     """Also offer each NVAE candidate (not the per-structure edits) after the morphological
     clean-up (stray pixels removed, holes filled) to the gate. Off by default: on the five-fold
@@ -439,6 +444,8 @@ class RefineConfig:
             raise ConfigError(f"--temperature must be > 0, got {self.temperature}")
         if not 0 <= self.min_agreement <= 1:
             raise ConfigError(f"--min-agreement must be within [0, 1], got {self.min_agreement}")
+        if not 0 <= self.min_structure_dice <= 1:
+            raise ConfigError(f"--min-structure-dice must be within [0, 1], got {self.min_structure_dice}")
         if any(not 0 < t <= 1 for t in self.partial):
             raise ConfigError(f"--partial thresholds must be within (0, 1], got {','.join(map(str, self.partial))}")
         if any(not 0 < a <= 1 for a in self.latent_steps):

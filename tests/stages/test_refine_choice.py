@@ -208,6 +208,30 @@ def test_gate_replaces_only_the_failing_structure():
     assert g.reasons == ["no-valid-candidate"]  # structure family off: nothing offered
 
 
+def test_min_structure_dice_refuses_partial_losses_but_allows_removal():
+    good = _heart()
+    inp = good.copy()
+    inp[20, 10] = 0  # a hole in the RV: invalid
+    crescent = good.copy()
+    crescent[(good == 1) & (np.arange(40)[:, None] < 20)] = 0  # half of the RV gone: still valid
+    no_rv = good.copy()
+    no_rv[good == 1] = 0  # the RV removed: valid (LV in its MYO ring)
+    assert all(anatomy.is_valid(m, SP) for m in (crescent, no_rv, good))
+    cands = [crescent[None], no_rv[None], good[None]]
+    rv_dice = overlap.dice_batch(crescent[None], inp[None])[0][0, 0]
+    assert 0.3 < rv_dice < 0.9
+    rank = np.array([[0.9, 0.8, 0.5]])  # the rule prefers the half RV, then the removal
+    assert closest_valid(inp[None], cands, np.ones((1, 2)), scores=rank).tolist() == [0]
+    limited = closest_valid(inp[None], cands, np.ones((1, 2)), scores=rank, min_structure_dice=0.95)
+    assert limited.tolist() == [1]  # removing a structure is allowed; keeping a fraction is not
+    # through the gate, from the config
+    cfg = RefineConfig(min_structure_dice=0.95)
+    g = gate(inp[None], None, np.ones((1, 2)), lambda m, c: [crescent[None]], cfg)
+    assert g.reasons == ["no-valid-candidate"] and (g.refined[0] == inp).all()
+    g = gate(inp[None], None, np.ones((1, 2)), lambda m, c: [crescent[None]], RefineConfig())
+    assert g.reasons == ["corrected"]
+
+
 # ---------------------------------------------------------------------------- assignment
 
 

@@ -73,6 +73,12 @@ def refine(
         metavar="SCORE",
         help="Least score under --choose (0..1) for a replacement.",
     ),
+    min_structure_dice: float = typer.Option(
+        _D.min_structure_dice,
+        "--min-structure-dice",
+        metavar="DICE",
+        help="Least Dice with the input of each structure a replacement keeps (0..1).",
+    ),
     polish: bool = typer.Option(
         _D.polish, "--polish/--no-polish", help="Also offer each NVAE candidate after the morphological clean-up."
     ),
@@ -112,6 +118,7 @@ def refine(
         samples=samples,
         temperature=temperature,
         min_agreement=min_agreement,
+        min_structure_dice=min_structure_dice,
         polish=polish,
         allow_seen=allow_seen,
         batch_size=batch_size,

@@ -196,7 +196,14 @@ def gate(
         offered = [k for k in range(len(cands)) if cands.offered[k]]
         arrays = [cands.arrays[k] for k in offered]
         sub_scorer = Scorer(config.choose, sub, None if probs is None else probs[todo])
-        choice = closest_valid(sub, arrays, spacing[todo], config.min_agreement, scores=sub_scorer.matrix(arrays))
+        choice = closest_valid(
+            sub,
+            arrays,
+            spacing[todo],
+            config.min_agreement,
+            scores=sub_scorer.matrix(arrays),
+            min_structure_dice=config.min_structure_dice,
+        )
         for j, (i, k) in enumerate(zip(todo, choice, strict=True)):
             if k >= 0:
                 out[i] = arrays[k][j]
@@ -212,6 +219,7 @@ def closest_valid(
     spacing: np.ndarray,
     min_agreement: float = 0.0,
     scores: np.ndarray | None = None,
+    min_structure_dice: float = 0.0,
 ) -> np.ndarray:
     """Per row, the anatomically valid candidate that agrees best with the input.
 
@@ -229,6 +237,8 @@ def closest_valid(
         min_agreement: least score for a candidate to be taken.
         scores: (B, K) agreement of each candidate (higher is better, e.g.
             :class:`acdctool.correct.scores.Scorer`); default: mean Dice with the input.
+        min_structure_dice: least Dice with the input of every structure that both the input
+            and the candidate hold (a structure removed or added is not limited by it).
 
     Returns:
         (B,) int64: index into ``candidates`` of the chosen one, −1 where none qualifies.
@@ -242,6 +252,12 @@ def closest_valid(
         [2]
         >>> closest_valid(m, [empty, ok], np.ones((1, 2)), min_agreement=0.9999).tolist()
         [-1]
+        >>> half = ok.copy(); half[0, :16][half[0, :16] == 3] = 2  # valid, but half the LV gone
+        >>> prefer_half = np.array([[1.0, 0.5]])
+        >>> closest_valid(m, [half, ok], np.ones((1, 2)), scores=prefer_half).tolist()
+        [0]
+        >>> closest_valid(m, [half, ok], np.ones((1, 2)), scores=prefer_half, min_structure_dice=0.8).tolist()
+        [1]
     """
     n = len(masks)
     choice = np.full(n, -1, dtype=np.int64)
@@ -253,7 +269,10 @@ def closest_valid(
         agreement = np.array(scores, dtype=np.float64, copy=True)
     unchanged = np.stack([(c == masks).all(axis=(1, 2)) for c in candidates], axis=1)
     emptied = np.stack([_emptied(c, masks) for c in candidates], axis=1)
-    agreement[unchanged | emptied | (agreement < min_agreement) | np.isnan(agreement)] = -np.inf
+    rejected = unchanged | emptied | (agreement < min_agreement) | np.isnan(agreement)
+    if min_structure_dice > 0:
+        rejected |= np.stack([_loses_part_of_a_structure(c, masks, min_structure_dice) for c in candidates], axis=1)
+    agreement[rejected] = -np.inf
     order = np.argsort(-agreement, axis=1, kind="stable")
     pending = np.arange(n)
     for rank in range(len(candidates)):
@@ -267,6 +286,13 @@ def closest_valid(
         choice[pending[ok]] = k[ok]
         pending = pending[~ok]
     return choice
+
+
+def _loses_part_of_a_structure(candidate: np.ndarray, masks: np.ndarray, least: float) -> np.ndarray:
+    """(B,) bool: rows where a structure in both agrees with the input's below ``least`` (Dice)."""
+    values, codes = overlap.dice_batch(candidate, masks)
+    both = np.asarray(codes) == overlap.CONVENTION_CODES.index(overlap.Convention.NORMAL)
+    return np.asarray((both & (values < least)).any(axis=1))
 
 
 def _emptied(candidate: np.ndarray, masks: np.ndarray) -> np.ndarray:
