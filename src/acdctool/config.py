@@ -390,6 +390,9 @@ class RefineConfig:
     """Candidate families offered to the gate (:class:`Family` values): ``recon``,
     ``partial``, ``structure``, ``latent``, ``samples`` (the last only with ``samples`` > 0).
     ``latent`` is off by default: it costs one decoding per step and invalid slice."""
+    fallback: tuple[str, ...] = ()
+    """Candidate families offered only to the slices for which ``candidates`` hold no valid one
+    (a second tier: they cannot displace a first-tier choice). Not also in ``candidates``."""
     partial: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5)
     """Partial edits offered to the gate: per threshold t, the input with only the pixels whose
     input label the NVAE gives a probability below t replaced by the NVAE's label (small t:
@@ -437,6 +440,11 @@ class RefineConfig:
             check_choice("--candidates", family, Family)
         if not self.candidates:
             raise ConfigError(f"--candidates needs at least one of {', '.join(choices(Family))}")
+        for family in self.fallback:
+            check_choice("--fallback", family, Family)
+        both = [f for f in self.fallback if f in self.candidates]
+        if both:
+            raise ConfigError(f"--fallback {','.join(both)}: already in --candidates (a family is in one tier)")
         check_device(self.device)
         if self.samples < 0 or self.batch_size < 1:
             raise ConfigError("--samples must be >= 0 and --batch-size >= 1")
@@ -452,6 +460,11 @@ class RefineConfig:
             raise ConfigError(f"--latent-steps must be within (0, 1], got {','.join(map(str, self.latent_steps))}")
         if self.method == Method.MORPH.value and (self.context != Context.NONE.value or self.samples):
             raise ConfigError("--method morph takes no --context or --samples (they are NVAE options)")
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """Every family a proposer makes: ``candidates`` then ``fallback``."""
+        return (*self.candidates, *self.fallback)
 
 
 class QcFeatures(str, Enum):

@@ -12,7 +12,7 @@ from acdctool.correct.gate import Candidates, closest_valid, gate
 from acdctool.correct.patients import SEEN, UNKNOWN, UNSEEN, ModelPatients
 from acdctool.correct.scores import PROB_FLOOR, Scorer
 from acdctool.correct.structure import CRITERION_STRUCTURES, failing_structures, structure_edits
-from acdctool.errors import BadInputError
+from acdctool.errors import BadInputError, ConfigError
 from acdctool.metrics import anatomy, overlap
 from acdctool.stages.refine.assign import assign
 
@@ -230,6 +230,29 @@ def test_min_structure_dice_refuses_partial_losses_but_allows_removal():
     assert g.reasons == ["no-valid-candidate"] and (g.refined[0] == inp).all()
     g = gate(inp[None], None, np.ones((1, 2)), lambda m, c: [crescent[None]], RefineConfig())
     assert g.reasons == ["corrected"]
+
+
+def test_fallback_tier_only_corrects_what_the_first_tier_cannot():
+    good = _heart()
+    a = good.copy()
+    a[20, 10] = 0  # a hole in the RV: invalid
+    b = good.copy()
+    b[20, 26] = 0  # a hole in the LV: invalid
+    fixed_rv = np.roll(good, 1, axis=1)  # valid, but further from the inputs than ``good``
+    assert anatomy.is_valid(fixed_rv, SP) and not anatomy.is_valid(b, SP)
+
+    def propose(m, ctx):
+        out = Candidates()
+        out.add(np.stack([fixed_rv, b]), "first", "partial")  # row 0: valid; row 1: the input again
+        out.add(np.stack([good, good]), "second", "samples", tier=1)  # closer to both, but a fallback
+        return out
+
+    g = gate(np.stack([a, b]), None, np.ones((2, 2)), propose, RefineConfig())
+    assert g.reasons == ["corrected", "corrected"] and g.names == ["first", "second"]
+    assert (g.refined[0] == fixed_rv).all() and (g.refined[1] == good).all()
+    with pytest.raises(ConfigError, match="already in --candidates"):
+        RefineConfig(fallback=("samples",))
+    assert RefineConfig(candidates=("recon",), fallback=("samples",)).families == ("recon", "samples")
 
 
 # ---------------------------------------------------------------------------- assignment

@@ -49,6 +49,12 @@ def refine(
         metavar="FAMILY,...",
         help=f"Candidate families offered to the gate ({', '.join(choices(Family))}).",
     ),
+    fallback: str = typer.Option(
+        ",".join(_D.fallback),
+        "--fallback",
+        metavar="FAMILY,...",
+        help="Families offered only where --candidates give no valid one (empty: none).",
+    ),
     partial: str = typer.Option(
         _PARTIAL,
         "--partial",
@@ -113,6 +119,7 @@ def refine(
         gate=gate.value,
         choose=choose.value,
         candidates=tuple(c.strip() for c in candidates.split(",") if c.strip()),
+        fallback=tuple(c.strip() for c in fallback.split(",") if c.strip()),
         partial=parse_numbers(partial, "--partial"),
         latent_steps=parse_numbers(latent_steps, "--latent-steps"),
         samples=samples,

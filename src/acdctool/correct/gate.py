@@ -39,11 +39,12 @@ class Candidates:
             ``<family>+polish``.
         offered: whether the gate may choose it (else only a source of per-structure edits).
         source: whether per-structure edits take structures from it.
+        tier: 0, or 1 for a fallback (chosen only where no tier-0 candidate is valid).
 
     Example:
         >>> c = Candidates(); c.add(np.zeros((1, 2, 2), np.uint8), "recon", "recon", source=True)
-        >>> len(c), c.names, c.offered, c.source
-        (1, ['recon'], [True], [True])
+        >>> len(c), c.names, c.offered, c.source, c.tier
+        (1, ['recon'], [True], [True], [0])
     """
 
     arrays: list[np.ndarray] = field(default_factory=list)
@@ -51,22 +52,31 @@ class Candidates:
     families: list[str] = field(default_factory=list)
     offered: list[bool] = field(default_factory=list)
     source: list[bool] = field(default_factory=list)
+    tier: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.arrays)
 
-    def add(self, array: np.ndarray, name: str, family: str, *, offered: bool = True, source: bool = False) -> None:
+    def add(
+        self, array: np.ndarray, name: str, family: str, *, offered: bool = True, source: bool = False, tier: int = 0
+    ) -> None:
         self.arrays.append(array)
         self.names.append(name)
         self.families.append(family)
         self.offered.append(offered)
         self.source.append(source)
+        self.tier.append(tier)
 
     def extend(self, other: Candidates) -> None:
         """Append every candidate of ``other``, in order."""
         for k in range(len(other)):
             self.add(
-                other.arrays[k], other.names[k], other.families[k], offered=other.offered[k], source=other.source[k]
+                other.arrays[k],
+                other.names[k],
+                other.families[k],
+                offered=other.offered[k],
+                source=other.source[k],
+                tier=other.tier[k],
             )
 
     @classmethod
@@ -185,31 +195,40 @@ def gate(
     if todo.size:
         sub = masks[todo]
         cands = Candidates.of(propose(sub, None if context is None else context[todo]))
-        if Family.STRUCTURE.value in config.candidates and any(cands.source):
+        if Family.STRUCTURE.value in config.families and any(cands.source):
             replace = failing_structures(anatomy.criteria_passed(values[todo]))
+            structure_tier = int(Family.STRUCTURE.value in config.fallback)
             for k in [k for k in range(len(cands)) if cands.source[k]]:
                 edit = structure_edits(sub, cands.arrays[k], replace)
                 if cands.offered[k]:  # an edit equal to its offered source would only be checked twice
                     same = (edit == cands.arrays[k]).all(axis=(1, 2))
                     edit[same] = sub[same]  # equal to the input: never taken
-                cands.add(edit, f"structure<{cands.names[k]}>", Family.STRUCTURE.value)
-        offered = [k for k in range(len(cands)) if cands.offered[k]]
-        arrays = [cands.arrays[k] for k in offered]
-        sub_scorer = Scorer(config.choose, sub, None if probs is None else probs[todo])
-        choice = closest_valid(
-            sub,
-            arrays,
-            spacing[todo],
-            config.min_agreement,
-            scores=sub_scorer.matrix(arrays),
-            min_structure_dice=config.min_structure_dice,
-        )
-        for j, (i, k) in enumerate(zip(todo, choice, strict=True)):
-            if k >= 0:
-                out[i] = arrays[k][j]
-                reasons[i] = "corrected"
-                valid_out[i] = True
-                names[i], families[i] = cands.names[offered[k]], cands.families[offered[k]]
+                tier = max(structure_tier, cands.tier[k])
+                cands.add(edit, f"structure<{cands.names[k]}>", Family.STRUCTURE.value, tier=tier)
+        rows = np.arange(len(todo))
+        for tier in sorted({cands.tier[k] for k in range(len(cands)) if cands.offered[k]}):
+            # a fallback tier only sees the rows that no earlier tier could correct
+            offered = [k for k in range(len(cands)) if cands.offered[k] and cands.tier[k] == tier]
+            if rows.size == 0 or not offered:
+                continue
+            arrays = [cands.arrays[k][rows] for k in offered]
+            rows_scorer = Scorer(config.choose, sub[rows], None if probs is None else probs[todo[rows]])
+            choice = closest_valid(
+                sub[rows],
+                arrays,
+                spacing[todo[rows]],
+                config.min_agreement,
+                scores=rows_scorer.matrix(arrays),
+                min_structure_dice=config.min_structure_dice,
+            )
+            for j, k in enumerate(choice):
+                if k >= 0:
+                    i = todo[rows[j]]
+                    out[i] = arrays[k][j]
+                    reasons[i] = "corrected"
+                    valid_out[i] = True
+                    names[i], families[i] = cands.names[offered[k]], cands.families[offered[k]]
+            rows = rows[choice < 0]
     return GateResult(out, reasons, valid, valid_out, names, families, scorer.score(out))
 
 

@@ -40,6 +40,9 @@ class NvaeProposer:
     - with ``config.polish``, each offered one but ``morph`` (already clean) again after
       :func:`acdctool.correct.morph.clean_batch` (family ``<family>+polish``).
 
+    Families in ``config.fallback`` are made too, as tier 1: the gate offers them only to the
+    slices that the ``config.candidates`` families could not make valid.
+
     Every unpolished NVAE decoding (not ``morph``) is a source of the gate's per-structure edits.
     """
 
@@ -106,21 +109,25 @@ class NvaeProposer:
 
     @torch.inference_mode()
     def __call__(self, masks: np.ndarray, context: np.ndarray | None) -> Candidates:
-        cfg, families = self.config, set(self.config.candidates)
+        cfg, families = self.config, set(self.config.families)
         labels = torch.from_numpy(np.ascontiguousarray(context if context is not None else masks))
         feats = self.model.encode(one_hot(labels.to(self.device)))
         probs = self.model.decode(feats, mode="mean").float().softmax(1)
         recon = argmax_labels(probs)
         out = Candidates()
 
+        fallback = set(cfg.fallback)
+
         def add(name: str, family: str, labels: torch.Tensor, offered: bool = True) -> None:
-            out.add(labels.to("cpu", torch.uint8).numpy(), name, family, offered=offered, source=True)
+            tier = int(family in fallback)
+            out.add(labels.to("cpu", torch.uint8).numpy(), name, family, offered=offered, source=True, tier=tier)
 
         add("recon", Family.RECON.value, recon, offered=Family.RECON.value in families)
         if Family.MORPH.value in families:
             # The smallest edit of all, no shape model: a stray blob or a hole is often the only
             # fault, and the NVAE's own candidates would also drop a small apical structure.
-            out.add(morph.clean_batch(masks), "morph", Family.MORPH.value, offered=True, source=False)
+            tier = int(Family.MORPH.value in fallback)
+            out.add(morph.clean_batch(masks), "morph", Family.MORPH.value, offered=True, source=False, tier=tier)
         if Family.PARTIAL.value in families and cfg.partial:
             current = torch.from_numpy(np.ascontiguousarray(masks)).to(self.device, torch.long)
             for t, edit in zip(cfg.partial, partial_edits(current, probs, cfg.partial, recon), strict=True):
@@ -140,7 +147,8 @@ class NvaeProposer:
         if cfg.polish:
             for k in [k for k in range(len(out)) if out.offered[k] and out.families[k] != Family.MORPH.value]:
                 polished = morph.clean_batch(out.arrays[k])
-                out.add(polished, f"{out.names[k]}+polish", f"{out.families[k]}+polish", offered=True, source=False)
+                name, family = f"{out.names[k]}+polish", f"{out.families[k]}+polish"
+                out.add(polished, name, family, offered=True, source=False, tier=out.tier[k])
         return out
 
 

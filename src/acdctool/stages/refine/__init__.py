@@ -34,6 +34,10 @@ by default), for the NVAE:
   per-structure edits is offered again after the morphological clean-up (family
   ``<family>+polish``).
 
+Families in ``fallback`` form a second tier: they are offered only to the slices for which the
+``candidates`` families hold no valid candidate, so they add corrections without displacing
+any first-tier choice (the per-structure edits of a fallback source are fallback too).
+
 Method ``morph`` has one candidate, the clean-up (largest component per class, holes filled;
 family ``morph``).
 
