@@ -1,11 +1,13 @@
-"""The NVAE's CPU kernels (depthwise convolution, batch norm + SiLU) and the 1×1-as-linear layer
-against torch's own ops.
+"""The NVAE's CPU kernels (depthwise convolution, batch norm + SiLU, a latent group's sample and
+KL) and the 1×1-as-linear layer against torch's own ops.
 
 Tolerance (fp32): outputs and every gradient agree with the reference to 1e-5 of the reference's
 largest element. For the convolution the reference is ``F.conv2d`` in float32 (the kernel adds
 the same products in another order; observed 1e-7–1e-5); for batch norm it is torch's batch
 norm in float64, since the kernel (double accumulators) is closer to it than torch's float32
 path is (observed 1e-7–1e-6 against 1e-6–2e-5 for torch float32 on data with mean 5, std 3).
+For the latent group the reference is :mod:`acdctool.models.nvae_dist` in float64 (observed
+1e-7–4e-6).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import nn
 from acdctool.models import nvae_kernels as kernels
 from acdctool.models.nvae import NVAE
 from acdctool.models.nvae_cells import BatchNormSiLU, Conv1x1, DepthwiseConv
+from acdctool.models.nvae_dist import Normal
 
 TOL = 1e-5
 ARGS = {"image_size": 32, "scales": 2, "groups_per_scale": (2, 1), "latent_channels": 4}
@@ -130,6 +133,113 @@ def test_bn_silu_registrations_pass_torch_opcheck(kernel: None) -> None:
     x = _cl(torch.randn(2, 8, 4, 4)).requires_grad_()
     w, b = torch.rand(8, requires_grad=True), torch.rand(8, requires_grad=True)
     torch.library.opcheck(torch.ops.acdctool.bn_silu.default, (x, w, b, 1e-5))
+
+
+def _latent_reference(
+    prior: torch.Tensor | None, post: torch.Tensor, eps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """z and the per-sample KL of the model's eager path, in float64."""
+    z_shape = eps.shape
+    p = Normal.standard(eps.new_zeros(z_shape).double()) if prior is None else Normal.from_params(prior.double())
+    q = p.residual(post.double())
+    assert hasattr(q, "delta_mu")
+    dm, dl, ls_p = q.delta_mu, q.delta_log_sigma, p.log_sigma  # type: ignore[attr-defined]
+    kl = 0.5 * (dm * dm * torch.exp(-2 * ls_p) + torch.exp(2 * dl) - 2 * dl - 1)  # kl_residual, in float64
+    return q.mu + q.sigma * eps.double(), kl.sum((1, 2, 3))
+
+
+# Z with and without a tail beyond the 16-wide blocks; the top group has no prior (N(0, I))
+@pytest.mark.parametrize(("latent", "with_prior"), [(20, True), (20, False), (4, True), (35, True), (16, False)])
+def test_latent_matches_residual_normal_sample_and_kl(kernel: None, latent: int, with_prior: bool) -> None:
+    """z, the KL and the gradients of both heads' raw outputs against the float64 eager maths
+    (soft clamps, residual posterior, reparameterised draw, closed-form KL)."""
+    g = torch.Generator().manual_seed(latent)
+    shape = (3, 2 * latent, 5, 6)
+    post = _cl(torch.randn(shape, generator=g) * 4).requires_grad_()  # some values beyond the clamp
+    prior = _cl(torch.randn(shape, generator=g) * 4).requires_grad_() if with_prior else None
+    eps = _cl(torch.randn(3, latent, 5, 6, generator=g))
+    grad_z, grad_kl = _cl(torch.randn(3, latent, 5, 6, generator=g)), torch.randn(3, generator=g)
+    assert kernels.latent_usable(post, prior)
+    z, kl = kernels.latent_sample_kl(prior, post, eps)
+    ref_z, ref_kl = _latent_reference(prior, post, eps)
+    inputs = [post] + ([prior] if prior is not None else [])
+    grads = torch.autograd.grad([z, kl], inputs, [grad_z, grad_kl])
+    ref_grads = torch.autograd.grad([ref_z, ref_kl], inputs, [grad_z.double(), grad_kl.double()])
+    assert z.is_contiguous(memory_format=torch.channels_last) and kl.shape == (3,)
+    assert _close(z, ref_z) and _close(kl, ref_kl)
+    assert all(_close(a, b) for a, b in zip(grads, ref_grads, strict=True))
+
+
+def test_latent_registrations_pass_torch_opcheck(kernel: None) -> None:
+    post = _cl(torch.randn(2, 40, 4, 4)).requires_grad_()
+    prior = _cl(torch.randn(2, 40, 4, 4)).requires_grad_()
+    eps = _cl(torch.randn(2, 20, 4, 4))
+    torch.library.opcheck(torch.ops.acdctool.latent_sample_kl.default, (prior, post, eps))
+    torch.library.opcheck(torch.ops.acdctool.latent_sample_kl.default, (None, post, eps))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_latent_group_keeps_the_kernel_and_matches_eager(kernel: None, backend: str) -> None:
+    """A prior head, the kernel and a loss on z and the KL, compiled whole (fullgraph)."""
+    torch.manual_seed(0)
+    head = nn.Conv2d(8, 16, 3, padding=1).to(memory_format=torch.channels_last)
+
+    def group(x: torch.Tensor, post: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        z, kl = kernels.latent_sample_kl(head(x), post, eps)
+        return z.square().sum() + kl.sum()
+
+    compiled: Any = torch.compile(group, backend=backend, fullgraph=True)
+    x, eps = _cl(torch.randn(2, 8, 6, 6)), _cl(torch.randn(2, 8, 6, 6))
+    post = _cl(torch.randn(2, 16, 6, 6)).requires_grad_()
+    results = []
+    for fn in (group, compiled):
+        out = fn(x, post, eps)
+        results.append((out, *torch.autograd.grad(out, (post, head.weight))))
+    assert all(_close(a, b) for a, b in zip(results[1], results[0], strict=True))
+
+
+def test_latent_kernel_only_where_it_applies(kernel: None) -> None:
+    post = _cl(torch.randn(2, 8, 4, 4))
+    assert kernels.latent_usable(post, None) and kernels.latent_usable(post, post.clone())
+    assert not kernels.latent_usable(post.contiguous(), None) and not kernels.latent_usable(post.double(), None)
+    assert not kernels.latent_usable(post, _cl(torch.randn(2, 8, 2, 2)))
+    assert not kernels.latent_usable(_cl(torch.randn(2, 7, 4, 4)), None)
+
+
+def test_training_forward_on_the_kernels_matches_the_plain_model(kernel: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole channels_last training pass with every kernel (latent groups included) against
+    the NCHW model on torch's ops: same latents from the same seed, KL, logits and gradients."""
+    calls: list[bool] = []
+    real = kernels.latent_sample_kl
+
+    def counted(prior: torch.Tensor | None, post: torch.Tensor, eps: torch.Tensor) -> Any:
+        calls.append(prior is None)
+        return real(prior, post, eps)
+
+    monkeypatch.setattr(kernels, "latent_sample_kl", counted)
+    torch.manual_seed(0)
+    model = NVAE(**ARGS).train()
+    fast = NVAE(**ARGS).train().to(memory_format=torch.channels_last)
+    fast.load_state_dict(model.state_dict())
+    x = F.one_hot(torch.randint(0, 4, (2, 32, 32), generator=torch.Generator().manual_seed(1)), 4)
+    x = x.permute(0, 3, 1, 2).float()
+    outs = []
+    for m, xi, on_kernels in ((model, x, False), (fast, _cl(x), True)):
+        with monkeypatch.context() as patch:
+            if not on_kernels:
+                patch.setattr(kernels._STATE, "ready", False)
+            torch.manual_seed(3)
+            out = m(xi)
+        loss = out.logits.square().mean() + torch.stack(out.kl).sum()
+        loss.backward()
+        outs.append((out, {n: p.grad for n, p in m.named_parameters()}))
+    (ref, ref_grads), (got, grads) = outs
+    assert calls == [True, False, False]  # every group of the channels_last pass, the top one without prior
+    assert all(_close(a, b) for a, b in zip(got.z, ref.z, strict=True))
+    assert all(_close(a, b) for a, b in zip(got.kl, ref.kl, strict=True))
+    assert _close(got.logits, ref.logits)
+    scale = max(float(g.abs().max()) for g in ref_grads.values())
+    assert all(float((grads[n] - g).abs().max()) <= 1e-4 * scale for n, g in ref_grads.items())
 
 
 def test_failed_build_falls_back_to_torch_ops(monkeypatch: pytest.MonkeyPatch) -> None:

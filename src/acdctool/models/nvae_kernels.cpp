@@ -23,6 +23,16 @@
 //                double), one pass to normalise and activate;
 //      backward  one pass for sum(dy) and sum(dy * xhat) (dy = grad * silu'(y), recomputed
 //                from x), one pass for dx; nothing but x, mean and invstd is saved.
+//
+// 3. One latent group of the residual-normal posterior (the NVAE's sampling and KL), per
+//    element of the (B, Z, h, w) latent map, from the raw (B, 2Z, h, w) outputs of the prior
+//    and posterior heads (first Z channels the location, last Z the log-scale):
+//      mu_p, ls_p = 5 tanh(prior / 5)      (both 0 without a prior: the top group's N(0, I))
+//      dm, dl     = 5 tanh(post / 5)
+//      z          = mu_p + dm + exp(ls_p + dl) * eps
+//      kl[b]      = sum_chw 1/2 (dm^2 exp(-2 ls_p) + exp(2 dl) - 2 dl - 1)   (double sums)
+//    The backward recomputes everything from the inputs; each pixel's Z channels are taken
+//    V at a time, the last C % V through a zero-padded buffer (zero inputs add zero KL).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -484,12 +494,168 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_silu_backward(const at::Tensor
   return {grad_input, grad_weight, grad_bias};
 }
 
+
+
+// ---------------------------------------------------------------- latent group: sample + KL
+
+constexpr float CLAMP = 5.0f;
+
+// tanh(u) = 1 - 2 / (exp(2u) + 1): exact at both ends, absolute error ~1e-7 near 0.
+inline vec vtanh(vec u) { return splat(1.0f) - splat(2.0f) / (vexp(u + u) + splat(1.0f)); }
+
+struct LatentArgs {
+  const float* prior;  // (B, h, w, 2Z) or nullptr
+  const float* post;   // (B, h, w, 2Z)
+  const float* eps;    // (B, h, w, Z)
+  int64_t B, P, Z;     // P = h * w pixels per sample
+};
+
+// Calls f(pixel_offset, c0, n, a, s, dm, dl, e, ta, ts, tm, tl) on every chunk of n <= V channels;
+// a, s, dm, dl are the clamped values (zero-padded past n), t* the tanh values they came from.
+template <class F>
+inline void latent_chunks(const LatentArgs& g, int64_t pix, F f) {
+  const int64_t Z = g.Z;
+  for (int64_t c0 = 0; c0 < Z; c0 += V) {
+    const int64_t n = std::min<int64_t>(V, Z - c0);
+    vec rpm{}, rps{}, rqm{}, rqs{}, e{};
+    const float* q = g.post + pix * 2 * Z + c0;
+    const float* p = g.prior ? g.prior + pix * 2 * Z + c0 : nullptr;
+    const float* ep = g.eps + pix * Z + c0;
+    if (n == V) {
+      rqm = load(q);
+      rqs = load(q + Z);
+      e = load(ep);
+      if (p) {
+        rpm = load(p);
+        rps = load(p + Z);
+      }
+    } else {
+      for (int64_t l = 0; l < n; ++l) {
+        rqm[l] = q[l];
+        rqs[l] = q[Z + l];
+        e[l] = ep[l];
+        if (p) {
+          rpm[l] = p[l];
+          rps[l] = p[Z + l];
+        }
+      }
+    }
+    const vec inv = splat(1.0f / CLAMP), k = splat(CLAMP);
+    const vec tm = vtanh(rqm * inv), tl = vtanh(rqs * inv);
+    const vec ta = p ? vtanh(rpm * inv) : vec{}, ts = p ? vtanh(rps * inv) : vec{};
+    f(c0, n, ta * k, ts * k, tm * k, tl * k, e, ta, ts, tm, tl);
+  }
+}
+
+void check_latent_args(const c10::optional<at::Tensor>& prior, const at::Tensor& post, const at::Tensor& eps) {
+  TORCH_CHECK(post.device().is_cpu() && post.scalar_type() == at::kFloat && post.dim() == 4 && post.size(1) % 2 == 0,
+              "acdctool::latent_sample_kl: post must be a (B, 2Z, h, w) float32 CPU tensor");
+  TORCH_CHECK(eps.device().is_cpu() && eps.scalar_type() == at::kFloat && eps.dim() == 4 &&
+                  eps.size(0) == post.size(0) && 2 * eps.size(1) == post.size(1) && eps.size(2) == post.size(2) &&
+                  eps.size(3) == post.size(3),
+              "acdctool::latent_sample_kl: eps must be a (B, Z, h, w) float32 CPU tensor");
+  if (prior.has_value())
+    TORCH_CHECK(prior->device().is_cpu() && prior->scalar_type() == at::kFloat && prior->sizes() == post.sizes(),
+                "acdctool::latent_sample_kl: prior must be float32 on the CPU, shaped like post");
+}
+
+at::Tensor cl(const at::Tensor& t) { return t.contiguous(at::MemoryFormat::ChannelsLast); }
+
+std::tuple<at::Tensor, at::Tensor> latent_sample_kl(const c10::optional<at::Tensor>& prior_in,
+                                                    const at::Tensor& post_in, const at::Tensor& eps_in) {
+  check_latent_args(prior_in, post_in, eps_in);
+  const at::Tensor post = cl(post_in), eps = cl(eps_in);
+  const at::Tensor prior = prior_in.has_value() ? cl(*prior_in) : at::Tensor();
+  const int64_t B = eps.size(0), Z = eps.size(1), P = eps.size(2) * eps.size(3);
+  const LatentArgs g{prior.defined() ? prior.const_data_ptr<float>() : nullptr, post.const_data_ptr<float>(),
+                     eps.const_data_ptr<float>(), B, P, Z};
+  at::Tensor z = at::empty(eps.sizes(), eps.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor kl = at::empty({B}, eps.options().memory_format(at::MemoryFormat::Contiguous));
+  float* zp = z.mutable_data_ptr<float>();
+  float* klp = kl.mutable_data_ptr<float>();
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      double total = 0.0;
+      for (int64_t start = 0; start < P; start += 64) {  // 64 pixels summed in float, then in double
+        vec acc{};
+        for (int64_t pix = b * P + start; pix < b * P + std::min(P, start + 64); ++pix) {
+          latent_chunks(g, pix, [&](int64_t c0, int64_t n, vec a, vec s, vec dm, vec dl, vec e, vec, vec, vec, vec) {
+            const vec zv = a + dm + vexp(s + dl) * e;
+            acc += splat(0.5f) * (dm * dm * vexp(splat(-2.0f) * s) + vexp(dl + dl) - splat(1.0f)) - dl;
+            float* out = zp + pix * Z + c0;
+            if (n == V)
+              store(out, zv);
+            else
+              for (int64_t l = 0; l < n; ++l) out[l] = zv[l];
+          });
+        }
+        for (int l = 0; l < V; ++l) total += acc[l];
+      }
+      klp[b] = static_cast<float>(total);
+    }
+  });
+  return {z, kl};
+}
+
+std::tuple<at::Tensor, at::Tensor> latent_sample_kl_backward(const at::Tensor& grad_z, const at::Tensor& grad_kl,
+                                                             const c10::optional<at::Tensor>& prior_in,
+                                                             const at::Tensor& post_in, const at::Tensor& eps_in) {
+  check_latent_args(prior_in, post_in, eps_in);
+  TORCH_CHECK(grad_z.sizes() == eps_in.sizes() && grad_z.scalar_type() == at::kFloat && grad_z.device().is_cpu() &&
+                  grad_kl.dim() == 1 && grad_kl.size(0) == eps_in.size(0) && grad_kl.scalar_type() == at::kFloat,
+              "acdctool::latent_sample_kl_backward: grad_z must be shaped like eps and grad_kl (B,), float32");
+  const at::Tensor post = cl(post_in), eps = cl(eps_in), gz = cl(grad_z), gk = grad_kl.contiguous();
+  const at::Tensor prior = prior_in.has_value() ? cl(*prior_in) : at::Tensor();
+  const int64_t B = eps.size(0), Z = eps.size(1), P = eps.size(2) * eps.size(3);
+  const LatentArgs g{prior.defined() ? prior.const_data_ptr<float>() : nullptr, post.const_data_ptr<float>(),
+                     eps.const_data_ptr<float>(), B, P, Z};
+  const auto opts = post.options().memory_format(at::MemoryFormat::ChannelsLast);
+  at::Tensor grad_post = at::empty(post.sizes(), opts);
+  at::Tensor grad_prior = prior.defined() ? at::empty(post.sizes(), opts) : at::empty({0}, post.options());
+  const float* gzp = gz.const_data_ptr<float>();
+  const float* gkp = gk.const_data_ptr<float>();
+  float* gq = grad_post.mutable_data_ptr<float>();
+  float* gp = prior.defined() ? grad_prior.mutable_data_ptr<float>() : nullptr;
+  at::parallel_for(0, B * P, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t pix = p0; pix < p1; ++pix) {
+      const vec dk = splat(gkp[pix / P]);
+      latent_chunks(g, pix, [&](int64_t c0, int64_t n, vec, vec s, vec dm, vec dl, vec e, vec ta, vec ts, vec tm,
+                                vec tl) {
+        vec dz{};
+        const float* gzr = gzp + pix * Z + c0;
+        if (n == V)
+          dz = load(gzr);
+        else
+          for (int64_t l = 0; l < n; ++l) dz[l] = gzr[l];
+        const vec one = splat(1.0f);
+        const vec se = vexp(s + dl) * e * dz;  // dz times dz/d(ls_p) = dz/d(dl) = sigma * eps
+        const vec w = dm * vexp(splat(-2.0f) * s);  // dm / sigma_p^2
+        const vec out[4] = {(dz + dk * w) * (one - tm * tm), (se + dk * (vexp(dl + dl) - one)) * (one - tl * tl),
+                            dz * (one - ta * ta), (se - dk * dm * w) * (one - ts * ts)};
+        const int nout = gp ? 4 : 2;
+        for (int o = 0; o < nout; ++o) {
+          float* dst = (o < 2 ? gq : gp) + pix * 2 * Z + c0 + (o % 2) * Z;
+          if (n == V)
+            store(dst, out[o]);
+          else
+            for (int64_t l = 0; l < n; ++l) dst[l] = out[o][l];
+        }
+      });
+    }
+  });
+  return {grad_prior, grad_post};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(acdctool, m) {
   m.def("dwconv2d(Tensor x, Tensor weight) -> Tensor");
   m.def("dwconv2d_backward(Tensor grad, Tensor x, Tensor weight) -> (Tensor, Tensor)");
   m.def("bn_silu(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("latent_sample_kl(Tensor? prior, Tensor post, Tensor eps) -> (Tensor, Tensor)");
+  m.def(
+      "latent_sample_kl_backward(Tensor grad_z, Tensor grad_kl, Tensor? prior, Tensor post, Tensor eps)"
+      " -> (Tensor, Tensor)");
   m.def(
       "bn_silu_backward(Tensor grad, Tensor x, Tensor weight, Tensor bias, Tensor mean, Tensor invstd)"
       " -> (Tensor, Tensor, Tensor)");
@@ -500,4 +666,6 @@ TORCH_LIBRARY_IMPL(acdctool, CPU, m) {
   m.impl("dwconv2d_backward", &dwconv2d_backward);
   m.impl("bn_silu", &bn_silu);
   m.impl("bn_silu_backward", &bn_silu_backward);
+  m.impl("latent_sample_kl", &latent_sample_kl);
+  m.impl("latent_sample_kl_backward", &latent_sample_kl_backward);
 }
