@@ -31,13 +31,16 @@
 //      dm, dl     = 5 tanh(post / 5)
 //      z          = mu_p + dm + exp(ls_p + dl) * eps
 //      kl[b]      = sum_chw 1/2 (dm^2 exp(-2 ls_p) + exp(2 dl) - 2 dl - 1)   (double sums)
-//    The backward recomputes everything from the inputs; each pixel's Z channels are taken
-//    V at a time, the last C % V through a zero-padded buffer (zero inputs add zero KL).
+//    The backward recomputes everything from the inputs. Each pixel's channels are taken V at
+//    a time; the last Z % V of several pixels of a sample share one vector.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cmath>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <cstring>
 #include <numeric>
 #include <tuple>
@@ -498,10 +501,94 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_silu_backward(const at::Tensor
 
 // ---------------------------------------------------------------- latent group: sample + KL
 
+// 1 / d: with AVX-512 the 14-bit estimate and one Newton step (within 2 ulp; these loops are
+// bound by arithmetic, not memory), else a division.
+inline vec vrecip(vec d) {
+#if defined(__AVX512F__)
+  const vec r = reinterpret_cast<vec>(_mm512_rcp14_ps(reinterpret_cast<__m512>(d)));
+  return r * (splat(2.0f) - d * r);
+#else
+  return splat(1.0f) / d;
+#endif
+}
+
+// tanh(u) = 1 - 2 / (exp(2u) + 1): exact at 0 and both ends, absolute error ~1e-7 elsewhere.
+inline vec vtanh(vec u) { return splat(1.0f) - splat(2.0f) * vrecip(vexp(u + u) + splat(1.0f)); }
+
 constexpr float CLAMP = 5.0f;
 
-// tanh(u) = 1 - 2 / (exp(2u) + 1): exact at both ends, absolute error ~1e-7 near 0.
-inline vec vtanh(vec u) { return splat(1.0f) - splat(2.0f) / (vexp(u + u) + splat(1.0f)); }
+// One vector of latent elements: the raw head outputs in, every derived value out.
+struct LatentVec {
+  vec ta, ts, tm, tl;    // tanh(raw / 5) of the prior's location and log-scale, and of the deltas
+  vec dm, dl, edl;       // the clamped deltas, exp(dl) = d_sigma
+  vec sigma, e;          // the posterior's sigma, the noise
+  vec inv_var_p;         // 1 / sigma_p^2
+  vec z() const { return splat(CLAMP) * ta + dm + sigma * e; }
+  vec d_var() const { return edl * edl; }  // d_sigma^2
+  vec kl() const { return splat(0.5f) * (dm * dm * inv_var_p + d_var() - splat(1.0f)) - dl; }
+};
+
+template <bool PRIOR>
+inline LatentVec latent_vec(vec rpm, vec rps, vec rqm, vec rqs, vec e) {
+  const vec inv = splat(1.0f / CLAMP), k = splat(CLAMP);
+  LatentVec v;
+  v.tm = vtanh(rqm * inv);
+  v.tl = vtanh(rqs * inv);
+  v.dm = k * v.tm;
+  v.dl = k * v.tl;
+  v.edl = vexp(v.dl);
+  v.e = e;
+  if (PRIOR) {
+    v.ta = vtanh(rpm * inv);
+    v.ts = vtanh(rps * inv);
+    const vec es = vexp(k * v.ts);
+    v.sigma = es * v.edl;
+    v.inv_var_p = vrecip(es * es);
+  } else {
+    v.ta = v.ts = vec{};
+    v.sigma = v.edl;
+    v.inv_var_p = splat(1.0f);
+  }
+  return v;
+}
+
+// Lanes of one vector: either V channels of one pixel, or the last T = Z % V channels of up to
+// V / T consecutive pixels of one sample (so a Z of 20 takes 1.25 vectors a pixel, not 2).
+struct Lanes {
+  int64_t pix0, c0, width, count;  // first pixel, first channel, channels per pixel, pixels
+};
+
+template <class F>
+inline void for_each_lanes(int64_t p_begin, int64_t p_end, int64_t Z, F f) {
+  const int64_t full = Z / V * V, tail = Z - full;
+  for (int64_t pix = p_begin; pix < p_end; ++pix)
+    for (int64_t c0 = 0; c0 < full; c0 += V) f(Lanes{pix, c0, V, 1});
+  if (tail) {
+    const int64_t group = V / tail;
+    for (int64_t pix = p_begin; pix < p_end; pix += group) f(Lanes{pix, full, tail, std::min(group, p_end - pix)});
+  }
+}
+
+// Gathers channel-chunk lanes of a (pixels, stride) array at column offset `col`; zero past the end.
+inline vec gather(const float* base, int64_t stride, int64_t col, const Lanes& l) {
+  if (l.count == 1 && l.width == V) return load(base + l.pix0 * stride + col + l.c0);
+  vec v{};
+  for (int64_t q = 0; q < l.count; ++q)
+    for (int64_t k = 0; k < l.width; ++k) v[q * l.width + k] = base[(l.pix0 + q) * stride + col + l.c0 + k];
+  return v;
+}
+
+inline void scatter(float* base, int64_t stride, int64_t col, const Lanes& l, vec v) {
+  if (l.count == 1 && l.width == V) return store(base + l.pix0 * stride + col + l.c0, v);
+  for (int64_t q = 0; q < l.count; ++q)
+    for (int64_t k = 0; k < l.width; ++k) base[(l.pix0 + q) * stride + col + l.c0 + k] = v[q * l.width + k];
+}
+
+inline vec lane_mask(const Lanes& l) {
+  vec m{};
+  for (int64_t i = 0; i < l.count * l.width; ++i) m[i] = 1.0f;
+  return m;
+}
 
 struct LatentArgs {
   const float* prior;  // (B, h, w, 2Z) or nullptr
@@ -510,41 +597,54 @@ struct LatentArgs {
   int64_t B, P, Z;     // P = h * w pixels per sample
 };
 
-// Calls f(pixel_offset, c0, n, a, s, dm, dl, e, ta, ts, tm, tl) on every chunk of n <= V channels;
-// a, s, dm, dl are the clamped values (zero-padded past n), t* the tanh values they came from.
-template <class F>
-inline void latent_chunks(const LatentArgs& g, int64_t pix, F f) {
+template <bool PRIOR>
+inline LatentVec latent_at(const LatentArgs& g, const Lanes& l) {
   const int64_t Z = g.Z;
-  for (int64_t c0 = 0; c0 < Z; c0 += V) {
-    const int64_t n = std::min<int64_t>(V, Z - c0);
-    vec rpm{}, rps{}, rqm{}, rqs{}, e{};
-    const float* q = g.post + pix * 2 * Z + c0;
-    const float* p = g.prior ? g.prior + pix * 2 * Z + c0 : nullptr;
-    const float* ep = g.eps + pix * Z + c0;
-    if (n == V) {
-      rqm = load(q);
-      rqs = load(q + Z);
-      e = load(ep);
-      if (p) {
-        rpm = load(p);
-        rps = load(p + Z);
+  const vec rpm = PRIOR ? gather(g.prior, 2 * Z, 0, l) : vec{};
+  const vec rps = PRIOR ? gather(g.prior, 2 * Z, Z, l) : vec{};
+  return latent_vec<PRIOR>(rpm, rps, gather(g.post, 2 * Z, 0, l), gather(g.post, 2 * Z, Z, l),
+                           gather(g.eps, Z, 0, l));
+}
+
+template <bool PRIOR>
+void latent_forward(const LatentArgs& g, float* zp, float* klp) {
+  at::parallel_for(0, g.B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      double total = 0.0;
+      for (int64_t start = 0; start < g.P; start += 64) {  // 64 pixels summed in float, then in double
+        vec acc{};
+        for_each_lanes(b * g.P + start, b * g.P + std::min(g.P, start + 64), g.Z, [&](const Lanes& l) {
+          const LatentVec v = latent_at<PRIOR>(g, l);
+          scatter(zp, g.Z, 0, l, v.z());
+          const vec kl = v.kl();
+          acc += (l.count == 1 && l.width == V) ? kl : kl * lane_mask(l);
+        });
+        for (int l = 0; l < V; ++l) total += acc[l];
       }
-    } else {
-      for (int64_t l = 0; l < n; ++l) {
-        rqm[l] = q[l];
-        rqs[l] = q[Z + l];
-        e[l] = ep[l];
-        if (p) {
-          rpm[l] = p[l];
-          rps[l] = p[Z + l];
-        }
-      }
+      klp[b] = static_cast<float>(total);
     }
-    const vec inv = splat(1.0f / CLAMP), k = splat(CLAMP);
-    const vec tm = vtanh(rqm * inv), tl = vtanh(rqs * inv);
-    const vec ta = p ? vtanh(rpm * inv) : vec{}, ts = p ? vtanh(rps * inv) : vec{};
-    f(c0, n, ta * k, ts * k, tm * k, tl * k, e, ta, ts, tm, tl);
-  }
+  });
+}
+
+template <bool PRIOR>
+void latent_backward(const LatentArgs& g, const float* gzp, const float* gkp, float* gq, float* gp) {
+  at::parallel_for(0, g.B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const vec dk = splat(gkp[b]), one = splat(1.0f);
+      for_each_lanes(b * g.P, (b + 1) * g.P, g.Z, [&](const Lanes& l) {
+        const LatentVec v = latent_at<PRIOR>(g, l);
+        const vec dz = gather(gzp, g.Z, 0, l);
+        const vec se = v.sigma * v.e * dz;  // dz times dz/d(ls_p) = dz/d(dl) = sigma * eps
+        const vec w = v.dm * v.inv_var_p;   // dm / sigma_p^2
+        scatter(gq, 2 * g.Z, 0, l, (dz + dk * w) * (one - v.tm * v.tm));
+        scatter(gq, 2 * g.Z, g.Z, l, (se + dk * (v.d_var() - one)) * (one - v.tl * v.tl));
+        if (PRIOR) {
+          scatter(gp, 2 * g.Z, 0, l, dz * (one - v.ta * v.ta));
+          scatter(gp, 2 * g.Z, g.Z, l, (se - dk * v.dm * w) * (one - v.ts * v.ts));
+        }
+      });
+    }
+  });
 }
 
 void check_latent_args(const c10::optional<at::Tensor>& prior, const at::Tensor& post, const at::Tensor& eps) {
@@ -566,34 +666,14 @@ std::tuple<at::Tensor, at::Tensor> latent_sample_kl(const c10::optional<at::Tens
   check_latent_args(prior_in, post_in, eps_in);
   const at::Tensor post = cl(post_in), eps = cl(eps_in);
   const at::Tensor prior = prior_in.has_value() ? cl(*prior_in) : at::Tensor();
-  const int64_t B = eps.size(0), Z = eps.size(1), P = eps.size(2) * eps.size(3);
   const LatentArgs g{prior.defined() ? prior.const_data_ptr<float>() : nullptr, post.const_data_ptr<float>(),
-                     eps.const_data_ptr<float>(), B, P, Z};
+                     eps.const_data_ptr<float>(), eps.size(0), eps.size(2) * eps.size(3), eps.size(1)};
   at::Tensor z = at::empty(eps.sizes(), eps.options().memory_format(at::MemoryFormat::ChannelsLast));
-  at::Tensor kl = at::empty({B}, eps.options().memory_format(at::MemoryFormat::Contiguous));
-  float* zp = z.mutable_data_ptr<float>();
-  float* klp = kl.mutable_data_ptr<float>();
-  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      double total = 0.0;
-      for (int64_t start = 0; start < P; start += 64) {  // 64 pixels summed in float, then in double
-        vec acc{};
-        for (int64_t pix = b * P + start; pix < b * P + std::min(P, start + 64); ++pix) {
-          latent_chunks(g, pix, [&](int64_t c0, int64_t n, vec a, vec s, vec dm, vec dl, vec e, vec, vec, vec, vec) {
-            const vec zv = a + dm + vexp(s + dl) * e;
-            acc += splat(0.5f) * (dm * dm * vexp(splat(-2.0f) * s) + vexp(dl + dl) - splat(1.0f)) - dl;
-            float* out = zp + pix * Z + c0;
-            if (n == V)
-              store(out, zv);
-            else
-              for (int64_t l = 0; l < n; ++l) out[l] = zv[l];
-          });
-        }
-        for (int l = 0; l < V; ++l) total += acc[l];
-      }
-      klp[b] = static_cast<float>(total);
-    }
-  });
+  at::Tensor kl = at::empty({g.B}, eps.options().memory_format(at::MemoryFormat::Contiguous));
+  if (g.prior)
+    latent_forward<true>(g, z.mutable_data_ptr<float>(), kl.mutable_data_ptr<float>());
+  else
+    latent_forward<false>(g, z.mutable_data_ptr<float>(), kl.mutable_data_ptr<float>());
   return {z, kl};
 }
 
@@ -606,43 +686,17 @@ std::tuple<at::Tensor, at::Tensor> latent_sample_kl_backward(const at::Tensor& g
               "acdctool::latent_sample_kl_backward: grad_z must be shaped like eps and grad_kl (B,), float32");
   const at::Tensor post = cl(post_in), eps = cl(eps_in), gz = cl(grad_z), gk = grad_kl.contiguous();
   const at::Tensor prior = prior_in.has_value() ? cl(*prior_in) : at::Tensor();
-  const int64_t B = eps.size(0), Z = eps.size(1), P = eps.size(2) * eps.size(3);
   const LatentArgs g{prior.defined() ? prior.const_data_ptr<float>() : nullptr, post.const_data_ptr<float>(),
-                     eps.const_data_ptr<float>(), B, P, Z};
+                     eps.const_data_ptr<float>(), eps.size(0), eps.size(2) * eps.size(3), eps.size(1)};
   const auto opts = post.options().memory_format(at::MemoryFormat::ChannelsLast);
   at::Tensor grad_post = at::empty(post.sizes(), opts);
   at::Tensor grad_prior = prior.defined() ? at::empty(post.sizes(), opts) : at::empty({0}, post.options());
   const float* gzp = gz.const_data_ptr<float>();
   const float* gkp = gk.const_data_ptr<float>();
-  float* gq = grad_post.mutable_data_ptr<float>();
-  float* gp = prior.defined() ? grad_prior.mutable_data_ptr<float>() : nullptr;
-  at::parallel_for(0, B * P, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t pix = p0; pix < p1; ++pix) {
-      const vec dk = splat(gkp[pix / P]);
-      latent_chunks(g, pix, [&](int64_t c0, int64_t n, vec, vec s, vec dm, vec dl, vec e, vec ta, vec ts, vec tm,
-                                vec tl) {
-        vec dz{};
-        const float* gzr = gzp + pix * Z + c0;
-        if (n == V)
-          dz = load(gzr);
-        else
-          for (int64_t l = 0; l < n; ++l) dz[l] = gzr[l];
-        const vec one = splat(1.0f);
-        const vec se = vexp(s + dl) * e * dz;  // dz times dz/d(ls_p) = dz/d(dl) = sigma * eps
-        const vec w = dm * vexp(splat(-2.0f) * s);  // dm / sigma_p^2
-        const vec out[4] = {(dz + dk * w) * (one - tm * tm), (se + dk * (vexp(dl + dl) - one)) * (one - tl * tl),
-                            dz * (one - ta * ta), (se - dk * dm * w) * (one - ts * ts)};
-        const int nout = gp ? 4 : 2;
-        for (int o = 0; o < nout; ++o) {
-          float* dst = (o < 2 ? gq : gp) + pix * 2 * Z + c0 + (o % 2) * Z;
-          if (n == V)
-            store(dst, out[o]);
-          else
-            for (int64_t l = 0; l < n; ++l) dst[l] = out[o][l];
-        }
-      });
-    }
-  });
+  if (g.prior)
+    latent_backward<true>(g, gzp, gkp, grad_post.mutable_data_ptr<float>(), grad_prior.mutable_data_ptr<float>());
+  else
+    latent_backward<false>(g, gzp, gkp, grad_post.mutable_data_ptr<float>(), nullptr);
   return {grad_prior, grad_post};
 }
 
