@@ -1,5 +1,5 @@
-"""The NVAE's CPU kernels (depthwise convolution, batch norm + SiLU, a latent group's sample and
-KL) and the 1×1-as-linear layer against torch's own ops.
+"""The NVAE's CPU kernels (depthwise convolution, 3×3 convolution, batch norm + SiLU, a latent
+group's sample and KL) and the 1×1-as-linear layer against torch's own ops.
 
 Tolerance (fp32): outputs and every gradient agree with the reference to 1e-5 of the reference's
 largest element. For the convolution the reference is ``F.conv2d`` in float32 (the kernel adds
@@ -7,7 +7,7 @@ the same products in another order; observed 1e-7–1e-5); for batch norm it is 
 norm in float64, since the kernel (double accumulators) is closer to it than torch's float32
 path is (observed 1e-7–1e-6 against 1e-6–2e-5 for torch float32 on data with mean 5, std 3).
 For the latent group the reference is :mod:`acdctool.models.nvae_dist` in float64 (observed
-1e-7–4e-6).
+1e-7–4e-6), for the 3×3 convolution ``F.conv2d`` in float64 (observed 1e-7–4e-6).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch import nn
 
 from acdctool.models import nvae_kernels as kernels
 from acdctool.models.nvae import NVAE
-from acdctool.models.nvae_cells import BatchNormSiLU, Conv1x1, DepthwiseConv
+from acdctool.models.nvae_cells import BatchNormSiLU, Conv1x1, Conv3x3, DepthwiseConv
 from acdctool.models.nvae_dist import Normal
 
 TOL = 1e-5
@@ -89,6 +89,72 @@ def test_depthwise_layer_uses_the_kernel_only_where_it_applies(kernel: None) -> 
     assert not kernels.dwconv_usable(x, nn.Conv2d(16, 16, 5, padding=2, stride=2, groups=16, bias=False))
     ref = F.conv2d(x, conv.weight, padding=2, groups=16)
     assert _close(conv(x), ref) and _close(conv(x.contiguous()), ref)
+
+
+# output channels 4 and 8, inputs one or several groups of them (the 3-gram stem: 12 -> 4);
+# sides with one and several 16-lane vectors a row, a single row
+@pytest.mark.parametrize(
+    ("cin", "cout", "height", "width", "bias"),
+    [(4, 4, 9, 12, True), (4, 4, 1, 4, False), (8, 8, 6, 10, True), (12, 4, 5, 8, True), (16, 8, 3, 4, False)],
+)
+def test_conv3x3_matches_conv2d_forward_and_gradients(
+    kernel: None, cin: int, cout: int, height: int, width: int, bias: bool
+) -> None:
+    g = torch.Generator().manual_seed(cin + height)
+    x = _cl(torch.randn(3, cin, height, width, generator=g)).requires_grad_()
+    w = torch.randn(cout, cin, 3, 3, generator=g).requires_grad_()
+    b = torch.randn(cout, generator=g).requires_grad_() if bias else None
+    grad = _cl(torch.randn(3, cout, height, width, generator=g))
+    inputs = [x, w] + ([b] if b is not None else [])
+    ref = F.conv2d(x.double(), w.double(), None if b is None else b.double(), padding=1)
+    out = kernels.conv3x3(x, w, b)
+    grads = torch.autograd.grad(out, inputs, grad)
+    ref_grads = torch.autograd.grad(ref, inputs, grad.double())
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert _close(out, ref) and all(_close(a, r) for a, r in zip(grads, ref_grads, strict=True))
+    # only the gradients asked for (the stem's input needs none)
+    (gw,) = torch.autograd.grad(kernels.conv3x3(x.detach(), w, b), (w,), grad)
+    assert _close(gw, ref_grads[1])
+
+
+def test_conv3x3_registrations_pass_torch_opcheck(kernel: None) -> None:
+    x = _cl(torch.randn(2, 4, 5, 8)).requires_grad_()
+    w, b = torch.randn(4, 4, 3, 3, requires_grad=True), torch.randn(4, requires_grad=True)
+    torch.library.opcheck(torch.ops.acdctool.conv3x3.default, (x, w, b))
+    torch.library.opcheck(torch.ops.acdctool.conv3x3.default, (x, w, None))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_conv3x3_keeps_the_kernel_and_matches_eager(kernel: None, backend: str) -> None:
+    torch.manual_seed(0)
+    eager = nn.Sequential(Conv3x3(4, 4), BatchNormSiLU(4), Conv3x3(4, 4, bias=False)).train()
+    eager = eager.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    twin = nn.Sequential(Conv3x3(4, 4), BatchNormSiLU(4), Conv3x3(4, 4, bias=False)).train()
+    twin = twin.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    twin.load_state_dict(eager.state_dict())
+    compiled: Any = torch.compile(twin, backend=backend, fullgraph=True)
+    x = _cl(torch.randn(2, 4, 6, 8))
+    results = []
+    for model in (eager, compiled):
+        xi = x.clone().requires_grad_()
+        out = model(xi)
+        results.append((out, *torch.autograd.grad(out.square().sum(), (xi, *model.parameters()))))
+    assert all(_close(c, e) for c, e in zip(results[1], results[0], strict=True))
+
+
+def test_conv3x3_layer_uses_the_kernel_only_where_it_applies(kernel: None) -> None:
+    conv = Conv3x3(4, 4)
+    assert isinstance(conv, nn.Conv2d) and sorted(conv.state_dict()) == ["bias", "weight"]
+    x = _cl(torch.randn(2, 4, 6, 8))
+    assert kernels.conv3x3_usable(x, conv)
+    assert not kernels.conv3x3_usable(x.contiguous(), conv) and not kernels.conv3x3_usable(x.bfloat16(), conv)
+    assert not kernels.conv3x3_usable(_cl(torch.randn(2, 4, 6, 6)), conv)  # a row of 24 floats
+    assert kernels.conv3x3_usable(_cl(torch.randn(2, 12, 6, 8)), Conv3x3(12, 4))  # the 3-gram stem
+    assert not kernels.conv3x3_usable(_cl(torch.randn(2, 6, 6, 8)), Conv3x3(6, 4))  # not groups of 4
+    assert not kernels.conv3x3_usable(_cl(torch.randn(2, 8, 6, 8)), Conv3x3(8, 16))  # oneDNN's own width
+    assert not kernels.conv3x3_usable(x, nn.Conv2d(4, 4, 3, padding=1, stride=2))
+    ref = F.conv2d(x, conv.weight, conv.bias, padding=1)
+    assert _close(conv(x), ref) and torch.equal(conv(x.contiguous()), ref)
 
 
 @pytest.mark.parametrize(("channels", "side"), [(48, 16), (4, 32), (20, 9), (35, 5)])
@@ -217,6 +283,14 @@ def test_training_forward_on_the_kernels_matches_the_plain_model(kernel: None, m
         return real(prior, post, eps)
 
     monkeypatch.setattr(kernels, "latent_sample_kl", counted)
+    convs: list[int] = []
+    real_conv = kernels.conv3x3
+
+    def counted_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        convs.append(x.shape[-1])
+        return real_conv(x, weight, bias)
+
+    monkeypatch.setattr(kernels, "conv3x3", counted_conv)
     torch.manual_seed(0)
     model = NVAE(**ARGS).train()
     fast = NVAE(**ARGS).train().to(memory_format=torch.channels_last)
@@ -235,6 +309,7 @@ def test_training_forward_on_the_kernels_matches_the_plain_model(kernel: None, m
         outs.append((out, {n: p.grad for n, p in m.named_parameters()}))
     (ref, ref_grads), (got, grads) = outs
     assert calls == [True, False, False]  # every group of the channels_last pass, the top one without prior
+    assert convs.count(32) == 4 and len(convs) > 4  # stem, pre-processing cell, head (32²), and more
     assert all(_close(a, b) for a, b in zip(got.z, ref.z, strict=True))
     assert all(_close(a, b) for a, b in zip(got.kl, ref.kl, strict=True))
     assert _close(got.logits, ref.logits)
@@ -311,14 +386,18 @@ def test_checkpoints_of_the_plain_model_load_unchanged(monkeypatch: pytest.Monke
     def depthwise(channels: int, k: int) -> nn.Conv2d:
         return nn.Conv2d(channels, channels, k, padding=k // 2, groups=channels, bias=False)
 
+    def conv3x3(cin: int, cout: int, bias: bool = True) -> nn.Conv2d:
+        return nn.Conv2d(cin, cout, 3, padding=1, bias=bias)
+
     for module in (nvae, nvae_cells):
         monkeypatch.setattr(module, "Conv1x1", conv1x1, raising=False)
+        monkeypatch.setattr(module, "Conv3x3", conv3x3, raising=False)
     monkeypatch.setattr(nvae_cells, "DepthwiseConv", depthwise)
     monkeypatch.setattr(nvae_cells, "_bn_silu", lambda c, m: [nn.BatchNorm2d(c, momentum=m), nn.SiLU()])
     torch.manual_seed(0)
     old = NVAE(**ARGS)
     assert any(isinstance(m, Conv1x1) for m in new.modules())
-    assert not any(isinstance(m, (Conv1x1, DepthwiseConv, BatchNormSiLU)) for m in old.modules())
+    assert not any(isinstance(m, (Conv1x1, Conv3x3, DepthwiseConv, BatchNormSiLU)) for m in old.modules())
     old_sd, new_sd = old.state_dict(), new.state_dict()
     assert list(old_sd) == list(new_sd)
     assert all(torch.equal(old_sd[k], new_sd[k]) for k in old_sd)  # the seed gives the same init

@@ -51,7 +51,7 @@ from torch import nn
 
 from acdctool.errors import BadInputError, ConfigError
 from acdctool.models import nvae_kernels
-from acdctool.models.nvae_cells import Conv1x1, DecoderCell, DownCell, EncoderCell, UpCell
+from acdctool.models.nvae_cells import Conv1x1, Conv3x3, DecoderCell, DownCell, EncoderCell, UpCell
 from acdctool.models.nvae_dist import Normal, randn_like
 
 __all__ = ["NVAE", "NVAEOutput", "DECODE_MODES"]
@@ -80,7 +80,7 @@ class NVAEOutput:
 
 def _sampler(cin: int, cout: int) -> nn.Sequential:
     """ELU–conv3×3: the head that turns a feature map into (d_)mu and (d_)log sigma."""
-    return nn.Sequential(nn.ELU(), nn.Conv2d(cin, cout, 3, padding=1))
+    return nn.Sequential(nn.ELU(), Conv3x3(cin, cout))
 
 
 class NVAE(nn.Module):
@@ -165,7 +165,7 @@ class NVAE(nn.Module):
 
         # ---- bottom-up: stem, pre-processing, encoder tower -------------------------------
         c = stem_channels
-        self.stem = nn.Conv2d(in_channels, c, 3, padding=1)
+        self.stem = Conv3x3(in_channels, c)
         pre: list[nn.Module] = []
         for _ in range(pre_blocks):
             pre += [EncoderCell(c, se, mom) for _ in range(pre_cells)]
