@@ -557,3 +557,38 @@ def test_ninja_of_the_python_package_is_put_on_path_for_the_build(monkeypatch: p
     with kernels._ninja_on_path():
         assert os.environ["PATH"].split(os.pathsep)[0] == "/opt/ninja-pkg/bin"
     assert os.environ.get("PATH", "") == before
+
+
+@pytest.mark.slow
+def test_compiled_training_step_on_the_kernels_matches_eager_nchw(kernel: None) -> None:
+    """The optimised step (channels_last, inductor, every kernel) against the plain NCHW model on
+    torch's ops: the loss to 1e-5 and every gradient to 1e-4 of the largest (as in
+    ``tests/train/test_nvae_fast.py``), with the same latents from the same seed."""
+    from acdctool.config import TrainNvaeConfig
+    from acdctool.models.nvae_loss import NVAELoss, NVAELossConfig
+    from acdctool.train.compiled import CompiledStep
+
+    config = TrainNvaeConfig(scales=2, groups_per_scale=(2, 1), betas=(1.0, 2.0), warmup_steps=50)
+    torch.manual_seed(0)
+    ref = NVAE(**ARGS).train()
+    fast = NVAE(**ARGS).train().to(memory_format=torch.channels_last)
+    fast.load_state_dict(ref.state_dict())
+    labels = torch.randint(0, 4, (6, 32, 32), generator=torch.Generator().manual_seed(1))
+    x = F.one_hot(labels, 4).permute(0, 3, 1, 2).float()
+    notes: list[str] = []
+    step = CompiledStep(fast, enabled=True, note=notes.append)
+    results = []
+    for model, forward, xi in ((ref, ref, x.contiguous()), (fast, step, _cl(x))):
+        with pytest.MonkeyPatch.context() as patch:
+            if model is ref:
+                patch.setattr(kernels._STATE, "ready", False)
+            loss_fn = NVAELoss(model, NVAELossConfig.from_config(config))
+            torch.manual_seed(123)
+            loss, _ = loss_fn(forward(xi), labels, 10)
+            loss.backward()
+        results.append((loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}))
+    assert step.compiled, notes
+    (ref_loss, ref_grads), (loss, grads) = results
+    assert abs(float(loss - ref_loss)) <= 1e-5 * abs(float(ref_loss))
+    scale = max(float(g.abs().max()) for g in ref_grads.values())
+    assert all(float((grads[n] - g).abs().max()) <= 1e-4 * scale for n, g in ref_grads.items())
