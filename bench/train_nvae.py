@@ -19,11 +19,13 @@ metric sums. Random masks, held on the device. Variants:
   as matrix products, foreach Adamax, no custom kernel);
 - ``optimised``: what ``train-nvae`` runs by default (channels_last, ``torch.compile``, on CPU
   the custom kernels of ``acdctool.models.nvae_kernels``: depthwise convolution, batch norm +
-  SiLU; foreach Adamax);
+  SiLU, the latent groups' draw and KL; foreach Adamax);
 - with ``--bf16``, also ``optimised+bf16`` (``--precision bf16``).
 
-Variants alternate in ``--rounds`` rounds of ``--steps`` steps each, so a change in the
-machine's load hits all of them alike; the figure is the median round. ``--clock cpu`` times
+After the warm-up the objects alive are frozen out of Python's garbage collector
+(``gc.freeze``), as the trainer does after its first step. Variants alternate in ``--rounds``
+rounds of ``--steps`` steps each, so a change in the machine's load hits all of them alike; the
+figure is the median round. ``--clock cpu`` times
 process CPU seconds instead of wall seconds: on a machine shared with other jobs, run with one
 thread (``OMP_NUM_THREADS=1``) and the CPU clock to compare variants fairly. Compilation (and
 the kernel build, the first time) happens in the warm-up steps, timed separately in wall
@@ -34,6 +36,7 @@ slices) at the measured rate.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import time
 from typing import Any
@@ -181,6 +184,8 @@ def main() -> None:
                 v.step()
             _sync(device)
             warm[v.name] = time.perf_counter() - t
+        gc.collect()  # as Trainer._freeze_gc after the first step
+        gc.freeze()
         times: dict[str, list[float]] = {v.name: [] for v in variants}
         for _ in range(args.rounds):
             for v in variants:

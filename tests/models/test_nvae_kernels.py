@@ -1,11 +1,13 @@
-"""The NVAE's CPU kernels (depthwise convolution, batch norm + SiLU) and the 1×1-as-linear layer
-against torch's own ops.
+"""The NVAE's CPU kernels (depthwise convolution, 3×3 convolution, batch norm + SiLU, a latent
+group's sample and KL) and the 1×1-as-linear layer against torch's own ops.
 
 Tolerance (fp32): outputs and every gradient agree with the reference to 1e-5 of the reference's
 largest element. For the convolution the reference is ``F.conv2d`` in float32 (the kernel adds
 the same products in another order; observed 1e-7–1e-5); for batch norm it is torch's batch
 norm in float64, since the kernel (double accumulators) is closer to it than torch's float32
 path is (observed 1e-7–1e-6 against 1e-6–2e-5 for torch float32 on data with mean 5, std 3).
+For the latent group the reference is :mod:`acdctool.models.nvae_dist` in float64 (observed
+1e-7–4e-6), for the 3×3 convolution ``F.conv2d`` in float64 (observed 1e-7–4e-6).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from torch import nn
 
 from acdctool.models import nvae_kernels as kernels
 from acdctool.models.nvae import NVAE
-from acdctool.models.nvae_cells import BatchNormSiLU, Conv1x1, DepthwiseConv
+from acdctool.models.nvae_cells import BatchNormSiLU, Conv1x1, Conv3x3, DepthwiseConv
+from acdctool.models.nvae_dist import Normal
 
 TOL = 1e-5
 ARGS = {"image_size": 32, "scales": 2, "groups_per_scale": (2, 1), "latent_channels": 4}
@@ -88,6 +91,72 @@ def test_depthwise_layer_uses_the_kernel_only_where_it_applies(kernel: None) -> 
     assert _close(conv(x), ref) and _close(conv(x.contiguous()), ref)
 
 
+# output channels 4 and 8, inputs one or several groups of them (the 3-gram stem: 12 -> 4);
+# sides with one and several 16-lane vectors a row, a single row
+@pytest.mark.parametrize(
+    ("cin", "cout", "height", "width", "bias"),
+    [(4, 4, 9, 12, True), (4, 4, 1, 4, False), (8, 8, 6, 10, True), (12, 4, 5, 8, True), (16, 8, 3, 4, False)],
+)
+def test_conv3x3_matches_conv2d_forward_and_gradients(
+    kernel: None, cin: int, cout: int, height: int, width: int, bias: bool
+) -> None:
+    g = torch.Generator().manual_seed(cin + height)
+    x = _cl(torch.randn(3, cin, height, width, generator=g)).requires_grad_()
+    w = torch.randn(cout, cin, 3, 3, generator=g).requires_grad_()
+    b = torch.randn(cout, generator=g).requires_grad_() if bias else None
+    grad = _cl(torch.randn(3, cout, height, width, generator=g))
+    inputs = [x, w] + ([b] if b is not None else [])
+    ref = F.conv2d(x.double(), w.double(), None if b is None else b.double(), padding=1)
+    out = kernels.conv3x3(x, w, b)
+    grads = torch.autograd.grad(out, inputs, grad)
+    ref_grads = torch.autograd.grad(ref, inputs, grad.double())
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert _close(out, ref) and all(_close(a, r) for a, r in zip(grads, ref_grads, strict=True))
+    # only the gradients asked for (the stem's input needs none)
+    (gw,) = torch.autograd.grad(kernels.conv3x3(x.detach(), w, b), (w,), grad)
+    assert _close(gw, ref_grads[1])
+
+
+def test_conv3x3_registrations_pass_torch_opcheck(kernel: None) -> None:
+    x = _cl(torch.randn(2, 4, 5, 8)).requires_grad_()
+    w, b = torch.randn(4, 4, 3, 3, requires_grad=True), torch.randn(4, requires_grad=True)
+    torch.library.opcheck(torch.ops.acdctool.conv3x3.default, (x, w, b))
+    torch.library.opcheck(torch.ops.acdctool.conv3x3.default, (x, w, None))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_conv3x3_keeps_the_kernel_and_matches_eager(kernel: None, backend: str) -> None:
+    torch.manual_seed(0)
+    eager = nn.Sequential(Conv3x3(4, 4), BatchNormSiLU(4), Conv3x3(4, 4, bias=False)).train()
+    eager = eager.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    twin = nn.Sequential(Conv3x3(4, 4), BatchNormSiLU(4), Conv3x3(4, 4, bias=False)).train()
+    twin = twin.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    twin.load_state_dict(eager.state_dict())
+    compiled: Any = torch.compile(twin, backend=backend, fullgraph=True)
+    x = _cl(torch.randn(2, 4, 6, 8))
+    results = []
+    for model in (eager, compiled):
+        xi = x.clone().requires_grad_()
+        out = model(xi)
+        results.append((out, *torch.autograd.grad(out.square().sum(), (xi, *model.parameters()))))
+    assert all(_close(c, e) for c, e in zip(results[1], results[0], strict=True))
+
+
+def test_conv3x3_layer_uses_the_kernel_only_where_it_applies(kernel: None) -> None:
+    conv = Conv3x3(4, 4)
+    assert isinstance(conv, nn.Conv2d) and sorted(conv.state_dict()) == ["bias", "weight"]
+    x = _cl(torch.randn(2, 4, 6, 8))
+    assert kernels.conv3x3_usable(x, conv)
+    assert not kernels.conv3x3_usable(x.contiguous(), conv) and not kernels.conv3x3_usable(x.bfloat16(), conv)
+    assert not kernels.conv3x3_usable(_cl(torch.randn(2, 4, 6, 6)), conv)  # a row of 24 floats
+    assert kernels.conv3x3_usable(_cl(torch.randn(2, 12, 6, 8)), Conv3x3(12, 4))  # the 3-gram stem
+    assert not kernels.conv3x3_usable(_cl(torch.randn(2, 6, 6, 8)), Conv3x3(6, 4))  # not groups of 4
+    assert not kernels.conv3x3_usable(_cl(torch.randn(2, 8, 6, 8)), Conv3x3(8, 16))  # oneDNN's own width
+    assert not kernels.conv3x3_usable(x, nn.Conv2d(4, 4, 3, padding=1, stride=2))
+    ref = F.conv2d(x, conv.weight, conv.bias, padding=1)
+    assert _close(conv(x), ref) and torch.equal(conv(x.contiguous()), ref)
+
+
 @pytest.mark.parametrize(("channels", "side"), [(48, 16), (4, 32), (20, 9), (35, 5)])
 def test_bn_silu_matches_batch_norm_then_silu(kernel: None, channels: int, side: int) -> None:
     """Output, gradients of input, scale and shift, running statistics: against float64 torch."""
@@ -130,6 +199,122 @@ def test_bn_silu_registrations_pass_torch_opcheck(kernel: None) -> None:
     x = _cl(torch.randn(2, 8, 4, 4)).requires_grad_()
     w, b = torch.rand(8, requires_grad=True), torch.rand(8, requires_grad=True)
     torch.library.opcheck(torch.ops.acdctool.bn_silu.default, (x, w, b, 1e-5))
+
+
+def _latent_reference(
+    prior: torch.Tensor | None, post: torch.Tensor, eps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """z and the per-sample KL of the model's eager path, in float64."""
+    z_shape = eps.shape
+    p = Normal.standard(eps.new_zeros(z_shape).double()) if prior is None else Normal.from_params(prior.double())
+    q = p.residual(post.double())
+    assert hasattr(q, "delta_mu")
+    dm, dl, ls_p = q.delta_mu, q.delta_log_sigma, p.log_sigma  # type: ignore[attr-defined]
+    kl = 0.5 * (dm * dm * torch.exp(-2 * ls_p) + torch.exp(2 * dl) - 2 * dl - 1)  # kl_residual, in float64
+    return q.mu + q.sigma * eps.double(), kl.sum((1, 2, 3))
+
+
+# Z with and without a tail beyond the 16-wide blocks; the top group has no prior (N(0, I))
+@pytest.mark.parametrize(("latent", "with_prior"), [(20, True), (20, False), (4, True), (35, True), (16, False)])
+def test_latent_matches_residual_normal_sample_and_kl(kernel: None, latent: int, with_prior: bool) -> None:
+    """z, the KL and the gradients of both heads' raw outputs against the float64 eager maths
+    (soft clamps, residual posterior, reparameterised draw, closed-form KL)."""
+    g = torch.Generator().manual_seed(latent)
+    shape = (3, 2 * latent, 5, 6)
+    post = _cl(torch.randn(shape, generator=g) * 4).requires_grad_()  # some values beyond the clamp
+    prior = _cl(torch.randn(shape, generator=g) * 4).requires_grad_() if with_prior else None
+    eps = _cl(torch.randn(3, latent, 5, 6, generator=g))
+    grad_z, grad_kl = _cl(torch.randn(3, latent, 5, 6, generator=g)), torch.randn(3, generator=g)
+    assert kernels.latent_usable(post, prior)
+    z, kl = kernels.latent_sample_kl(prior, post, eps)
+    ref_z, ref_kl = _latent_reference(prior, post, eps)
+    inputs = [post] + ([prior] if prior is not None else [])
+    grads = torch.autograd.grad([z, kl], inputs, [grad_z, grad_kl])
+    ref_grads = torch.autograd.grad([ref_z, ref_kl], inputs, [grad_z.double(), grad_kl.double()])
+    assert z.is_contiguous(memory_format=torch.channels_last) and kl.shape == (3,)
+    assert _close(z, ref_z) and _close(kl, ref_kl)
+    assert all(_close(a, b) for a, b in zip(grads, ref_grads, strict=True))
+
+
+def test_latent_registrations_pass_torch_opcheck(kernel: None) -> None:
+    post = _cl(torch.randn(2, 40, 4, 4)).requires_grad_()
+    prior = _cl(torch.randn(2, 40, 4, 4)).requires_grad_()
+    eps = _cl(torch.randn(2, 20, 4, 4))
+    torch.library.opcheck(torch.ops.acdctool.latent_sample_kl.default, (prior, post, eps))
+    torch.library.opcheck(torch.ops.acdctool.latent_sample_kl.default, (None, post, eps))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_latent_group_keeps_the_kernel_and_matches_eager(kernel: None, backend: str) -> None:
+    """A prior head, the kernel and a loss on z and the KL, compiled whole (fullgraph)."""
+    torch.manual_seed(0)
+    head = nn.Conv2d(8, 16, 3, padding=1).to(memory_format=torch.channels_last)
+
+    def group(x: torch.Tensor, post: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        z, kl = kernels.latent_sample_kl(head(x), post, eps)
+        return z.square().sum() + kl.sum()
+
+    compiled: Any = torch.compile(group, backend=backend, fullgraph=True)
+    x, eps = _cl(torch.randn(2, 8, 6, 6)), _cl(torch.randn(2, 8, 6, 6))
+    post = _cl(torch.randn(2, 16, 6, 6)).requires_grad_()
+    results = []
+    for fn in (group, compiled):
+        out = fn(x, post, eps)
+        results.append((out, *torch.autograd.grad(out, (post, head.weight))))
+    assert all(_close(a, b) for a, b in zip(results[1], results[0], strict=True))
+
+
+def test_latent_kernel_only_where_it_applies(kernel: None) -> None:
+    post = _cl(torch.randn(2, 8, 4, 4))
+    assert kernels.latent_usable(post, None) and kernels.latent_usable(post, post.clone())
+    assert not kernels.latent_usable(post.contiguous(), None) and not kernels.latent_usable(post.double(), None)
+    assert not kernels.latent_usable(post, _cl(torch.randn(2, 8, 2, 2)))
+    assert not kernels.latent_usable(_cl(torch.randn(2, 7, 4, 4)), None)
+
+
+def test_training_forward_on_the_kernels_matches_the_plain_model(kernel: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole channels_last training pass with every kernel (latent groups included) against
+    the NCHW model on torch's ops: same latents from the same seed, KL, logits and gradients."""
+    calls: list[bool] = []
+    real = kernels.latent_sample_kl
+
+    def counted(prior: torch.Tensor | None, post: torch.Tensor, eps: torch.Tensor) -> Any:
+        calls.append(prior is None)
+        return real(prior, post, eps)
+
+    monkeypatch.setattr(kernels, "latent_sample_kl", counted)
+    convs: list[int] = []
+    real_conv = kernels.conv3x3
+
+    def counted_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        convs.append(x.shape[-1])
+        return real_conv(x, weight, bias)
+
+    monkeypatch.setattr(kernels, "conv3x3", counted_conv)
+    torch.manual_seed(0)
+    model = NVAE(**ARGS).train()
+    fast = NVAE(**ARGS).train().to(memory_format=torch.channels_last)
+    fast.load_state_dict(model.state_dict())
+    x = F.one_hot(torch.randint(0, 4, (2, 32, 32), generator=torch.Generator().manual_seed(1)), 4)
+    x = x.permute(0, 3, 1, 2).float()
+    outs = []
+    for m, xi, on_kernels in ((model, x, False), (fast, _cl(x), True)):
+        with monkeypatch.context() as patch:
+            if not on_kernels:
+                patch.setattr(kernels._STATE, "ready", False)
+            torch.manual_seed(3)
+            out = m(xi)
+        loss = out.logits.square().mean() + torch.stack(out.kl).sum()
+        loss.backward()
+        outs.append((out, {n: p.grad for n, p in m.named_parameters()}))
+    (ref, ref_grads), (got, grads) = outs
+    assert calls == [True, False, False]  # every group of the channels_last pass, the top one without prior
+    assert convs.count(32) == 4 and len(convs) > 4  # stem, pre-processing cell, head (32²), and more
+    assert all(_close(a, b) for a, b in zip(got.z, ref.z, strict=True))
+    assert all(_close(a, b) for a, b in zip(got.kl, ref.kl, strict=True))
+    assert _close(got.logits, ref.logits)
+    scale = max(float(g.abs().max()) for g in ref_grads.values())
+    assert all(float((grads[n] - g).abs().max()) <= 1e-4 * scale for n, g in ref_grads.items())
 
 
 def test_failed_build_falls_back_to_torch_ops(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -201,14 +386,18 @@ def test_checkpoints_of_the_plain_model_load_unchanged(monkeypatch: pytest.Monke
     def depthwise(channels: int, k: int) -> nn.Conv2d:
         return nn.Conv2d(channels, channels, k, padding=k // 2, groups=channels, bias=False)
 
+    def conv3x3(cin: int, cout: int, bias: bool = True) -> nn.Conv2d:
+        return nn.Conv2d(cin, cout, 3, padding=1, bias=bias)
+
     for module in (nvae, nvae_cells):
         monkeypatch.setattr(module, "Conv1x1", conv1x1, raising=False)
+        monkeypatch.setattr(module, "Conv3x3", conv3x3, raising=False)
     monkeypatch.setattr(nvae_cells, "DepthwiseConv", depthwise)
     monkeypatch.setattr(nvae_cells, "_bn_silu", lambda c, m: [nn.BatchNorm2d(c, momentum=m), nn.SiLU()])
     torch.manual_seed(0)
     old = NVAE(**ARGS)
     assert any(isinstance(m, Conv1x1) for m in new.modules())
-    assert not any(isinstance(m, (Conv1x1, DepthwiseConv, BatchNormSiLU)) for m in old.modules())
+    assert not any(isinstance(m, (Conv1x1, Conv3x3, DepthwiseConv, BatchNormSiLU)) for m in old.modules())
     old_sd, new_sd = old.state_dict(), new.state_dict()
     assert list(old_sd) == list(new_sd)
     assert all(torch.equal(old_sd[k], new_sd[k]) for k in old_sd)  # the seed gives the same init
@@ -368,3 +557,38 @@ def test_ninja_of_the_python_package_is_put_on_path_for_the_build(monkeypatch: p
     with kernels._ninja_on_path():
         assert os.environ["PATH"].split(os.pathsep)[0] == "/opt/ninja-pkg/bin"
     assert os.environ.get("PATH", "") == before
+
+
+@pytest.mark.slow
+def test_compiled_training_step_on_the_kernels_matches_eager_nchw(kernel: None) -> None:
+    """The optimised step (channels_last, inductor, every kernel) against the plain NCHW model on
+    torch's ops: the loss to 1e-5 and every gradient to 1e-4 of the largest (as in
+    ``tests/train/test_nvae_fast.py``), with the same latents from the same seed."""
+    from acdctool.config import TrainNvaeConfig
+    from acdctool.models.nvae_loss import NVAELoss, NVAELossConfig
+    from acdctool.train.compiled import CompiledStep
+
+    config = TrainNvaeConfig(scales=2, groups_per_scale=(2, 1), betas=(1.0, 2.0), warmup_steps=50)
+    torch.manual_seed(0)
+    ref = NVAE(**ARGS).train()
+    fast = NVAE(**ARGS).train().to(memory_format=torch.channels_last)
+    fast.load_state_dict(ref.state_dict())
+    labels = torch.randint(0, 4, (6, 32, 32), generator=torch.Generator().manual_seed(1))
+    x = F.one_hot(labels, 4).permute(0, 3, 1, 2).float()
+    notes: list[str] = []
+    step = CompiledStep(fast, enabled=True, note=notes.append)
+    results = []
+    for model, forward, xi in ((ref, ref, x.contiguous()), (fast, step, _cl(x))):
+        with pytest.MonkeyPatch.context() as patch:
+            if model is ref:
+                patch.setattr(kernels._STATE, "ready", False)
+            loss_fn = NVAELoss(model, NVAELossConfig.from_config(config))
+            torch.manual_seed(123)
+            loss, _ = loss_fn(forward(xi), labels, 10)
+            loss.backward()
+        results.append((loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}))
+    assert step.compiled, notes
+    (ref_loss, ref_grads), (loss, grads) = results
+    assert abs(float(loss - ref_loss)) <= 1e-5 * abs(float(ref_loss))
+    scale = max(float(g.abs().max()) for g in ref_grads.values())
+    assert all(float((grads[n] - g).abs().max()) <= 1e-4 * scale for n, g in ref_grads.items())

@@ -65,6 +65,31 @@ def test_resume_mid_epoch_is_bit_identical(tiny_h5, tmp_path):
         stage.run(replace(CFG, epochs=3), stage.Inputs(other), tmp_path / "part", resume=True)
 
 
+def test_objects_alive_after_the_first_step_are_frozen_during_the_run(tiny_h5, tmp_path):
+    """gc.freeze from the first step's end to fit's return (full collections would re-scan the
+    compiled graphs' objects); nothing stays frozen afterwards, even when the run fails."""
+    import gc
+
+    counts: list[int] = []
+
+    def record(epoch: int, step: int) -> bool:
+        counts.append(gc.get_freeze_count())
+        return False
+
+    assert gc.get_freeze_count() == 0
+    result = stage.run(replace(CFG, epochs=1), stage.Inputs(tiny_h5), tmp_path / "run", should_stop=record)
+    assert result.status == "completed" and len(counts) >= 2
+    assert all(c > 0 for c in counts)  # checked after each step: the first step froze them
+    assert gc.get_freeze_count() == 0
+
+    def fail(epoch: int, step: int) -> bool:
+        raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        stage.run(replace(CFG, epochs=1), stage.Inputs(tiny_h5), tmp_path / "failed", should_stop=fail)
+    assert gc.get_freeze_count() == 0
+
+
 def test_train_val_split_and_lazy_workers(tiny_h5, tmp_path):
     """Without --fold: the file's train/val split; rows read lazily by a DataLoader worker."""
     cfg = replace(CFG, fold=None, epochs=1, workers=1, cache=False)

@@ -26,6 +26,9 @@ Conventions:
       order and ``group_scales[l]`` gives the scale of group ``l``.
     * The top group's prior is the standard normal ``N(0, I)`` (as in the paper), so its
       "residual" posterior is just ``N(d_mu, d_sigma)``.
+    * The training draw (posterior sample and KL of every group) of a channels_last float32
+      CPU pass runs on one kernel per group once :func:`acdctool.models.nvae_kernels.load`
+      has succeeded; it computes what :mod:`acdctool.models.nvae_dist` does, from the same noise.
     * Channels double at every down-sampling and halve at every up-sampling; the image side
       must be divisible by ``2 ** (pre_blocks + scales - 1)`` (``ConfigError`` otherwise).
 
@@ -47,8 +50,9 @@ import torch
 from torch import nn
 
 from acdctool.errors import BadInputError, ConfigError
-from acdctool.models.nvae_cells import Conv1x1, DecoderCell, DownCell, EncoderCell, UpCell
-from acdctool.models.nvae_dist import Normal
+from acdctool.models import nvae_kernels
+from acdctool.models.nvae_cells import Conv1x1, Conv3x3, DecoderCell, DownCell, EncoderCell, UpCell
+from acdctool.models.nvae_dist import Normal, randn_like
 
 __all__ = ["NVAE", "NVAEOutput", "DECODE_MODES"]
 
@@ -76,7 +80,7 @@ class NVAEOutput:
 
 def _sampler(cin: int, cout: int) -> nn.Sequential:
     """ELU–conv3×3: the head that turns a feature map into (d_)mu and (d_)log sigma."""
-    return nn.Sequential(nn.ELU(), nn.Conv2d(cin, cout, 3, padding=1))
+    return nn.Sequential(nn.ELU(), Conv3x3(cin, cout))
 
 
 class NVAE(nn.Module):
@@ -161,7 +165,7 @@ class NVAE(nn.Module):
 
         # ---- bottom-up: stem, pre-processing, encoder tower -------------------------------
         c = stem_channels
-        self.stem = nn.Conv2d(in_channels, c, 3, padding=1)
+        self.stem = Conv3x3(in_channels, c)
         pre: list[nn.Module] = []
         for _ in range(pre_blocks):
             pre += [EncoderCell(c, se, mom) for _ in range(pre_cells)]
@@ -344,16 +348,32 @@ class NVAE(nn.Module):
         for g, t in enumerate(self.group_scales):
             if g > 0 and t != self.group_scales[g - 1]:
                 state = self.dec_up[t - 1](state)
-            if g == 0:
+            prior_params = None
+            if g > 0:
+                state = self.dec_groups[g](state)
+                prior_params = self.prior_net[g](state)
+            post_params = None
+            if feats_td is not None:
+                combined = feats_td[g] if g == 0 else feats_td[g] + self.enc_combiner[g](state)
+                post_params = self.post_net[g](combined)
+                if mode == "sample" and compute_kl and nvae_kernels.latent_usable(post_params, prior_params):
+                    # the training draw: one CPU kernel for the clamps, the sample and the KL
+                    eps = randn_like(post_params.new_empty((batch, *self.latent_shapes[g])), generator)
+                    if temperature != 1.0:
+                        eps = eps * temperature
+                    z, kl = nvae_kernels.latent_sample_kl(prior_params, post_params, eps)
+                    kls.append(kl)
+                    zs.append(z)
+                    state = self.dec_combiner[g](torch.cat([state, z], dim=1))
+                    continue
+            if prior_params is None:
                 prior = Normal.standard(state.new_zeros((batch, *self.latent_shapes[0])))
             else:
-                state = self.dec_groups[g](state)
-                prior = Normal.from_params(self.prior_net[g](state))
-            if feats_td is None:
+                prior = Normal.from_params(prior_params)
+            if post_params is None:
                 dist = prior
             else:
-                combined = feats_td[g] if g == 0 else feats_td[g] + self.enc_combiner[g](state)
-                dist = prior.residual(self.post_net[g](combined))
+                dist = prior.residual(post_params)
                 if compute_kl:
                     kls.append(dist.kl(prior).sum(dim=(1, 2, 3)))
             if mode == "sample":

@@ -23,9 +23,9 @@ Why ``0.1``: scaling the residual branch keeps every cell close to the identity 
 initialisation, so the deep hierarchy starts stable (one of the official stabilisers, SPEC §3).
 
 All tensors are ``(B, C, H, W)``; the cells work with either memory format. With channels_last
-input (the training step's) two layers take faster CPU paths with the same parameters, so the
+input (the training step's) some layers take faster CPU paths with the same parameters, so the
 same ``state_dict``: :class:`Conv1x1` runs as a matrix product on the NHWC view, and
-:class:`DepthwiseConv` and :class:`BatchNormSiLU` on the CPU kernels of
+:class:`Conv3x3`, :class:`DepthwiseConv` and :class:`BatchNormSiLU` on the CPU kernels of
 :mod:`acdctool.models.nvae_kernels` once they are loaded. A ``BatchNormSiLU`` is followed by an
 ``nn.Identity`` where the ``nn.SiLU`` used to be, so every layer keeps its ``nn.Sequential`` index
 and ``state_dict`` key.
@@ -42,6 +42,7 @@ from acdctool.models import nvae_kernels
 __all__ = [
     "RESIDUAL_SCALE",
     "Conv1x1",
+    "Conv3x3",
     "DepthwiseConv",
     "BatchNormSiLU",
     "SqueezeExcitation",
@@ -80,6 +81,27 @@ class Conv1x1(nn.Conv2d):
         if x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
             y = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
             return y.permute(0, 3, 1, 2)
+        return super().forward(x)
+
+
+class Conv3x3(nn.Conv2d):
+    """A 3×3 convolution, stride 1, padding 1 (an ``nn.Conv2d``: same parameters, initialisation
+    and ``state_dict`` keys), on the CPU kernel of :mod:`acdctool.models.nvae_kernels` where it
+    applies (:func:`~acdctool.models.nvae_kernels.conv3x3_usable`: 4 or 8 output channels and a
+    multiple of them in, where oneDNN's channels_last paths are up to 4× slower), else
+    ``nn.Conv2d``'s own forward.
+
+    Example:
+        >>> Conv3x3(4, 8, bias=False).weight.shape
+        torch.Size([8, 4, 3, 3])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, 3, padding=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if nvae_kernels.conv3x3_usable(x, self):
+            return nvae_kernels.conv3x3(x, self.weight, self.bias)
         return super().forward(x)
 
 
@@ -174,9 +196,9 @@ class EncoderCell(nn.Module):
         super().__init__()
         self.body = nn.Sequential(
             *_bn_silu(channels, bn_momentum),
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            Conv3x3(channels, channels, bias=False),
             *_bn_silu(channels, bn_momentum),
-            nn.Conv2d(channels, channels, 3, padding=1),
+            Conv3x3(channels, channels),
             SqueezeExcitation(channels, se_reduction),
         )
 
@@ -204,7 +226,7 @@ class DownCell(nn.Module):
             *_bn_silu(channels, bn_momentum),
             nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False),
             *_bn_silu(out, bn_momentum),
-            nn.Conv2d(out, out, 3, padding=1),
+            Conv3x3(out, out),
             SqueezeExcitation(out, se_reduction),
         )
 

@@ -23,15 +23,40 @@
 //                double), one pass to normalise and activate;
 //      backward  one pass for sum(dy) and sum(dy * xhat) (dy = grad * silu'(y), recomputed
 //                from x), one pass for dx; nothing but x, mean and invstd is saved.
+//
+// 3. One latent group of the residual-normal posterior (the NVAE's sampling and KL), per
+//    element of the (B, Z, h, w) latent map, from the raw (B, 2Z, h, w) outputs of the prior
+//    and posterior heads (first Z channels the location, last Z the log-scale):
+//      mu_p, ls_p = 5 tanh(prior / 5)      (both 0 without a prior: the top group's N(0, I))
+//      dm, dl     = 5 tanh(post / 5)
+//      z          = mu_p + dm + exp(ls_p + dl) * eps
+//      kl[b]      = sum_chw 1/2 (dm^2 exp(-2 ls_p) + exp(2 dl) - 2 dl - 1)   (double sums)
+//    The backward recomputes everything from the inputs. Each pixel's channels are taken V at
+//    a time; the last Z % V of several pixels of a sample share one vector.
+//
+// 4. 3x3 convolution, stride 1, padding 1, C = 4 or 8 output channels and M * C input channels
+//    (oneDNN's channels_last paths run 2-4x below this with so few channels). A vector holds
+//    V / C neighbouring pixels of one row in NHWC order, so the output needs no transposition:
+//    each input channel is spread over its pixel's lanes by one permute and multiplied by a
+//    vector of that channel's weights for every output channel. Input rows are copied with a
+//    zero pixel at either end (zero rows above and below the image).
+//      forward      y           = sum over (group, tap, channel) of permute(x) * taps
+//      grad input   dx          = the forward of dy with the kernel flipped and transposed
+//                                 (M = 1; oneDNN's for M > 1)
+//      grad weight  gw, gb      = lane partial sums of dy * permute(x), reduced in double
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <numeric>
 #include <tuple>
 #include <vector>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -484,12 +509,460 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_silu_backward(const at::Tensor
   return {grad_input, grad_weight, grad_bias};
 }
 
+
+
+// ---------------------------------------------------------------- latent group: sample + KL
+
+// 1 / d: with AVX-512 the 14-bit estimate and one Newton step (within 2 ulp; these loops are
+// bound by arithmetic, not memory), else a division.
+inline vec vrecip(vec d) {
+#if defined(__AVX512F__)
+  const vec r = reinterpret_cast<vec>(_mm512_rcp14_ps(reinterpret_cast<__m512>(d)));
+  return r * (splat(2.0f) - d * r);
+#else
+  return splat(1.0f) / d;
+#endif
+}
+
+// tanh(u) = 1 - 2 / (exp(2u) + 1): exact at 0 and both ends, absolute error ~1e-7 elsewhere.
+inline vec vtanh(vec u) { return splat(1.0f) - splat(2.0f) * vrecip(vexp(u + u) + splat(1.0f)); }
+
+constexpr float CLAMP = 5.0f;
+
+// One vector of latent elements: the raw head outputs in, every derived value out.
+struct LatentVec {
+  vec ta, ts, tm, tl;    // tanh(raw / 5) of the prior's location and log-scale, and of the deltas
+  vec dm, dl, edl;       // the clamped deltas, exp(dl) = d_sigma
+  vec sigma, e;          // the posterior's sigma, the noise
+  vec inv_var_p;         // 1 / sigma_p^2
+  vec z() const { return splat(CLAMP) * ta + dm + sigma * e; }
+  vec d_var() const { return edl * edl; }  // d_sigma^2
+  vec kl() const { return splat(0.5f) * (dm * dm * inv_var_p + d_var() - splat(1.0f)) - dl; }
+};
+
+template <bool PRIOR>
+inline LatentVec latent_vec(vec rpm, vec rps, vec rqm, vec rqs, vec e) {
+  const vec inv = splat(1.0f / CLAMP), k = splat(CLAMP);
+  LatentVec v;
+  v.tm = vtanh(rqm * inv);
+  v.tl = vtanh(rqs * inv);
+  v.dm = k * v.tm;
+  v.dl = k * v.tl;
+  v.edl = vexp(v.dl);
+  v.e = e;
+  if (PRIOR) {
+    v.ta = vtanh(rpm * inv);
+    v.ts = vtanh(rps * inv);
+    const vec es = vexp(k * v.ts);
+    v.sigma = es * v.edl;
+    v.inv_var_p = vrecip(es * es);
+  } else {
+    v.ta = v.ts = vec{};
+    v.sigma = v.edl;
+    v.inv_var_p = splat(1.0f);
+  }
+  return v;
+}
+
+// Lanes of one vector: either V channels of one pixel, or the last T = Z % V channels of up to
+// V / T consecutive pixels of one sample (so a Z of 20 takes 1.25 vectors a pixel, not 2).
+struct Lanes {
+  int64_t pix0, c0, width, count;  // first pixel, first channel, channels per pixel, pixels
+};
+
+template <class F>
+inline void for_each_lanes(int64_t p_begin, int64_t p_end, int64_t Z, F f) {
+  const int64_t full = Z / V * V, tail = Z - full;
+  for (int64_t pix = p_begin; pix < p_end; ++pix)
+    for (int64_t c0 = 0; c0 < full; c0 += V) f(Lanes{pix, c0, V, 1});
+  if (tail) {
+    const int64_t group = V / tail;
+    for (int64_t pix = p_begin; pix < p_end; pix += group) f(Lanes{pix, full, tail, std::min(group, p_end - pix)});
+  }
+}
+
+// Gathers channel-chunk lanes of a (pixels, stride) array at column offset `col`; zero past the end.
+inline vec gather(const float* base, int64_t stride, int64_t col, const Lanes& l) {
+  if (l.count == 1 && l.width == V) return load(base + l.pix0 * stride + col + l.c0);
+  vec v{};
+  for (int64_t q = 0; q < l.count; ++q)
+    for (int64_t k = 0; k < l.width; ++k) v[q * l.width + k] = base[(l.pix0 + q) * stride + col + l.c0 + k];
+  return v;
+}
+
+inline void scatter(float* base, int64_t stride, int64_t col, const Lanes& l, vec v) {
+  if (l.count == 1 && l.width == V) return store(base + l.pix0 * stride + col + l.c0, v);
+  for (int64_t q = 0; q < l.count; ++q)
+    for (int64_t k = 0; k < l.width; ++k) base[(l.pix0 + q) * stride + col + l.c0 + k] = v[q * l.width + k];
+}
+
+inline vec lane_mask(const Lanes& l) {
+  vec m{};
+  for (int64_t i = 0; i < l.count * l.width; ++i) m[i] = 1.0f;
+  return m;
+}
+
+struct LatentArgs {
+  const float* prior;  // (B, h, w, 2Z) or nullptr
+  const float* post;   // (B, h, w, 2Z)
+  const float* eps;    // (B, h, w, Z)
+  int64_t B, P, Z;     // P = h * w pixels per sample
+};
+
+template <bool PRIOR>
+inline LatentVec latent_at(const LatentArgs& g, const Lanes& l) {
+  const int64_t Z = g.Z;
+  const vec rpm = PRIOR ? gather(g.prior, 2 * Z, 0, l) : vec{};
+  const vec rps = PRIOR ? gather(g.prior, 2 * Z, Z, l) : vec{};
+  return latent_vec<PRIOR>(rpm, rps, gather(g.post, 2 * Z, 0, l), gather(g.post, 2 * Z, Z, l),
+                           gather(g.eps, Z, 0, l));
+}
+
+template <bool PRIOR>
+void latent_forward(const LatentArgs& g, float* zp, float* klp) {
+  at::parallel_for(0, g.B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      double total = 0.0;
+      for (int64_t start = 0; start < g.P; start += 64) {  // 64 pixels summed in float, then in double
+        vec acc{};
+        for_each_lanes(b * g.P + start, b * g.P + std::min(g.P, start + 64), g.Z, [&](const Lanes& l) {
+          const LatentVec v = latent_at<PRIOR>(g, l);
+          scatter(zp, g.Z, 0, l, v.z());
+          const vec kl = v.kl();
+          acc += (l.count == 1 && l.width == V) ? kl : kl * lane_mask(l);
+        });
+        for (int l = 0; l < V; ++l) total += acc[l];
+      }
+      klp[b] = static_cast<float>(total);
+    }
+  });
+}
+
+template <bool PRIOR>
+void latent_backward(const LatentArgs& g, const float* gzp, const float* gkp, float* gq, float* gp) {
+  at::parallel_for(0, g.B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const vec dk = splat(gkp[b]), one = splat(1.0f);
+      for_each_lanes(b * g.P, (b + 1) * g.P, g.Z, [&](const Lanes& l) {
+        const LatentVec v = latent_at<PRIOR>(g, l);
+        const vec dz = gather(gzp, g.Z, 0, l);
+        const vec se = v.sigma * v.e * dz;  // dz times dz/d(ls_p) = dz/d(dl) = sigma * eps
+        const vec w = v.dm * v.inv_var_p;   // dm / sigma_p^2
+        scatter(gq, 2 * g.Z, 0, l, (dz + dk * w) * (one - v.tm * v.tm));
+        scatter(gq, 2 * g.Z, g.Z, l, (se + dk * (v.d_var() - one)) * (one - v.tl * v.tl));
+        if (PRIOR) {
+          scatter(gp, 2 * g.Z, 0, l, dz * (one - v.ta * v.ta));
+          scatter(gp, 2 * g.Z, g.Z, l, (se - dk * v.dm * w) * (one - v.ts * v.ts));
+        }
+      });
+    }
+  });
+}
+
+void check_latent_args(const c10::optional<at::Tensor>& prior, const at::Tensor& post, const at::Tensor& eps) {
+  TORCH_CHECK(post.device().is_cpu() && post.scalar_type() == at::kFloat && post.dim() == 4 && post.size(1) % 2 == 0,
+              "acdctool::latent_sample_kl: post must be a (B, 2Z, h, w) float32 CPU tensor");
+  TORCH_CHECK(eps.device().is_cpu() && eps.scalar_type() == at::kFloat && eps.dim() == 4 &&
+                  eps.size(0) == post.size(0) && 2 * eps.size(1) == post.size(1) && eps.size(2) == post.size(2) &&
+                  eps.size(3) == post.size(3),
+              "acdctool::latent_sample_kl: eps must be a (B, Z, h, w) float32 CPU tensor");
+  if (prior.has_value())
+    TORCH_CHECK(prior->device().is_cpu() && prior->scalar_type() == at::kFloat && prior->sizes() == post.sizes(),
+                "acdctool::latent_sample_kl: prior must be float32 on the CPU, shaped like post");
+}
+
+at::Tensor cl(const at::Tensor& t) { return t.contiguous(at::MemoryFormat::ChannelsLast); }
+
+std::tuple<at::Tensor, at::Tensor> latent_sample_kl(const c10::optional<at::Tensor>& prior_in,
+                                                    const at::Tensor& post_in, const at::Tensor& eps_in) {
+  check_latent_args(prior_in, post_in, eps_in);
+  const at::Tensor post = cl(post_in), eps = cl(eps_in);
+  const at::Tensor prior = prior_in.has_value() ? cl(*prior_in) : at::Tensor();
+  const LatentArgs g{prior.defined() ? prior.const_data_ptr<float>() : nullptr, post.const_data_ptr<float>(),
+                     eps.const_data_ptr<float>(), eps.size(0), eps.size(2) * eps.size(3), eps.size(1)};
+  at::Tensor z = at::empty(eps.sizes(), eps.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor kl = at::empty({g.B}, eps.options().memory_format(at::MemoryFormat::Contiguous));
+  if (g.prior)
+    latent_forward<true>(g, z.mutable_data_ptr<float>(), kl.mutable_data_ptr<float>());
+  else
+    latent_forward<false>(g, z.mutable_data_ptr<float>(), kl.mutable_data_ptr<float>());
+  return {z, kl};
+}
+
+std::tuple<at::Tensor, at::Tensor> latent_sample_kl_backward(const at::Tensor& grad_z, const at::Tensor& grad_kl,
+                                                             const c10::optional<at::Tensor>& prior_in,
+                                                             const at::Tensor& post_in, const at::Tensor& eps_in) {
+  check_latent_args(prior_in, post_in, eps_in);
+  TORCH_CHECK(grad_z.sizes() == eps_in.sizes() && grad_z.scalar_type() == at::kFloat && grad_z.device().is_cpu() &&
+                  grad_kl.dim() == 1 && grad_kl.size(0) == eps_in.size(0) && grad_kl.scalar_type() == at::kFloat,
+              "acdctool::latent_sample_kl_backward: grad_z must be shaped like eps and grad_kl (B,), float32");
+  const at::Tensor post = cl(post_in), eps = cl(eps_in), gz = cl(grad_z), gk = grad_kl.contiguous();
+  const at::Tensor prior = prior_in.has_value() ? cl(*prior_in) : at::Tensor();
+  const LatentArgs g{prior.defined() ? prior.const_data_ptr<float>() : nullptr, post.const_data_ptr<float>(),
+                     eps.const_data_ptr<float>(), eps.size(0), eps.size(2) * eps.size(3), eps.size(1)};
+  const auto opts = post.options().memory_format(at::MemoryFormat::ChannelsLast);
+  at::Tensor grad_post = at::empty(post.sizes(), opts);
+  at::Tensor grad_prior = prior.defined() ? at::empty(post.sizes(), opts) : at::empty({0}, post.options());
+  const float* gzp = gz.const_data_ptr<float>();
+  const float* gkp = gk.const_data_ptr<float>();
+  if (g.prior)
+    latent_backward<true>(g, gzp, gkp, grad_post.mutable_data_ptr<float>(), grad_prior.mutable_data_ptr<float>());
+  else
+    latent_backward<false>(g, gzp, gkp, grad_post.mutable_data_ptr<float>(), nullptr);
+  return {grad_prior, grad_post};
+}
+
+// ---------------------------------------------------------------- 3x3 convolution, 4 or 8 channels
+
+// Lane l of the result = v[idx[l]].
+inline vec permute(vec v, ivec idx) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<vec>(_mm512_permutexvar_ps(reinterpret_cast<__m512i>(idx), reinterpret_cast<__m512>(v)));
+#else
+  vec r;
+  for (int l = 0; l < V; ++l) r[l] = v[idx[l] & (V - 1)];
+  return r;
+#endif
+}
+
+// A vector holds G = V / C pixels of C channels (NHWC order), lane q * C + c. The input has M
+// groups of C channels (M = 3 for the 3-gram stem, 12 -> 4), each taken as a C-channel image.
+// For every input channel ci of a group, bcast[ci] spreads channel ci of each pixel over that
+// pixel's C lanes, and the weight vector of group g, tap (i, j) and channel ci holds
+// weight[c, g * C + ci, i, j] in lane q * C + c, so y += permute(x_g, bcast[ci]) * w adds that
+// input channel's term to every output channel.
+template <int C>
+struct ConvPlan {
+  ivec bcast[C];
+  std::vector<vec> taps;  // [((g * 9 + i * 3 + j) * C + ci]
+  ConvPlan(const float* weight, int64_t M) : taps(M * 9 * C) {  // weight (C, M * C, 3, 3) contiguous
+    for (int ci = 0; ci < C; ++ci)
+      for (int l = 0; l < V; ++l) bcast[ci][l] = l / C * C + ci;
+    if (weight)
+      for (int64_t g = 0; g < M; ++g)
+        for (int t = 0; t < 9; ++t)
+          for (int ci = 0; ci < C; ++ci)
+            for (int l = 0; l < V; ++l)
+              taps[(g * 9 + t) * C + ci][l] = weight[((l % C) * M * C + g * C + ci) * 9 + t];
+  }
+};
+
+// Input rows h - 1, h, h + 1 of sample b, channels [g * C, g * C + C) of M * C, each with a zero
+// pixel at either end (zero rows outside the image), into buf (3 rows of (W + 2) * C floats).
+template <int C>
+void padded_rows(const float* x, float* buf, int64_t b, int64_t h, int64_t H, int64_t W, int64_t M, int64_t g) {
+  const int64_t n = (W + 2) * C;
+  for (int i = 0; i < 3; ++i) {
+    float* dst = buf + i * n;
+    const int64_t hh = h + i - 1;
+    if (hh < 0 || hh >= H) {
+      std::memset(dst, 0, n * sizeof(float));
+      continue;
+    }
+    std::memset(dst, 0, C * sizeof(float));
+    const float* src = x + (b * H + hh) * W * M * C + g * C;
+    if (M == 1)
+      std::memcpy(dst + C, src, W * C * sizeof(float));
+    else
+      for (int64_t w = 0; w < W; ++w) std::memcpy(dst + (w + 1) * C, src + w * M * C, C * sizeof(float));
+    std::memset(dst + (W + 1) * C, 0, C * sizeof(float));
+  }
+}
+
+// U output vectors from k on: U independent accumulators (one would chain 9 C M dependent adds).
+template <int C, int U, bool ONE_GROUP>
+inline void conv_vectors(const ConvPlan<C>& plan, const float* buf, int64_t n, int64_t M, int64_t k, vec bv,
+                         float* yr) {
+  vec acc[U];
+  for (int u = 0; u < U; ++u) acc[u] = bv;
+  for (int64_t g = 0; g < (ONE_GROUP ? 1 : M); ++g)
+#pragma GCC unroll 3
+    for (int i = 0; i < 3; ++i)
+#pragma GCC unroll 3
+      for (int j = 0; j < 3; ++j) {
+        vec xv[U];
+        for (int u = 0; u < U; ++u) xv[u] = load(buf + (g * 3 + i) * n + k + u * V + j * C);
+        const vec* taps = plan.taps.data() + (g * 9 + i * 3 + j) * C;
+#pragma GCC unroll 8
+        for (int ci = 0; ci < C; ++ci)
+          for (int u = 0; u < U; ++u) acc[u] += permute(xv[u], plan.bcast[ci]) * taps[ci];
+      }
+  for (int u = 0; u < U; ++u) store(yr + k + u * V, acc[u]);
+}
+
+// y = conv3x3(x) + bias, M * C channels in, C out, stride 1, padding 1; W a multiple of V / C.
+template <int C, int U = 4>
+void conv_groups(const float* x, const float* weight, const float* bias, float* y, int64_t B, int64_t H, int64_t W,
+                 int64_t M) {
+  const ConvPlan<C> plan(weight, M);
+  vec bv{};
+  if (bias)
+    for (int l = 0; l < V; ++l) bv[l] = bias[l % C];
+  const int64_t n = (W + 2) * C;
+  at::parallel_for(0, B * H, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<float> buf(3 * M * n);
+    for (int64_t row = r0; row < r1; ++row) {
+      for (int64_t g = 0; g < M; ++g) padded_rows<C>(x, buf.data() + g * 3 * n, row / H, row % H, H, W, M, g);
+      float* yr = y + row * W * C;
+      int64_t k = 0;
+      if (M == 1) {
+        for (; k + U * V <= W * C; k += U * V) conv_vectors<C, U, true>(plan, buf.data(), n, M, k, bv, yr);
+        for (; k < W * C; k += V) conv_vectors<C, 1, true>(plan, buf.data(), n, M, k, bv, yr);
+      } else {
+        for (; k + U * V <= W * C; k += U * V) conv_vectors<C, U, false>(plan, buf.data(), n, M, k, bv, yr);
+        for (; k < W * C; k += V) conv_vectors<C, 1, false>(plan, buf.data(), n, M, k, bv, yr);
+      }
+    }
+  });
+}
+
+// Partial sums of grad weight (lane q * C + c of vector (g * 9 + i * 3 + j) * C + ci adds to
+// weight[c, g * C + ci, i, j]) and grad bias (lane q * C + c to bias[c]) over output rows [r0, r1).
+template <int C>
+void conv_grad_weight(const float* x, const float* dy, vec* gw, vec* gb, int64_t H, int64_t W, int64_t M, int64_t r0,
+                      int64_t r1) {
+  const ConvPlan<C> plan(nullptr, M);  // only its bcast
+  const int64_t n = (W + 2) * C;
+  std::vector<float> buf(3 * n);
+  for (int64_t row = r0; row < r1; ++row) {
+    const float* dr = dy + row * W * C;
+    vec sb = *gb;
+    for (int64_t k = 0; k < W * C; k += V) sb += load(dr + k);
+    *gb = sb;
+    for (int64_t g = 0; g < M; ++g) {
+      padded_rows<C>(x, buf.data(), row / H, row % H, H, W, M, g);
+      for (int t = 0; t < 9; ++t) {
+        const float* xr = buf.data() + (t / 3) * n + (t % 3) * C;
+        vec* out = gw + (g * 9 + t) * C;
+        vec acc[2][C];  // two vectors a step: independent chains of adds
+        for (int ci = 0; ci < C; ++ci) {
+          acc[0][ci] = out[ci];
+          acc[1][ci] = vec{};
+        }
+        int64_t k = 0;
+        for (; k + 2 * V <= W * C; k += 2 * V)
+          for (int u = 0; u < 2; ++u) {
+            const vec d = load(dr + k + u * V), xv = load(xr + k + u * V);
+#pragma GCC unroll 8
+            for (int ci = 0; ci < C; ++ci) acc[u][ci] += d * permute(xv, plan.bcast[ci]);
+          }
+        for (; k < W * C; k += V) {
+          const vec d = load(dr + k), xv = load(xr + k);
+          for (int ci = 0; ci < C; ++ci) acc[0][ci] += d * permute(xv, plan.bcast[ci]);
+        }
+        for (int ci = 0; ci < C; ++ci) out[ci] = acc[0][ci] + acc[1][ci];
+      }
+    }
+  }
+}
+
+void check_conv_args(const at::Tensor& x, const at::Tensor& weight) {
+  const int64_t C = weight.dim() == 4 ? weight.size(0) : 0;
+  TORCH_CHECK(weight.device().is_cpu() && weight.scalar_type() == at::kFloat && weight.dim() == 4 &&
+                  (C == 4 || C == 8) && weight.size(1) % C == 0 && weight.size(2) == 3 && weight.size(3) == 3,
+              "acdctool::conv3x3: weight must be (C, M * C, 3, 3) float32 on the CPU with C 4 or 8");
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 4 && x.size(1) == weight.size(1) &&
+                  x.size(3) * C % V == 0,
+              "acdctool::conv3x3: x must be a (B, M * C, H, W) float32 CPU tensor with W * C a multiple of 16");
+}
+
+at::Tensor conv_run(const at::Tensor& input, const at::Tensor& weight, const float* bias) {
+  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast), w = weight.contiguous();
+  const int64_t B = x.size(0), H = x.size(2), W = x.size(3), C = w.size(0), M = w.size(1) / C;
+  at::Tensor y = at::empty({B, C, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const float* xp = x.const_data_ptr<float>();
+  const float* wp = w.const_data_ptr<float>();
+  if (C == 4)
+    conv_groups<4>(xp, wp, bias, y.mutable_data_ptr<float>(), B, H, W, M);
+  else
+    conv_groups<8>(xp, wp, bias, y.mutable_data_ptr<float>(), B, H, W, M);
+  return y;
+}
+
+at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  check_conv_args(x, weight);
+  at::Tensor b;
+  if (bias.has_value()) {
+    b = bias->contiguous();
+    TORCH_CHECK(b.scalar_type() == at::kFloat && b.numel() == weight.size(0), "acdctool::conv3x3: bias must be (C,)");
+  }
+  return conv_run(x, weight, b.defined() ? b.const_data_ptr<float>() : nullptr);
+}
+
+// (grad_input, grad_weight, grad_bias) as output_mask asks (an empty tensor where it does not).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward(const at::Tensor& grad, const at::Tensor& input,
+                                                                const at::Tensor& weight,
+                                                                std::array<bool, 3> output_mask) {
+  check_conv_args(input, weight);
+  const int64_t B = input.size(0), H = input.size(2), W = input.size(3), C = weight.size(0), M = weight.size(1) / C;
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == B && grad.size(1) == C && grad.size(2) == H && grad.size(3) == W &&
+                  grad.scalar_type() == at::kFloat && grad.device().is_cpu(),
+              "acdctool::conv3x3_backward: grad must be float32 on the CPU, shaped like the output");
+  at::Tensor grad_input = at::empty({0}, input.options()), grad_weight = at::empty({0}, weight.options());
+  at::Tensor grad_bias = at::empty({0}, weight.options());
+  if (output_mask[0]) {
+    if (M == 1) {  // the convolution of grad with the kernel flipped and transposed
+      grad_input = conv_run(grad, weight.flip({2, 3}).transpose(0, 1), nullptr);
+    } else {  // more channels out than the kernel's C: oneDNN
+      const auto cl = at::MemoryFormat::ChannelsLast;
+      grad_input = std::get<0>(at::convolution_backward(grad.contiguous(cl), input.contiguous(cl), weight,
+                                                        c10::nullopt, {1, 1}, {1, 1}, {1, 1}, false, {0, 0}, 1,
+                                                        {true, false, false}))
+                       .contiguous(cl);
+    }
+  }
+  if (output_mask[1] || output_mask[2]) {
+    const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+    const at::Tensor dy = grad.contiguous(at::MemoryFormat::ChannelsLast);
+    const int threads = at::get_num_threads();
+    const int64_t nv = M * 9 * C + 1;  // vectors per thread: weight, then bias partial sums
+    std::vector<vec> part(static_cast<size_t>(threads * nv), vec{});
+    const float* xp = x.const_data_ptr<float>();
+    const float* dp = dy.const_data_ptr<float>();
+    at::parallel_for(0, B * H, 1, [&](int64_t r0, int64_t r1) {
+      vec* g = part.data() + at::get_thread_num() * nv;
+      if (C == 4)
+        conv_grad_weight<4>(xp, dp, g, g + nv - 1, H, W, M, r0, r1);
+      else
+        conv_grad_weight<8>(xp, dp, g, g + nv - 1, H, W, M, r0, r1);
+    });
+    std::vector<double> gw(C * M * C * 9, 0.0), gb(C, 0.0);
+    for (int th = 0; th < threads; ++th) {
+      const vec* g = part.data() + th * nv;
+      for (int64_t grp = 0; grp < M; ++grp)
+        for (int64_t t = 0; t < 9; ++t)
+          for (int64_t ci = 0; ci < C; ++ci)
+            for (int l = 0; l < V; ++l)
+              gw[((l % C) * M * C + grp * C + ci) * 9 + t] += g[(grp * 9 + t) * C + ci][l];
+      for (int l = 0; l < V; ++l) gb[l % C] += g[nv - 1][l];
+    }
+    if (output_mask[1]) {
+      grad_weight = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
+      float* p = grad_weight.mutable_data_ptr<float>();
+      for (int64_t k = 0; k < C * M * C * 9; ++k) p[k] = static_cast<float>(gw[k]);
+      grad_weight = grad_weight.contiguous(weight.suggest_memory_format());
+    }
+    if (output_mask[2]) {
+      grad_bias = at::empty({C}, weight.options().memory_format(at::MemoryFormat::Contiguous));
+      float* p = grad_bias.mutable_data_ptr<float>();
+      for (int64_t c = 0; c < C; ++c) p[c] = static_cast<float>(gb[c]);
+    }
+  }
+  return {grad_input, grad_weight, grad_bias};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(acdctool, m) {
   m.def("dwconv2d(Tensor x, Tensor weight) -> Tensor");
   m.def("dwconv2d_backward(Tensor grad, Tensor x, Tensor weight) -> (Tensor, Tensor)");
   m.def("bn_silu(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("conv3x3(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("conv3x3_backward(Tensor grad, Tensor x, Tensor weight, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def("latent_sample_kl(Tensor? prior, Tensor post, Tensor eps) -> (Tensor, Tensor)");
+  m.def(
+      "latent_sample_kl_backward(Tensor grad_z, Tensor grad_kl, Tensor? prior, Tensor post, Tensor eps)"
+      " -> (Tensor, Tensor)");
   m.def(
       "bn_silu_backward(Tensor grad, Tensor x, Tensor weight, Tensor bias, Tensor mean, Tensor invstd)"
       " -> (Tensor, Tensor, Tensor)");
@@ -500,4 +973,8 @@ TORCH_LIBRARY_IMPL(acdctool, CPU, m) {
   m.impl("dwconv2d_backward", &dwconv2d_backward);
   m.impl("bn_silu", &bn_silu);
   m.impl("bn_silu_backward", &bn_silu_backward);
+  m.impl("conv3x3", &conv3x3);
+  m.impl("conv3x3_backward", &conv3x3_backward);
+  m.impl("latent_sample_kl", &latent_sample_kl);
+  m.impl("latent_sample_kl_backward", &latent_sample_kl_backward);
 }

@@ -9,6 +9,9 @@ Why: on a CPU, two parts of a channels_last NVAE step were far slower than their
 - batch norm followed by SiLU (every cell has two): inductor's fused loops read and write each
   activation about 17 times over forward and backward, 8 ms for one ``(8, 48, 64, 64)``
   tensor, about a third of the compiled step.
+- each latent group's soft clamps, draw and KL (``(8, 20, 64², 32², 16²)`` latents): inductor's
+  loops recompute every ``tanh`` in several kernels and run 20 channels as 16 + a masked 4,
+  about a tenth of the compiled step.
 
 What (``nvae_kernels.cpp``; float32, NHWC, vectorised, threaded with torch's thread pool):
 
@@ -21,6 +24,15 @@ What (``nvae_kernels.cpp``; float32, NHWC, vectorised, threaded with torch's thr
   variance, so the caller updates the running statistics); ``acdctool::bn_silu_backward``
   recomputes the activation from ``x`` rather than storing it. Two passes over the data each
   way instead of about eight.
+- ``acdctool::conv3x3(x, weight, bias)``: ``F.conv2d(x, weight, bias, padding=1)`` for 4 or 8
+  output channels and a multiple of them in (the 4-channel cells at 128², the 8-channel ones at
+  64², the 3-gram stem 12 → 4), where oneDNN's channels_last paths run 2–4× below the
+  arithmetic; ``acdctool::conv3x3_backward`` gives the gradients asked for.
+- ``acdctool::latent_sample_kl(prior, post, eps)``: from the raw ``(B, 2Z, h, w)`` outputs of a
+  group's prior head (None for the top group's ``N(0, I)``) and posterior head, and the noise
+  ``eps``, the draw ``z`` and the per-sample KL ``(B,)`` of
+  :class:`~acdctool.models.nvae_dist.ResidualNormal` (each ``tanh`` once, the KL summed in
+  double); ``acdctool::latent_sample_kl_backward`` gives the gradients of both heads' outputs.
 
 The forward convolution adds the taps in oneDNN's order; every other result differs from
 torch's by float rounding only (the statistics are accumulated in double; relative 1e-5 of
@@ -34,10 +46,12 @@ source, torch, Python and the CPU's vector capability), and loads it into the pr
 processes load the cached library without compiling. Nothing builds on import: the trainer
 calls :func:`load` when a compiled CPU training step starts. The layers of
 :mod:`acdctool.models.nvae_cells` (:class:`~acdctool.models.nvae_cells.DepthwiseConv`,
-:class:`~acdctool.models.nvae_cells.BatchNormSiLU`) then call the kernels where
-:func:`dwconv_usable` / :func:`bn_silu_usable` say so (CPU, float32, no autocast,
-channels_last input, training mode for batch norm) and torch's own ops everywhere else (CUDA,
-bf16, NCHW, evaluation, before or without a successful :func:`load`). A failed build (no
+:class:`~acdctool.models.nvae_cells.Conv3x3`, :class:`~acdctool.models.nvae_cells.BatchNormSiLU`)
+then call the kernels where :func:`dwconv_usable`, :func:`conv3x3_usable` and
+:func:`bn_silu_usable` say so (CPU, float32, no autocast, channels_last input, training mode
+for batch norm) and torch's own ops everywhere else (CUDA, bf16, NCHW, batch norm in
+evaluation, before or without a successful :func:`load`); so does
+:class:`~acdctool.models.nvae.NVAE`'s training draw (:func:`latent_usable`). A failed build (no
 compiler, no ninja, a read-only cache) is returned by :func:`load` as one line, never raised.
 The loaded library is process-wide state, by nature of native code.
 
@@ -75,11 +89,18 @@ __all__ = [
     "depthwise_conv2d",
     "bn_silu_usable",
     "bn_silu",
+    "latent_usable",
+    "latent_sample_kl",
+    "CONV3X3_CHANNELS",
+    "conv3x3_usable",
+    "conv3x3",
 ]
 
 SOURCE = Path(__file__).with_name("nvae_kernels.cpp")
 KERNEL_SIZES = (3, 5)
 """Kernel sides of the depthwise convolution kernel."""
+CONV3X3_CHANNELS = (4, 8)
+"""Output channels of the 3×3 convolution kernel (input channels: a multiple of them)."""
 
 # Vector instructions per torch's own CPU capability (not -march=native): a build cached in a
 # home folder shared across machines must not hold instructions another machine lacks.
@@ -235,6 +256,60 @@ def _register() -> None:
 
     torch.library.register_autograd("acdctool::bn_silu", bn_backward, setup_context=bn_setup)
 
+    @torch.library.register_fake("acdctool::conv3x3")
+    def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3])).contiguous(memory_format=cl)
+
+    @torch.library.register_fake("acdctool::conv3x3_backward")
+    def _(
+        grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, output_mask: list[bool]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        empty = x.new_empty(0)
+        return (
+            torch.empty_like(x, memory_format=cl) if output_mask[0] else empty,
+            torch.empty_like(weight) if output_mask[1] else empty,
+            x.new_empty(weight.shape[0]) if output_mask[2] else empty,
+        )
+
+    def conv_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        x, weight, bias = inputs
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, weight)
+
+    def conv_backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        x, weight = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+        gx, gw, gb = torch.ops.acdctool.conv3x3_backward(grad, x, weight, mask)
+        return (gx if mask[0] else None), (gw if mask[1] else None), (gb if mask[2] else None)
+
+    torch.library.register_autograd("acdctool::conv3x3", conv_backward, setup_context=conv_setup)
+
+    @torch.library.register_fake("acdctool::latent_sample_kl")
+    def _(prior: torch.Tensor | None, post: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.empty_like(eps, memory_format=cl), eps.new_empty(eps.shape[0])
+
+    @torch.library.register_fake("acdctool::latent_sample_kl_backward")
+    def _(
+        grad_z: torch.Tensor, grad_kl: torch.Tensor, prior: torch.Tensor | None, post: torch.Tensor, eps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        grad_prior = torch.empty_like(post, memory_format=cl) if prior is not None else post.new_empty(0)
+        return grad_prior, torch.empty_like(post, memory_format=cl)
+
+    def latent_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+        prior, post, eps = inputs
+        ctx.has_prior = prior is not None
+        ctx.save_for_backward(prior if prior is not None else post.new_empty(0), post, eps)
+
+    def latent_backward(ctx: Any, grad_z: torch.Tensor | None, grad_kl: torch.Tensor | None) -> tuple[Any, ...]:
+        prior, post, eps = ctx.saved_tensors
+        grad_z = torch.zeros_like(eps) if grad_z is None else grad_z
+        grad_kl = eps.new_zeros(eps.shape[0]) if grad_kl is None else grad_kl
+        prior_arg = prior if ctx.has_prior else None
+        grad_prior, grad_post = torch.ops.acdctool.latent_sample_kl_backward(grad_z, grad_kl, prior_arg, post, eps)
+        return (grad_prior if ctx.has_prior else None), grad_post, None
+
+    torch.library.register_autograd("acdctool::latent_sample_kl", latent_backward, setup_context=latent_setup)
+
 
 def load() -> str | None:
     """Build (first call on a machine: half a minute to two) and load the kernels, once per process.
@@ -330,3 +405,62 @@ def bn_silu(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
             bn.running_mean.copy_(m * mean + (1 - m) * bn.running_mean)
             bn.running_var.copy_(m * var * (n / (n - 1)) + (1 - m) * bn.running_var)
     return out
+
+
+def latent_usable(post: torch.Tensor, prior: torch.Tensor | None) -> bool:
+    """Whether a latent group's sampling and KL may run on the kernel: loaded, CPU, float32,
+    channels_last raw head outputs ``(B, 2Z, h, w)`` (the prior's, if any, shaped alike)."""
+    return (
+        _fast_input(post)
+        and post.shape[1] % 2 == 0
+        and (prior is None or (_fast_input(prior) and prior.shape == post.shape))
+    )
+
+
+def latent_sample_kl(
+    prior: torch.Tensor | None, post: torch.Tensor, eps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One latent group's reparameterised draw and KL on the kernel (needs :func:`load`):
+    what :meth:`Normal.from_params(prior).residual(post) <acdctool.models.nvae_dist.Normal.residual>`
+    gives with ``sample`` and ``kl(prior).sum((1, 2, 3))``, for the noise ``eps``.
+
+    Shapes:
+        ``prior``, ``post`` ``(B, 2Z, h, w)`` raw head outputs (location channels first;
+        ``prior`` None for the standard normal), ``eps`` ``(B, Z, h, w)``; returns ``z``
+        ``(B, Z, h, w)`` channels_last and the KL ``(B,)`` in nats.
+    """
+    z, kl = torch.ops.acdctool.latent_sample_kl(prior, post, eps)
+    return z, kl
+
+
+def conv3x3_usable(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """Whether ``conv(x)`` may run on the 3×3 kernel: loaded, CPU, float32, channels_last, and a
+    3×3 convolution with stride 1, padding 1, dilation 1, one group, ``C`` output channels for
+    ``C`` in :data:`CONV3X3_CHANNELS` and a multiple of ``C`` input channels, on an input whose
+    width times ``C`` is a multiple of 16."""
+    c = conv.out_channels
+    return (
+        _fast_input(x)
+        and conv.weight.dtype == torch.float32
+        and c in CONV3X3_CHANNELS
+        and conv.in_channels % c == 0
+        and conv.groups == 1
+        and tuple(conv.kernel_size) == (3, 3)
+        and tuple(conv.stride) == (1, 1)
+        and tuple(conv.dilation) == (1, 1)
+        and conv.padding == (1, 1)
+        and conv.padding_mode == "zeros"
+        and x.shape[1] == conv.in_channels
+        and x.shape[3] * c % 16 == 0
+    )
+
+
+def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, padding=1)`` on the kernel (needs :func:`load`; check
+    :func:`conv3x3_usable` first).
+
+    Shapes:
+        ``x (B, M·C, H, W)`` float32 CPU with ``C`` 4 or 8 and ``W·C`` a multiple of 16,
+        ``weight (C, M·C, 3, 3)``, ``bias (C,)`` or None; returns ``(B, C, H, W)`` channels_last.
+    """
+    return torch.ops.acdctool.conv3x3(x, weight, bias)

@@ -27,10 +27,16 @@ one behaviour:
 - **DDP** under ``torchrun``: :class:`EpochSampler` shards, rank 0 writes, validation sums are
   all-reduced. ``batch_size`` is per process.
 - **Mixed precision** is bf16 autocast on CUDA (``amp``), which needs no loss scaling.
+- **Garbage collection**: after the first training step (model, optimiser and any compiled
+  graphs built) the objects alive are moved out of the collector's sight (``gc.freeze``)
+  until :meth:`Trainer.fit` returns. Python's full collections otherwise re-scan them all
+  (half a million once ``torch.compile`` has run: 0.3 s every ~20 steps, 3–4 % of a compiled
+  CPU NVAE step); objects made later are collected as usual.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 import time
@@ -130,6 +136,7 @@ class Trainer:
         self.inputs = tuple(inputs)
         self._signals: dist.StopSignals | None = None
         self._folder: RunFolder | None = None  # rank 0: the locked run folder
+        self._gc_seen = self._gc_frozen = False
 
     # ---------------------------------------------------------------- public
     def fit(self, train_ds: Dataset[Any], val_ds: Dataset[Any]) -> TrainResult:
@@ -208,6 +215,9 @@ class Trainer:
         finally:
             if writer is not None:
                 writer.close()
+            if self._gc_frozen:
+                gc.unfreeze()
+            self._gc_seen = self._gc_frozen = False
         return self._result("completed", run, resumed_from, notes)
 
     def _train_epoch(self, run: RunState, train_ds: Dataset[Any]) -> bool:
@@ -250,6 +260,8 @@ class Trainer:
                 sums[key] = sums.get(key, torch.zeros((), dtype=torch.float64, device=device)) + value.double() * n
             sums["_n"] = sums.get("_n", torch.zeros((), dtype=torch.float64, device=device)) + n
             run.step, run.global_step = run.step + 1, run.global_step + 1
+            if not self._gc_seen:
+                self._freeze_gc()
             if ctx.is_main and self.hooks.on_step:
                 self.hooks.on_step(run.epoch, run.step, n_steps)
             stop_here = self._stop_requested(run)
@@ -263,6 +275,16 @@ class Trainer:
                     return True
         run.partial = {k: float(v) for k, v in sums.items()}
         return False
+
+    def _freeze_gc(self) -> None:
+        """After the run's first step: hide the objects alive from the collector (module
+        docstring), unless the process already manages frozen objects of its own."""
+        if not self._gc_seen:
+            self._gc_seen = True
+            if gc.get_freeze_count() == 0:
+                gc.collect()
+                gc.freeze()
+                self._gc_frozen = True
 
     def _end_epoch(self, run: RunState, val_ds: Dataset[Any], seconds: float) -> dict[str, Any]:
         """Close the epoch: mean training metrics over every process, validation, history record."""
