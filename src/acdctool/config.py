@@ -408,11 +408,12 @@ class RefineConfig:
     min_agreement: float = 0.0
     """Gate: a candidate's score under ``choose`` (in [0, 1]) must be at least this to replace
     the input."""
-    min_structure_dice: float = 0.0
+    min_structure_dice: float = 0.8
     """Gate: a candidate that keeps a structure of the input (RV, MYO or LV in both) must agree
     with it at least this much (that structure's Dice with the input's); removing a structure
-    or adding one is not limited by it. Corrections that keep a fraction of a structure are
-    the ones that most often harm (README, five folds)."""
+    or adding one is not limited by it. Corrections that redraw or keep only a fraction of a
+    structure are the ones that most often harm: chosen on the five-fold out-of-fold masks
+    (0, 0.3, 0.5, 0.7, 0.8, 0.9; README), 0 turns it off."""
     polish: bool = False
     """Also offer each NVAE candidate (not the per-structure edits) after the morphological
     clean-up (stray pixels removed, holes filled) to the gate. Off by default: on the five-fold

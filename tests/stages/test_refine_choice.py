@@ -228,8 +228,10 @@ def test_min_structure_dice_refuses_partial_losses_but_allows_removal():
     cfg = RefineConfig(min_structure_dice=0.95)
     g = gate(inp[None], None, np.ones((1, 2)), lambda m, c: [crescent[None]], cfg)
     assert g.reasons == ["no-valid-candidate"] and (g.refined[0] == inp).all()
-    g = gate(inp[None], None, np.ones((1, 2)), lambda m, c: [crescent[None]], RefineConfig())
+    off = RefineConfig(min_structure_dice=0.0)
+    g = gate(inp[None], None, np.ones((1, 2)), lambda m, c: [crescent[None]], off)
     assert g.reasons == ["corrected"]
+    assert RefineConfig().min_structure_dice > rv_dice  # the default refuses this half RV
 
 
 def test_fallback_tier_only_corrects_what_the_first_tier_cannot():
