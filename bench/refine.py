@@ -96,6 +96,11 @@ def _bench(seg: Path, ckpt: Path, args, tmp: Path) -> None:
         ("morph, gate anatomy", RefineConfig(method="morph", device=device), None),
         ("morph, gate none", RefineConfig(method="morph", gate="none", device=device), None),
         ("nvae, gate anatomy", RefineConfig(device=device, batch_size=args.batch_size), ckpt),
+        (
+            "nvae, gate anatomy, structure rule off",
+            RefineConfig(device=device, batch_size=args.batch_size, min_structure_dice=0.0),
+            ckpt,
+        ),
         ("nvae, gate anatomy, 8 samples", RefineConfig(device=device, batch_size=args.batch_size, samples=8), ckpt),
         ("nvae, gate none", RefineConfig(device=device, gate="none", batch_size=args.batch_size), ckpt),
     ]
@@ -105,7 +110,7 @@ def _bench(seg: Path, ckpt: Path, args, tmp: Path) -> None:
         result = refine.run(config, refine.Inputs(seg, nvae), out, force=True)
         sec = time.perf_counter() - t
         print(
-            f"{name:32s}: {n / sec:8.1f} slices/s  ({sec:6.2f} s; invalid {result.invalid_before} → "
+            f"{name:38s}: {n / sec:8.1f} slices/s  ({sec:6.2f} s; invalid {result.invalid_before} → "
             f"{result.invalid_after})"
         )
 
