@@ -118,16 +118,20 @@ class NvaeProposer:
 
         fallback = set(cfg.fallback)
 
+        def tier(family: str) -> int:
+            return int(family in fallback)
+
         def add(name: str, family: str, labels: torch.Tensor, offered: bool = True) -> None:
-            tier = int(family in fallback)
-            out.add(labels.to("cpu", torch.uint8).numpy(), name, family, offered=offered, source=True, tier=tier)
+            out.add(
+                labels.to("cpu", torch.uint8).numpy(), name, family, offered=offered, source=True, tier=tier(family)
+            )
 
         add("recon", Family.RECON.value, recon, offered=Family.RECON.value in families)
         if Family.MORPH.value in families:
             # The smallest edit of all, no shape model: a stray blob or a hole is often the only
             # fault, and the NVAE's own candidates would also drop a small apical structure.
-            tier = int(Family.MORPH.value in fallback)
-            out.add(morph.clean_batch(masks), "morph", Family.MORPH.value, offered=True, source=False, tier=tier)
+            cleaned = morph.clean_batch(masks)
+            out.add(cleaned, "morph", Family.MORPH.value, offered=True, source=False, tier=tier(Family.MORPH.value))
         if Family.PARTIAL.value in families and cfg.partial:
             current = torch.from_numpy(np.ascontiguousarray(masks)).to(self.device, torch.long)
             for t, edit in zip(cfg.partial, partial_edits(current, probs, cfg.partial, recon), strict=True):

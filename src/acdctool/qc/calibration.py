@@ -9,7 +9,7 @@ or schema version is refused.
 
 Example:
     >>> cal = Calibration.load("qc_calibration.json")  # doctest: +SKIP
-    >>> cal.predict_slices(table)  # doctest: +SKIP
+    >>> predicted, expected = cal.predict_slices(table)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -84,28 +84,19 @@ class Calibration:
         """Feature groups a ``qc`` run must provide: ``mask``, ``probs``, ``nvae``."""
         return groups_of(self.features)
 
-    def predict_slices(self, table: pd.DataFrame) -> np.ndarray:
-        """Predicted Dice of every row of a QC slice table (the conditional median: least absolute error).
+    def predict_slices(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """``(predicted, expected)`` Dice of every row of a QC slice table: the conditional
+        median (least absolute error) and the conditional mean (what a patient averages).
 
         Raises:
             BadInputError: the table lacks the signals some feature needs.
         """
         feature_matrix(table.iloc[:0], self.features)  # one clear error for missing signals
         xs, present = class_inputs(table, {c: m.features for c, m in self.slice_model.classes.items()})
-        return self.slice_model.predict(xs, present)
-
-    def expected_slices(self, table: pd.DataFrame) -> np.ndarray:
-        """Expected Dice of every row (the conditional mean; :meth:`predict_slices` gives the median).
-
-        Raises:
-            BadInputError: the table lacks the signals some feature needs.
-        """
-        feature_matrix(table.iloc[:0], self.features)
-        xs, present = class_inputs(table, {c: m.features for c, m in self.slice_model.classes.items()})
-        return self.slice_model.expected(xs, present)
+        return self.slice_model.predictions(xs, present)
 
     def predict_patients(self, patients: pd.DataFrame) -> np.ndarray:
-        """Predicted Dice of every row of a patient table (whose ``pred_*`` come from :meth:`predict_slices`)."""
+        """Predicted Dice of every row of a patient table (its ``pred_*`` from the slices' expected Dice)."""
         if self.patient_model is None:
             return patients["pred_mean"].to_numpy(np.float64)
         return self.patient_model.predict(patient_features(patients))

@@ -112,8 +112,7 @@ def fit_qc(
             alpha,
         )
         held_x = {c: x[test] for c, x in xs.items()}
-        oof[test] = model.predict(held_x, present[test])
-        oof_exp[test] = model.expected(held_x, present[test])
+        oof[test], oof_exp[test] = model.predictions(held_x, present[test])
         pmodel = _patient_model(table[tr].assign(exp_dice=inner), key, alpha)
         held = patient_table(table[test].assign(pred_dice=oof[test], exp_dice=oof_exp[test]), key)
         held["pred_linear"] = pmodel.predict(patient_features(held))

@@ -205,15 +205,26 @@ class SliceModel:
         """Mean over classes of ``E[Dice_c]``: ``(N,)``; ``xs``: class → its features, ``present`` ``(N, 3)``."""
         return np.mean([m.expected(xs[c], present[:, j]) for j, (c, m) in enumerate(self.classes.items())], axis=0)
 
+    def predictions(self, xs: Mapping[str, np.ndarray], present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(predicted, expected)`` slice Dice ``(N,)`` each, in [0, 1], from one scoring.
+
+        ``predicted``: the conditional median (least absolute error); ``expected``: the
+        conditional mean (averages into a patient's expected Dice). Without a median map (an
+        older calibration) both are the expected Dice.
+        """
+        score = self.score(xs, present)
+        expected = np.clip(np.interp(score, self.iso_x, self.iso_y), 0.0, 1.0)
+        if self.med_x is None or self.med_y is None:
+            return expected, expected
+        return np.clip(np.interp(score, self.med_x, self.med_y), 0.0, 1.0), expected
+
     def expected(self, xs: Mapping[str, np.ndarray], present: np.ndarray) -> np.ndarray:
-        """Expected slice Dice ``(N,)`` in [0, 1] (averages into a patient's expected Dice)."""
-        return np.clip(np.interp(self.score(xs, present), self.iso_x, self.iso_y), 0.0, 1.0)
+        """Expected slice Dice ``(N,)`` (see :meth:`predictions`)."""
+        return self.predictions(xs, present)[1]
 
     def predict(self, xs: Mapping[str, np.ndarray], present: np.ndarray) -> np.ndarray:
-        """Predicted slice Dice ``(N,)`` in [0, 1]: the conditional median (least absolute error)."""
-        if self.med_x is None or self.med_y is None:
-            return self.expected(xs, present)
-        return np.clip(np.interp(self.score(xs, present), self.med_x, self.med_y), 0.0, 1.0)
+        """Predicted slice Dice ``(N,)`` (see :meth:`predictions`)."""
+        return self.predictions(xs, present)[0]
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -103,8 +103,7 @@ def run(
     table = st.table
     calib_info: dict[str, Any] | None = None
     if calibration is not None:
-        table["pred_dice"] = calibration.predict_slices(table)
-        table["exp_dice"] = calibration.expected_slices(table)
+        table["pred_dice"], table["exp_dice"] = calibration.predict_slices(table)
         overlap = sorted(set(table["patient"]) & set(calibration.training_patients))
         calib_info = {
             "path": str(Path(inputs.calibration).resolve()),  # type: ignore[arg-type]
