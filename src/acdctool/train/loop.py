@@ -260,8 +260,7 @@ class Trainer:
                 sums[key] = sums.get(key, torch.zeros((), dtype=torch.float64, device=device)) + value.double() * n
             sums["_n"] = sums.get("_n", torch.zeros((), dtype=torch.float64, device=device)) + n
             run.step, run.global_step = run.step + 1, run.global_step + 1
-            if not self._gc_seen:
-                self._freeze_gc()
+            self._freeze_gc()
             if ctx.is_main and self.hooks.on_step:
                 self.hooks.on_step(run.epoch, run.step, n_steps)
             stop_here = self._stop_requested(run)
@@ -277,7 +276,7 @@ class Trainer:
         return False
 
     def _freeze_gc(self) -> None:
-        """After the run's first step: hide the objects alive from the collector (module
+        """Once per run, after its first step: hide the objects alive from the collector (module
         docstring), unless the process already manages frozen objects of its own."""
         if not self._gc_seen:
             self._gc_seen = True
