@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar, TypeVar
 
-from acdctool.conventions import Device, check_device
+from acdctool.conventions import POSITIONS, Device, check_device
 from acdctool.errors import ConfigError
 
 
@@ -125,6 +125,7 @@ class Family(str, Enum):
     LATENT = "latent"
     SAMPLES = "samples"
     MORPH = "morph"
+    SMOOTH = "smooth"
 
 
 def choices(enum: type[Enum]) -> tuple[str, ...]:
@@ -387,12 +388,16 @@ class RefineConfig:
         Family.STRUCTURE.value,
         Family.SAMPLES.value,
     )
-    """Candidate families offered to the gate (:class:`Family` values): ``recon``,
-    ``partial``, ``structure``, ``latent``, ``samples`` (the last only with ``samples`` > 0).
-    ``latent`` is off by default: it costs one decoding per step and invalid slice."""
-    fallback: tuple[str, ...] = ()
+    """Candidate families offered to the gate (:class:`Family` values): ``morph``, ``recon``,
+    ``partial``, ``structure``, ``latent``, ``samples`` (only with ``samples`` > 0), ``smooth``
+    (only when the input has ``probs``). ``latent`` is off by default: it costs one decoding
+    per step and invalid slice."""
+    fallback: tuple[str, ...] = (Family.SMOOTH.value,)
     """Candidate families offered only to the slices for which ``candidates`` hold no valid one
-    (a second tier: they cannot displace a first-tier choice). Not also in ``candidates``."""
+    (a second tier: they cannot displace a first-tier choice). Not also in ``candidates``.
+    ``smooth`` by default: on the five-fold out-of-fold masks it corrected slices that nothing
+    else made valid while every class's Dice rose (README); it needs the input's ``probs`` and
+    is skipped without them."""
     partial: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5)
     """Partial edits offered to the gate: per threshold t, the input with only the pixels whose
     input label the NVAE gives a probability below t replaced by the NVAE's label (small t:
@@ -401,6 +406,14 @@ class RefineConfig:
     """Latent steps: per α, every latent group decoded at (1 − α) · posterior mean + α · prior
     mean, a path from the input's own encoding (α = 0, the reconstruction) towards the NVAE's
     mean shape (α = 1)."""
+    fallback_positions: tuple[str, ...] = ("base", "apex")
+    """Slice positions (thirds of the stack: ``base``, ``mid``, ``apex``) whose slices the
+    ``fallback`` tier may correct. Not ``mid`` by default: on the five-fold out-of-fold masks,
+    the mid slices that no first-tier candidate made valid were never improved by a fallback
+    (smoothed softmax 0 better / 5 worse, latent steps 0 / 12; README)."""
+    smooth: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 6.0)
+    """Family ``smooth``: per σ (px), the argmax of the segmentation's softmax smoothed by a
+    Gaussian of that standard deviation, cleaned up (:mod:`acdctool.correct.smooth`)."""
     samples: int = 0
     """Extra candidates decoded by sampling the posterior (on top of its mean), for the gate."""
     temperature: float = 0.7
@@ -457,6 +470,11 @@ class RefineConfig:
             raise ConfigError(f"--min-structure-dice must be within [0, 1], got {self.min_structure_dice}")
         if any(not 0 < t <= 1 for t in self.partial):
             raise ConfigError(f"--partial thresholds must be within (0, 1], got {','.join(map(str, self.partial))}")
+        for pos in self.fallback_positions:
+            if pos not in POSITIONS:
+                raise ConfigError(f"--fallback-positions: {pos!r} is not one of {', '.join(POSITIONS)}")
+        if any(not 0 < v <= 32 for v in self.smooth):
+            raise ConfigError(f"--smooth sigmas must be within (0, 32] px, got {','.join(map(str, self.smooth))}")
         if any(not 0 < a <= 1 for a in self.latent_steps):
             raise ConfigError(f"--latent-steps must be within (0, 1], got {','.join(map(str, self.latent_steps))}")
         if self.method == Method.MORPH.value and (self.context != Context.NONE.value or self.samples):

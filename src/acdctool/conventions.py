@@ -45,12 +45,14 @@ __all__ = [
     "LABEL_OF",
     "N_CLASSES",
     "PHASES",
+    "POSITIONS",
     "ROW_KEY",
     "SLICE_KEY",
     "VOLUME_KEY",
     "check_device",
     "exit_codes_line",
     "resolve_device",
+    "slice_position",
 ]
 
 # ------------------------------------------------------------------------------- labels
@@ -81,6 +83,19 @@ GROUPS: tuple[str, ...] = ("NOR", "MINF", "DCM", "HCM", "RV")
 """ACDC pathology groups, in the order the phantoms cycle through them."""
 PHASES: tuple[str, ...] = ("ED", "ES")
 """Cardiac phases kept by prep: end-diastole and end-systole."""
+POSITIONS: tuple[str, ...] = ("base", "mid", "apex")
+"""A slice's position in its stack, by thirds; ACDC stores the base first (slice 0)."""
+
+
+def slice_position(slice_index: int, n_slices: int) -> str:
+    """The :data:`POSITIONS` third of the stack that slice ``slice_index`` (0-based) lies in.
+
+    Example:
+        >>> [slice_position(i, 7) for i in range(7)]
+        ['base', 'base', 'base', 'mid', 'mid', 'apex', 'apex']
+    """
+    third = (int(slice_index) * 3) // max(int(n_slices), 1)
+    return POSITIONS[min(max(third, 0), 2)]
 
 
 # ------------------------------------------------------------------------------ devices

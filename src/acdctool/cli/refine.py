@@ -13,6 +13,7 @@ from acdctool.conventions import Device
 _D = RefineConfig()
 _PARTIAL = ",".join(f"{t:g}" for t in _D.partial)
 _STEPS = ",".join(f"{t:g}" for t in _D.latent_steps)
+_SMOOTH = ",".join(f"{t:g}" for t in _D.smooth)
 _FAMILIES = ",".join(_D.candidates)
 
 
@@ -55,6 +56,12 @@ def refine(
         metavar="FAMILY,...",
         help="Families offered only where --candidates give no valid one (empty: none).",
     ),
+    fallback_positions: str = typer.Option(
+        ",".join(_D.fallback_positions),
+        "--fallback-positions",
+        metavar="POS,...",
+        help="Slice positions the fallback may correct (base, mid, apex: thirds of the stack).",
+    ),
     partial: str = typer.Option(
         _PARTIAL,
         "--partial",
@@ -66,6 +73,12 @@ def refine(
         "--latent-steps",
         metavar="A,A,...",
         help="Latent steps: α of each decoding between the input's encoding (0) and the prior mean (1).",
+    ),
+    smooth: str = typer.Option(
+        _SMOOTH,
+        "--smooth",
+        metavar="SIGMA,...",
+        help="Family smooth: Gaussian σ (px) of each smoothed-softmax candidate (needs probs).",
     ),
     samples: int = typer.Option(
         _D.samples, "--samples", metavar="N", help="Extra sampled NVAE candidates per invalid slice."
@@ -120,8 +133,10 @@ def refine(
         choose=choose.value,
         candidates=tuple(c.strip() for c in candidates.split(",") if c.strip()),
         fallback=tuple(c.strip() for c in fallback.split(",") if c.strip()),
+        fallback_positions=tuple(c.strip() for c in fallback_positions.split(",") if c.strip()),
         partial=parse_numbers(partial, "--partial"),
         latent_steps=parse_numbers(latent_steps, "--latent-steps"),
+        smooth=parse_numbers(smooth, "--smooth"),
         samples=samples,
         temperature=temperature,
         min_agreement=min_agreement,

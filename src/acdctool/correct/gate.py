@@ -7,8 +7,9 @@ segmentation's softmax), among those scoring at least ``min_agreement``; if none
 input is kept. Candidates come from a :data:`Proposer`: the NVAE
 (:class:`acdctool.correct.nvae_proposer.NvaeProposer`) or the morphological clean-up
 (:mod:`acdctool.correct.morph`); the gate adds per-structure edits of them
-(:mod:`acdctool.correct.structure`). Used by ``refine`` (whose docstring states the rules in
-full) and ``predict --nvae``.
+(:mod:`acdctool.correct.structure`) and, for the NVAE method with the segmentation's softmax,
+its smoothed argmax (:mod:`acdctool.correct.smooth`, family ``smooth``). Used by ``refine``
+(whose docstring states the rules in full) and ``predict --nvae``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from acdctool.config import Family, Gate, RefineConfig
+from acdctool.config import Family, Gate, Method, RefineConfig
 from acdctool.correct.scores import Scorer
+from acdctool.correct.smooth import smoothed_candidates
 from acdctool.correct.structure import failing_structures, structure_edits
 from acdctool.metrics import anatomy, overlap
 
@@ -141,6 +143,7 @@ def gate(
     propose: Proposer,
     config: RefineConfig,
     probs: np.ndarray | None = None,
+    fallback_rows: np.ndarray | None = None,
 ) -> GateResult:
     """Apply the gate to one batch (rules in the module docstring and :mod:`acdctool.stages.refine`).
 
@@ -150,7 +153,10 @@ def gate(
         spacing: (B, 2) pixel spacing, mm.
         propose: candidates for a sub-batch; the first is the ``gate="none"`` replacement.
         config: gate, choice, candidate families, minimum agreement.
-        probs: (B, 4, H, W) softmax of the segmentation, needed by ``choose`` other than ``mask``.
+        probs: (B, 4, H, W) softmax of the segmentation, needed by ``choose`` other than ``mask``;
+            also the source of the ``smooth`` family (skipped when None).
+        fallback_rows: (B,) bool, the rows the fallback tier may correct (e.g. not the mid
+            slices, ``config.fallback_positions``); None: every row.
 
     Returns:
         :class:`GateResult`.
@@ -195,6 +201,10 @@ def gate(
     if todo.size:
         sub = masks[todo]
         cands = Candidates.of(propose(sub, None if context is None else context[todo]))
+        if probs is not None and config.method == Method.NVAE.value and Family.SMOOTH.value in config.families:
+            tier = int(Family.SMOOTH.value in config.fallback)
+            for sigma, array in zip(config.smooth, smoothed_candidates(probs[todo], config.smooth), strict=True):
+                cands.add(array, f"smooth {sigma:g}", Family.SMOOTH.value, tier=tier)
         if Family.STRUCTURE.value in config.families and any(cands.source):
             replace = failing_structures(anatomy.criteria_passed(values[todo]))
             structure_tier = int(Family.STRUCTURE.value in config.fallback)
@@ -209,6 +219,8 @@ def gate(
         for tier in sorted({cands.tier[k] for k in range(len(cands)) if cands.offered[k]}):
             # a fallback tier only sees the rows that no earlier tier could correct
             offered = [k for k in range(len(cands)) if cands.offered[k] and cands.tier[k] == tier]
+            if tier > 0 and fallback_rows is not None:
+                rows = rows[fallback_rows[todo[rows]]]
             if rows.size == 0 or not offered:
                 continue
             arrays = [cands.arrays[k][rows] for k in offered]

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from acdctool.conventions import CLASS_NAMES, CLASSES, PHASES, VOLUME_KEY
+from acdctool.conventions import CLASS_NAMES, CLASSES, PHASES, POSITIONS, VOLUME_KEY
 from acdctool.io.slices import volume_groups
 from acdctool.metrics import anatomy, clinical, overlap
 from acdctool.workers import process_map
@@ -21,9 +21,9 @@ _CHUNK = 256
 
 
 def position(slice_index: pd.Series, n_slices: pd.Series) -> pd.Series:
-    """``base``/``mid``/``apex`` by thirds of the volume; ACDC stores the base first (slice 0)."""
+    """:func:`acdctool.conventions.slice_position` of every row (``base``/``mid``/``apex``)."""
     third = (slice_index.to_numpy() * 3) // np.maximum(n_slices.to_numpy(), 1)
-    return pd.Series(np.array(["base", "mid", "apex"])[np.clip(third, 0, 2)], index=slice_index.index)
+    return pd.Series(np.array(POSITIONS)[np.clip(third, 0, 2)], index=slice_index.index)
 
 
 def slice_metrics(

@@ -26,8 +26,8 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from acdctool.config import Choose, PredictConfig, RefineConfig, config_to_dict
-from acdctool.conventions import PHASES, resolve_device
+from acdctool.config import Choose, Family, PredictConfig, RefineConfig, config_to_dict
+from acdctool.conventions import PHASES, resolve_device, slice_position
 from acdctool.correct.gate import Proposer, gate, pooled
 from acdctool.data.phases import assign_phases
 from acdctool.errors import BadInputError, OutputError
@@ -252,10 +252,20 @@ def _correct(
     sp = np.tile(np.asarray(spacing, dtype=np.float64), (len(labels), 1))
     out = labels.copy()
     corrected = invalid = 0
-    with_probs = refine.choose != Choose.MASK.value
+    with_probs = refine.choose != Choose.MASK.value or Family.SMOOTH.value in refine.families
+    # the frame's slices in stack order (base first, as in the NIfTI): thirds as refine's
+    allowed = np.array([slice_position(i, len(labels)) in refine.fallback_positions for i in range(len(labels))])
     for start in range(0, len(labels), refine.batch_size):
         rows = slice(start, start + refine.batch_size)
-        g = gate(labels[rows], None, sp[rows], propose, refine, probs=probs[rows] if with_probs else None)
+        g = gate(
+            labels[rows],
+            None,
+            sp[rows],
+            propose,
+            refine,
+            probs=probs[rows] if with_probs else None,
+            fallback_rows=allowed[rows],
+        )
         out[rows] = g.refined
         corrected += g.reasons.count("corrected")
         invalid += int((~g.valid_in).sum())

@@ -11,8 +11,8 @@ different one. Only invalid slices go through the NVAE, so a good segmentation c
 validity check. Gate ``none`` replaces every slice by the NVAE's posterior-mean reconstruction
 (or the morphological clean-up).
 
-**Candidates** (``candidates``, families; :class:`acdctool.config.Family`; all but ``latent``
-by default), for the NVAE:
+**Candidates** (``candidates``, families; :class:`acdctool.config.Family`; by default all but
+``latent`` in the first tier and ``smooth`` as the fallback), for the NVAE:
 
 - ``morph``: the morphological clean-up of the input alone (largest component per class,
   holes filled): when a stray blob or a hole is the only fault, it is the smallest valid
@@ -30,13 +30,19 @@ by default), for the NVAE:
   (the reconstruction always among them; an edit equal to its offered source is dropped);
   every other structure keeps its pixels bit-identical and wins any overlap
   (:mod:`acdctool.correct.structure`);
+- ``smooth``: the segmentation's own softmax, smoothed in-plane by a Gaussian of each σ of
+  ``smooth`` (px), argmax, then the morphological clean-up (:mod:`acdctool.correct.smooth`);
+  only when the input has ``probs``, else skipped (the output's config says whether it was
+  used: ``smooth_used``);
 - with ``polish`` (off by default), each offered candidate but ``morph`` and the
   per-structure edits is offered again after the morphological clean-up (family
   ``<family>+polish``).
 
 Families in ``fallback`` form a second tier: they are offered only to the slices for which the
 ``candidates`` families hold no valid candidate, so they add corrections without displacing
-any first-tier choice (the per-structure edits of a fallback source are fallback too).
+any first-tier choice (the per-structure edits of a fallback source are fallback too), and
+only on slices whose position (thirds of the stack: ``base``, ``mid``, ``apex``) is in
+``fallback_positions``. By default the fallback is ``smooth``.
 
 Method ``morph`` has one candidate, the clean-up (largest component per class, holes filled;
 family ``morph``).
@@ -81,6 +87,7 @@ from typing import Any
 import numpy as np
 
 from acdctool.config import Choose, Context, Family, Gate, Method, RefineConfig, config_to_dict
+from acdctool.conventions import slice_position
 from acdctool.correct import morph
 from acdctool.correct.gate import REASONS, Candidates, GateResult, Proposer, closest_valid, gate, merge_results
 from acdctool.errors import BadInputError, ConfigError, FileKindError
@@ -184,12 +191,14 @@ def run(
             raise FileKindError(f"{src}: no 'pred' masks: not a segmentation output (run gen-seg first)")
         if len(f) == 0:
             raise BadInputError(f"{src}: the file has no rows")
-        with_probs = config.choose != Choose.MASK.value
-        if with_probs and not f.has("probs"):
+        needs_probs = config.choose != Choose.MASK.value
+        if needs_probs and not f.has("probs"):
             raise BadInputError(
                 f"{src}: --choose {config.choose} needs the segmentation's probabilities ('probs'), which this "
                 "file lacks: run gen-seg with --save-probs (make-3gram carries them), or use --choose mask"
             )
+        # the smooth family uses the softmax where the file has one, and is skipped where not
+        with_probs = needs_probs or (_smooth_wanted(config) and f.has("probs"))
         proposers, infos = _proposers(config, nvaes, f)
         index = f.index
         assignment = _assign(config, proposers, index)
@@ -202,6 +211,8 @@ def run(
             if c not in INDEX_COLUMNS and c not in COLUMNS
         }
         spacing = f.spacing()
+        where = zip(index["slice"], index["n_slices"], strict=True)
+        fallback_rows = np.array([slice_position(s, n) in config.fallback_positions for s, n in where], dtype=bool)
         result = Result(out, counts=dict.fromkeys(REASONS, 0))
         families: Counter[str] = Counter()
         tracker = Tracker(progress, len(f), "rows")
@@ -211,6 +222,7 @@ def run(
             "nvae_test_policy": TEST_POLICY if infos else None,
             "input_config": f.config,
             "input_kind": f.kind,
+            "smooth_used": with_probs and _smooth_wanted(config),
         }
         with SliceWriter(
             out,
@@ -242,6 +254,7 @@ def run(
                                 proposers[m],
                                 config,
                                 probs=None if probs is None else probs[sel],
+                                fallback_rows=fallback_rows[rows][sel],
                             ),
                         )
                     )
@@ -273,6 +286,10 @@ def run(
                 tracker.advance(len(records))
     result.families = dict(families.most_common())
     return result
+
+
+def _smooth_wanted(config: RefineConfig) -> bool:
+    return config.method == Method.NVAE.value and Family.SMOOTH.value in config.families
 
 
 class _Morph:
