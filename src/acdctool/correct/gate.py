@@ -201,10 +201,10 @@ def gate(
     if todo.size:
         sub = masks[todo]
         cands = Candidates.of(propose(sub, None if context is None else context[todo]))
-        if probs is not None and config.method == Method.NVAE.value and Family.SMOOTH.value in config.families:
-            tier = int(Family.SMOOTH.value in config.fallback)
-            for sigma, array in zip(config.smooth, smoothed_candidates(probs[todo], config.smooth), strict=True):
-                cands.add(array, f"smooth {sigma:g}", Family.SMOOTH.value, tier=tier)
+        smooth = probs is not None and config.method == Method.NVAE.value and Family.SMOOTH.value in config.families
+        smooth_tier = int(Family.SMOOTH.value in config.fallback)
+        if smooth and smooth_tier == 0:
+            _add_smooth(cands, probs, todo, np.arange(len(todo)), config, tier=0)
         if Family.STRUCTURE.value in config.families and any(cands.source):
             replace = failing_structures(anatomy.criteria_passed(values[todo]))
             structure_tier = int(Family.STRUCTURE.value in config.fallback)
@@ -216,11 +216,14 @@ def gate(
                 tier = max(structure_tier, cands.tier[k])
                 cands.add(edit, f"structure<{cands.names[k]}>", Family.STRUCTURE.value, tier=tier)
         rows = np.arange(len(todo))
-        for tier in sorted({cands.tier[k] for k in range(len(cands)) if cands.offered[k]}):
+        tiers = {cands.tier[k] for k in range(len(cands)) if cands.offered[k]} | ({smooth_tier} if smooth else set())
+        for tier in sorted(tiers):
             # a fallback tier only sees the rows that no earlier tier could correct
-            offered = [k for k in range(len(cands)) if cands.offered[k] and cands.tier[k] == tier]
             if tier > 0 and fallback_rows is not None:
                 rows = rows[fallback_rows[todo[rows]]]
+            if smooth and tier == smooth_tier > 0 and rows.size:
+                _add_smooth(cands, probs, todo, rows, config, tier=tier)  # only for the rows that reach it
+            offered = [k for k in range(len(cands)) if cands.offered[k] and cands.tier[k] == tier]
             if rows.size == 0 or not offered:
                 continue
             arrays = [cands.arrays[k][rows] for k in offered]
@@ -242,6 +245,19 @@ def gate(
                     names[i], families[i] = cands.names[offered[k]], cands.families[offered[k]]
             rows = rows[choice < 0]
     return GateResult(out, reasons, valid, valid_out, names, families, scorer.score(out))
+
+
+def _add_smooth(
+    cands: Candidates, probs: np.ndarray | None, todo: np.ndarray, rows: np.ndarray, config: RefineConfig, tier: int
+) -> None:
+    """Add the ``smooth`` candidates, made for ``rows`` of the gated sub-batch only (the
+    smoothing is most of their cost); other rows hold background, never read by this tier."""
+    assert probs is not None
+    made = smoothed_candidates(probs[todo[rows]], config.smooth)
+    for sigma, array in zip(config.smooth, made, strict=True):
+        full = np.zeros((len(todo), *array.shape[1:]), np.uint8)
+        full[rows] = array
+        cands.add(full, f"smooth {sigma:g}", Family.SMOOTH.value, tier=tier)
 
 
 def closest_valid(
