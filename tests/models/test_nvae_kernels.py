@@ -221,7 +221,7 @@ def _middle(channels: int, k: int, g: torch.Generator) -> nn.Sequential:
     return layers
 
 
-# one band and several (band height 256 KiB / (W·C·4 B)), K 5 and 3, a single row
+# one band and several (band height 512 KiB / (W·C·4 B)), K 5 and 3, a single row
 @pytest.mark.parametrize(
     ("shape", "k"), [((3, 48, 16, 18), 5), ((1, 16, 600, 16), 5), ((2, 32, 7, 5), 3), ((2, 16, 1, 3), 5)]
 )

@@ -554,7 +554,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_silu_backward(const at::Tensor
 // activation gradient, and from it dyb = grad * silu'(.) with bn_a's two sums, stored where dx
 // goes; a last pass turns dyb into dx in place. Passes over the (B, H, W, C) tensors, forward
 // and backward: 14 instead of 22 with bn_silu, dwconv2d and bn_silu.
-constexpr int64_t BAND_BYTES = 256 * 1024;
+constexpr int64_t BAND_BYTES = 512 * 1024;  // 256 KiB: 0.7% slower step, 128 KiB: 2-3% (2 MiB L2)
 
 struct Bands {
   int64_t rows, count;  // rows per band (the last may have fewer), bands per sample
