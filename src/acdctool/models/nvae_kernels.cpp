@@ -313,7 +313,36 @@ inline vec vrecip(vec d) {
 #endif
 }
 
-inline vec vsigmoid(vec y) { return vrecip(splat(1.0f) + vexp(-y)); }
+// exp(x) for the sigmoid, x within [-88, 88]: 2^n * e^r, |r| <= ln2 / 2, e^r by its Taylor
+// polynomial of degree 6 (remainder < 1.3e-7 relative), 2^n by vscalefps (AVX-512) where the
+// exponent is set without integer arithmetic.
+inline vec vexp_sig(vec x) {
+#if defined(__AVX512F__)
+  const __m512 t = reinterpret_cast<__m512>(x * splat(1.44269504088896341f));
+  const vec n = reinterpret_cast<vec>(_mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  vec r = x - n * splat(0.693359375f);
+  r = r - n * splat(-2.12194440e-4f);
+  vec p = splat(1.0f / 720.0f);
+  p = p * r + splat(1.0f / 120.0f);
+  p = p * r + splat(1.0f / 24.0f);
+  p = p * r + splat(1.0f / 6.0f);
+  p = p * r + splat(0.5f);
+  p = p * r + splat(1.0f);
+  p = p * r + splat(1.0f);
+  return reinterpret_cast<vec>(_mm512_scalef_ps(reinterpret_cast<__m512>(p), reinterpret_cast<__m512>(n)));
+#else
+  return vexp(x);
+#endif
+}
+
+// 1 / (1 + exp(-y)), the argument clamped so that 1 + exp stays finite for vrecip.
+inline vec vsigmoid(vec y) {
+  const vec hi = splat(88.0f), lo = splat(-88.0f);
+  vec m = -y;
+  m = m > hi ? hi : m;
+  m = m < lo ? lo : m;
+  return vrecip(splat(1.0f) + vexp_sig(m));
+}
 
 inline float ssigmoid(float y) { return 1.0f / (1.0f + std::exp(-y)); }
 
