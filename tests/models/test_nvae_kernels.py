@@ -1,5 +1,6 @@
-"""The NVAE's CPU kernels (depthwise convolution, 3×3 convolution, batch norm + SiLU, a latent
-group's sample and KL) and the 1×1-as-linear layer against torch's own ops.
+"""The NVAE's CPU kernels (depthwise convolution, 3×3 convolution, batch norm + SiLU, the
+decoder cells' fused middle, a latent group's sample and KL) and the 1×1-as-linear layer against
+torch's own ops.
 
 Tolerance (fp32): outputs and every gradient agree with the reference to 1e-5 of the reference's
 largest element. For the convolution the reference is ``F.conv2d`` in float32 (the kernel adds
@@ -7,7 +8,8 @@ the same products in another order; observed 1e-7–1e-5); for batch norm it is 
 norm in float64, since the kernel (double accumulators) is closer to it than torch's float32
 path is (observed 1e-7–1e-6 against 1e-6–2e-5 for torch float32 on data with mean 5, std 3).
 For the latent group the reference is :mod:`acdctool.models.nvae_dist` in float64 (observed
-1e-7–4e-6), for the 3×3 convolution ``F.conv2d`` in float64 (observed 1e-7–4e-6).
+1e-7–4e-6), for the 3×3 convolution ``F.conv2d`` in float64 (observed 1e-7–4e-6), for the
+fused middle its three layers on torch's ops in float64 (observed 1e-7–5e-6).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from torch import nn
 
 from acdctool.models import nvae_kernels as kernels
 from acdctool.models.nvae import NVAE
-from acdctool.models.nvae_cells import BatchNormSiLU, Conv1x1, Conv3x3, DepthwiseConv
+from acdctool.models.nvae_cells import BatchNormSiLU, Conv1x1, Conv3x3, DecoderCell, DepthwiseConv, UpCell
 from acdctool.models.nvae_dist import Normal
 
 TOL = 1e-5
@@ -201,6 +203,120 @@ def test_bn_silu_registrations_pass_torch_opcheck(kernel: None) -> None:
     torch.library.opcheck(torch.ops.acdctool.bn_silu.default, (x, w, b, 1e-5))
 
 
+def _middle(channels: int, k: int, g: torch.Generator) -> nn.Sequential:
+    """BN-SiLU, depthwise K×K, BN-SiLU as a decoder cell lays them out, with trained-looking parameters."""
+    layers = nn.Sequential(
+        BatchNormSiLU(channels, momentum=0.2),
+        nn.Identity(),
+        DepthwiseConv(channels, k),
+        BatchNormSiLU(channels),
+        nn.Identity(),
+    ).train()
+    with torch.no_grad():
+        for bn in (layers[0], layers[3]):
+            bn.weight.uniform_(0.5, 1.5, generator=g)
+            bn.bias.uniform_(-0.5, 0.5, generator=g)
+            bn.running_var.uniform_(0.5, 2.0, generator=g)
+        layers[2].weight.normal_(generator=g)
+    return layers
+
+
+# one band and several (band height 512 KiB / (W·C·4 B)), K 5 and 3, a single row
+@pytest.mark.parametrize(
+    ("shape", "k"), [((3, 48, 16, 18), 5), ((1, 16, 600, 16), 5), ((2, 32, 7, 5), 3), ((2, 16, 1, 3), 5)]
+)
+def test_middle_kernel_matches_batch_norm_dwconv_batch_norm(kernel: None, shape: tuple[int, ...], k: int) -> None:
+    """Output, the gradients of the input and of all five parameters, and both batch norms'
+    running statistics of the fused op against the three layers in float64 on torch's ops."""
+    g = torch.Generator().manual_seed(shape[1] + shape[2])
+    fused = _middle(shape[1], k, g)
+    ref = _middle(shape[1], k, g).double()
+    ref.load_state_dict(fused.state_dict())
+    x = _cl(torch.randn(shape, generator=g) * 3 + 5)
+    grad = _cl(torch.randn(shape, generator=g))
+    assert kernels.middle_usable(x, fused[0], fused[2], fused[3])
+    xk, xr = x.clone().requires_grad_(), x.double().requires_grad_()
+    out = kernels.bn_silu_dwconv_bn_silu(xk, fused[0], fused[2], fused[3])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kernels._STATE, "ready", False)
+        ref_out = ref(xr)
+    grads = torch.autograd.grad(out, (xk, *fused.parameters()), grad)
+    ref_grads = torch.autograd.grad(ref_out, (xr, *ref.parameters()), grad.double())
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert _close(out, ref_out.float())
+    assert len(grads) == 6 and all(_close(a, b.float()) for a, b in zip(grads, ref_grads, strict=True))
+    for key, value in ref.state_dict().items():
+        assert _close(fused.state_dict()[key].float(), value.float()), key
+    assert int(fused[0].num_batches_tracked) == int(fused[3].num_batches_tracked) == 1
+
+
+def test_middle_registrations_pass_torch_opcheck(kernel: None) -> None:
+    x = _cl(torch.randn(2, 16, 5, 6)).requires_grad_()
+    params = [torch.rand(16) + 0.5, torch.rand(16), torch.randn(16, 1, 5, 5), torch.rand(16) + 0.5, torch.rand(16)]
+    params = [p.requires_grad_() for p in params]
+    torch.library.opcheck(torch.ops.acdctool.bn_silu_dwconv_bn_silu.default, (x, *params, 1e-5, 1e-3))
+
+
+def test_decoder_cells_use_the_middle_kernel_only_where_it_applies(
+    kernel: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training, channels_last, hidden channels a multiple of 16: the kernel (outputs as the
+    cell on torch's ops); evaluation, NCHW or 4·6 = 24 hidden channels: the layers one by one."""
+    calls: list[int] = []
+    real = kernels.bn_silu_dwconv_bn_silu
+
+    def counted(x: torch.Tensor, *layers: nn.Module) -> torch.Tensor:
+        calls.append(x.shape[1])
+        return real(x, *layers)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kernels, "bn_silu_dwconv_bn_silu", counted)
+    torch.manual_seed(0)
+    for cell in (DecoderCell(8), UpCell(16), DecoderCell(4)):
+        plain = type(cell)(cell.body[1].in_channels)
+        plain.load_state_dict(cell.state_dict())
+        x = _cl(torch.randn(2, cell.body[1].in_channels, 8, 8))
+        calls.clear()
+        out = cell.train()(x)
+        assert calls == ([] if cell.body[1].in_channels == 4 else [cell.body[1].out_channels])
+        with monkeypatch.context() as patch:
+            patch.setattr(kernels._STATE, "ready", False)
+            ref = plain.train()(x)
+        assert _close(out, ref)
+        calls.clear()
+        cell(x.contiguous()), cell.eval()(x)
+        assert calls == []
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_decoder_cell_keeps_the_middle_kernel_and_matches_eager(kernel: None, backend: str) -> None:
+    """fullgraph compile (no graph break) of a decoder cell on the fused op: outputs, gradients
+    and running statistics equal the eager cell's. (The first batch norm's shift gets a zero
+    gradient in exact arithmetic, the training-mode batch norm after the 1×1 convolution removes
+    it, so gradients are compared to 1e-5 of the largest gradient of the cell.)"""
+    torch.manual_seed(0)
+    eager = DecoderCell(8).train().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    with torch.no_grad():  # no statistic zero by construction (the initial shifts are)
+        for m in eager.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.bias.uniform_(-0.5, 0.5)
+    twin = DecoderCell(8).train().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    twin.load_state_dict(eager.state_dict())
+    compiled: Any = torch.compile(twin, backend=backend, fullgraph=True)
+    x = _cl(torch.randn(2, 8, 12, 10))
+    for _ in range(2):
+        results = []
+        for model in (eager, compiled):
+            xi = x.clone().requires_grad_()
+            out = model(xi)
+            results.append((out, torch.autograd.grad(out.square().sum(), (xi, *model.parameters()))))
+        (out_c, grads_c), (out_e, grads_e) = results
+        scale = max(float(g.abs().max()) for g in grads_e)
+        assert _close(out_c, out_e)
+        assert all(float((c - e).abs().max()) <= TOL * scale for c, e in zip(grads_c, grads_e, strict=True))
+    for key, value in eager.state_dict().items():
+        assert _close(twin.state_dict()[key].float(), value.float()), key
+
+
 def _latent_reference(
     prior: torch.Tensor | None, post: torch.Tensor, eps: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,6 +407,14 @@ def test_training_forward_on_the_kernels_matches_the_plain_model(kernel: None, m
         return real_conv(x, weight, bias)
 
     monkeypatch.setattr(kernels, "conv3x3", counted_conv)
+    middles: list[int] = []
+    real_middle = kernels.bn_silu_dwconv_bn_silu
+
+    def counted_middle(x: torch.Tensor, *layers: nn.Module) -> torch.Tensor:
+        middles.append(x.shape[1])
+        return real_middle(x, *layers)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kernels, "bn_silu_dwconv_bn_silu", counted_middle)
     torch.manual_seed(0)
     model = NVAE(**ARGS).train()
     fast = NVAE(**ARGS).train().to(memory_format=torch.channels_last)
@@ -310,6 +434,7 @@ def test_training_forward_on_the_kernels_matches_the_plain_model(kernel: None, m
     (ref, ref_grads), (got, grads) = outs
     assert calls == [True, False, False]  # every group of the channels_last pass, the top one without prior
     assert convs.count(32) == 4 and len(convs) > 4  # stem, pre-processing cell, head (32²), and more
+    assert middles == [96, 96, 96, 48, 48, 48]  # every decoder and up-sampling cell of the pass
     assert all(_close(a, b) for a, b in zip(got.z, ref.z, strict=True))
     assert all(_close(a, b) for a, b in zip(got.kl, ref.kl, strict=True))
     assert _close(got.logits, ref.logits)

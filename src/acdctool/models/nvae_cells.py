@@ -26,7 +26,9 @@ All tensors are ``(B, C, H, W)``; the cells work with either memory format. With
 input (the training step's) some layers take faster CPU paths with the same parameters, so the
 same ``state_dict``: :class:`Conv1x1` runs as a matrix product on the NHWC view, and
 :class:`Conv3x3`, :class:`DepthwiseConv` and :class:`BatchNormSiLU` on the CPU kernels of
-:mod:`acdctool.models.nvae_kernels` once they are loaded. A ``BatchNormSiLU`` is followed by an
+:mod:`acdctool.models.nvae_kernels` once they are loaded; the middle of the decoder and
+up-sampling cells (BN–Swish–depthwise–BN–Swish) then runs as one kernel that never stores its
+first activation. A ``BatchNormSiLU`` is followed by an
 ``nn.Identity`` where the ``nn.SiLU`` used to be, so every layer keeps its ``nn.Sequential`` index
 and ``state_dict`` key.
 """
@@ -143,6 +145,11 @@ class BatchNormSiLU(nn.BatchNorm2d):
         return F.silu(super().forward(x))
 
 
+_MIDDLE = (BatchNormSiLU, nn.Identity, DepthwiseConv, BatchNormSiLU, nn.Identity)
+"""The layers of an inverted residual that :func:`_run_body` runs as one kernel (bound here, at
+import, so that the layer classes swapped in tests do not change what is recognised)."""
+
+
 def _bn(channels: int, momentum: float) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, momentum=momentum)
 
@@ -234,6 +241,33 @@ class DownCell(nn.Module):
         return torch.add(self.skip(x), self.body(x), alpha=RESIDUAL_SCALE)
 
 
+def _is_middle(window: list[nn.Module]) -> bool:
+    """Whether ``window`` is ``BatchNormSiLU, Identity, DepthwiseConv, BatchNormSiLU, Identity``."""
+    if len(window) != len(_MIDDLE):
+        return False
+    for layer, kind in zip(window, _MIDDLE, strict=True):
+        if not isinstance(layer, kind):
+            return False
+    return True
+
+
+def _run_body(body: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``body(x)``, with each ``BatchNormSiLU, Identity, DepthwiseConv, BatchNormSiLU, Identity``
+    run as one CPU kernel where :func:`~acdctool.models.nvae_kernels.middle_usable` says so
+    (the middle of an inverted residual: its first activation is then never stored)."""
+    layers = list(body)
+    i = 0
+    while i < len(layers):
+        window = layers[i : i + len(_MIDDLE)]
+        if _is_middle(window) and nvae_kernels.middle_usable(x, window[0], window[2], window[3]):  # type: ignore[arg-type]
+            x = nvae_kernels.bn_silu_dwconv_bn_silu(x, window[0], window[2], window[3])  # type: ignore[arg-type]
+            i += len(_MIDDLE)
+        else:
+            x = layers[i](x)
+            i += 1
+    return x
+
+
 def _inverted_residual(cin: int, cout: int, expansion: int, bn_momentum: float) -> list[nn.Module]:
     hidden = expansion * cin
     return [
@@ -268,7 +302,7 @@ class DecoderCell(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.add(x, self.body(x), alpha=RESIDUAL_SCALE)
+        return torch.add(x, _run_body(self.body, x), alpha=RESIDUAL_SCALE)
 
 
 class UpCell(nn.Module):
@@ -300,4 +334,4 @@ class UpCell(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skip = F.interpolate(self.skip(x), scale_factor=2.0, mode="nearest")
-        return torch.add(skip, self.body(x), alpha=RESIDUAL_SCALE)
+        return torch.add(skip, _run_body(self.body, x), alpha=RESIDUAL_SCALE)

@@ -24,6 +24,16 @@ What (``nvae_kernels.cpp``; float32, NHWC, vectorised, threaded with torch's thr
   variance, so the caller updates the running statistics); ``acdctool::bn_silu_backward``
   recomputes the activation from ``x`` rather than storing it. Two passes over the data each
   way instead of about eight.
+- ``acdctool::bn_silu_dwconv_bn_silu(x, gamma_a, beta_a, weight, gamma_b, beta_b, eps_a,
+  eps_b)``: the middle of every decoder cell, ``silu(bn_b(dwconv(silu(bn_a(x)))))`` with both
+  batch norms in training mode, for a multiple of 16 channels (the hidden widths 48, 96, 192).
+  Its first activation is never stored: bands of rows of one sample are activated into a buffer
+  that stays in the core's cache and convolved from there, and the convolution's output rows
+  give ``bn_b``'s statistics as they are written; the backward
+  (``acdctool::bn_silu_dwconv_bn_silu_backward``) works band by band the same way. 14 passes
+  over the ``(B, H, W, C)`` data forward and backward instead of 22 with the three ops above:
+  on this 2-core CPU the step is memory-bound there (the hidden tensors, up to 6 MB, leave the
+  core's cache between layers).
 - ``acdctool::conv3x3(x, weight, bias)``: ``F.conv2d(x, weight, bias, padding=1)`` for 4 or 8
   output channels and a multiple of them in (the 4-channel cells at 128², the 8-channel ones at
   64², the 3-gram stem 12 → 4), where oneDNN's channels_last paths run 2–4× below the
@@ -46,11 +56,12 @@ source, torch, Python and the CPU's vector capability), and loads it into the pr
 processes load the cached library without compiling. Nothing builds on import: the trainer
 calls :func:`load` when a compiled CPU training step starts. The layers of
 :mod:`acdctool.models.nvae_cells` (:class:`~acdctool.models.nvae_cells.DepthwiseConv`,
-:class:`~acdctool.models.nvae_cells.Conv3x3`, :class:`~acdctool.models.nvae_cells.BatchNormSiLU`)
-then call the kernels where :func:`dwconv_usable`, :func:`conv3x3_usable` and
-:func:`bn_silu_usable` say so (CPU, float32, no autocast, channels_last input, training mode
-for batch norm) and torch's own ops everywhere else (CUDA, bf16, NCHW, batch norm in
-evaluation, before or without a successful :func:`load`); so does
+:class:`~acdctool.models.nvae_cells.Conv3x3`, :class:`~acdctool.models.nvae_cells.BatchNormSiLU`,
+and the decoder cells' middle) then call the kernels where :func:`dwconv_usable`,
+:func:`conv3x3_usable`, :func:`bn_silu_usable` and :func:`middle_usable` say so (CPU,
+float32, no autocast, channels_last input, training mode for batch norm) and torch's own ops
+everywhere else (CUDA, bf16, NCHW, batch norm in evaluation, before or without a successful
+:func:`load`); so does
 :class:`~acdctool.models.nvae.NVAE`'s training draw (:func:`latent_usable`). A failed build (no
 compiler, no ninja, a read-only cache) is returned by :func:`load` as one line, never raised.
 The loaded library is process-wide state, by nature of native code.
@@ -89,6 +100,8 @@ __all__ = [
     "depthwise_conv2d",
     "bn_silu_usable",
     "bn_silu",
+    "middle_usable",
+    "bn_silu_dwconv_bn_silu",
     "latent_usable",
     "latent_sample_kl",
     "CONV3X3_CHANNELS",
@@ -256,6 +269,28 @@ def _register() -> None:
 
     torch.library.register_autograd("acdctool::bn_silu", bn_backward, setup_context=bn_setup)
 
+    @torch.library.register_fake("acdctool::bn_silu_dwconv_bn_silu")
+    def _(x: torch.Tensor, *params: Any) -> tuple[torch.Tensor, ...]:
+        stats = [x.new_empty(x.shape[1]) for _ in range(6)]
+        return (torch.empty_like(x, memory_format=cl), torch.empty_like(x, memory_format=cl), *stats)
+
+    @torch.library.register_fake("acdctool::bn_silu_dwconv_bn_silu_backward")
+    def _(grad: torch.Tensor, x: torch.Tensor, h: torch.Tensor, *params: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        gamma_a, beta_a, weight, gamma_b, beta_b = params[:5]
+        like = (gamma_a, beta_a, weight, gamma_b, beta_b)
+        return (torch.empty_like(x, memory_format=cl), *(torch.empty_like(t) for t in like))
+
+    def middle_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+        x, gamma_a, beta_a, weight, gamma_b, beta_b, _, _ = inputs
+        _, h, mean_a, invstd_a, _, mean_b, invstd_b, _ = output
+        ctx.save_for_backward(x, h, gamma_a, beta_a, weight, gamma_b, beta_b, mean_a, invstd_a, mean_b, invstd_b)
+
+    def middle_backward(ctx: Any, grad: torch.Tensor, *_: Any) -> tuple[Any, ...]:
+        grads = torch.ops.acdctool.bn_silu_dwconv_bn_silu_backward(grad, *ctx.saved_tensors)
+        return (*grads, None, None)
+
+    torch.library.register_autograd("acdctool::bn_silu_dwconv_bn_silu", middle_backward, setup_context=middle_setup)
+
     @torch.library.register_fake("acdctool::conv3x3")
     def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3])).contiguous(memory_format=cl)
@@ -396,14 +431,45 @@ def bn_silu(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
         ``x (B, C, H, W)``; returns ``(B, C, H, W)`` in channels_last memory.
     """
     out, mean, _, var = torch.ops.acdctool.bn_silu(x, bn.weight, bn.bias, bn.eps)
+    _update_running_stats(bn, mean, var, x.numel() // x.shape[1])
+    return out
+
+
+def _update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+    """What ``nn.BatchNorm2d`` does to its running statistics in training, from the batch mean
+    and biased variance of ``n`` values per channel."""
     if bn.track_running_stats:
         assert bn.running_mean is not None and bn.running_var is not None and bn.num_batches_tracked is not None
-        n = x.numel() // x.shape[1]
         m = float(bn.momentum)  # type: ignore[arg-type]  # checked by bn_silu_usable
         with torch.no_grad():
             bn.num_batches_tracked.add_(1)
             bn.running_mean.copy_(m * mean + (1 - m) * bn.running_mean)
             bn.running_var.copy_(m * var * (n / (n - 1)) + (1 - m) * bn.running_var)
+
+
+def middle_usable(x: torch.Tensor, bn_a: nn.BatchNorm2d, conv: nn.Conv2d, bn_b: nn.BatchNorm2d) -> bool:
+    """Whether ``silu(bn_b(conv(silu(bn_a(x)))))`` may run as one kernel: each part usable on
+    its own (:func:`bn_silu_usable`, :func:`dwconv_usable`) and a multiple of 16 channels."""
+    return bn_silu_usable(x, bn_a) and dwconv_usable(x, conv) and bn_silu_usable(x, bn_b) and x.shape[1] % 16 == 0
+
+
+def bn_silu_dwconv_bn_silu(
+    x: torch.Tensor, bn_a: nn.BatchNorm2d, conv: nn.Conv2d, bn_b: nn.BatchNorm2d
+) -> torch.Tensor:
+    """``silu(bn_b(conv(silu(bn_a(x)))))`` for a depthwise ``conv`` and two training-mode batch
+    norms (the middle of a decoder cell) on one kernel that never stores the first activation,
+    updating both batch norms' running statistics as ``nn.BatchNorm2d`` does (needs
+    :func:`load`; check :func:`middle_usable` first).
+
+    Shapes:
+        ``x (B, C, H, W)`` with ``C`` a multiple of 16; returns ``(B, C, H, W)`` channels_last.
+    """
+    out, _, mean_a, _, var_a, mean_b, _, var_b = torch.ops.acdctool.bn_silu_dwconv_bn_silu(
+        x, bn_a.weight, bn_a.bias, conv.weight, bn_b.weight, bn_b.bias, bn_a.eps, bn_b.eps
+    )
+    n = x.numel() // x.shape[1]
+    _update_running_stats(bn_a, mean_a, var_a, n)
+    _update_running_stats(bn_b, mean_b, var_b, n)
     return out
 
 
