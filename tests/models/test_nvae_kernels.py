@@ -94,10 +94,24 @@ def test_depthwise_layer_uses_the_kernel_only_where_it_applies(kernel: None) -> 
 
 
 # output channels 4 and 8, inputs one or several groups of them (the 3-gram stem: 12 -> 4);
-# sides with one and several 16-lane vectors a row, a single row
+# sides with one and several 16-lane vectors a row, a single row; the wide kernels: the latent
+# heads (8/16/32 -> 40, a half-used last vector), the encoder cells (16, 32), 24, 48, bands of rows
+# that do not divide the height
 @pytest.mark.parametrize(
     ("cin", "cout", "height", "width", "bias"),
-    [(4, 4, 9, 12, True), (4, 4, 1, 4, False), (8, 8, 6, 10, True), (12, 4, 5, 8, True), (16, 8, 3, 4, False)],
+    [
+        (4, 4, 9, 12, True),
+        (4, 4, 1, 4, False),
+        (8, 8, 6, 10, True),
+        (12, 4, 5, 8, True),
+        (16, 8, 3, 4, False),
+        (8, 40, 5, 32, True),
+        (32, 40, 17, 16, True),
+        (16, 16, 3, 16, False),
+        (16, 32, 9, 32, True),
+        (24, 24, 2, 16, True),
+        (8, 48, 1, 48, False),
+    ],
 )
 def test_conv3x3_matches_conv2d_forward_and_gradients(
     kernel: None, cin: int, cout: int, height: int, width: int, bias: bool
@@ -124,6 +138,10 @@ def test_conv3x3_registrations_pass_torch_opcheck(kernel: None) -> None:
     w, b = torch.randn(4, 4, 3, 3, requires_grad=True), torch.randn(4, requires_grad=True)
     torch.library.opcheck(torch.ops.acdctool.conv3x3.default, (x, w, b))
     torch.library.opcheck(torch.ops.acdctool.conv3x3.default, (x, w, None))
+    x = _cl(torch.randn(2, 8, 3, 16)).requires_grad_()
+    w, b = torch.randn(40, 8, 3, 3, requires_grad=True), torch.randn(40, requires_grad=True)
+    torch.library.opcheck(torch.ops.acdctool.conv3x3.default, (x, w, b))
+    torch.library.opcheck(torch.ops.acdctool.conv3x3.default, (x, w[:16], None))
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
@@ -153,7 +171,10 @@ def test_conv3x3_layer_uses_the_kernel_only_where_it_applies(kernel: None) -> No
     assert not kernels.conv3x3_usable(_cl(torch.randn(2, 4, 6, 6)), conv)  # a row of 24 floats
     assert kernels.conv3x3_usable(_cl(torch.randn(2, 12, 6, 8)), Conv3x3(12, 4))  # the 3-gram stem
     assert not kernels.conv3x3_usable(_cl(torch.randn(2, 6, 6, 8)), Conv3x3(6, 4))  # not groups of 4
-    assert not kernels.conv3x3_usable(_cl(torch.randn(2, 8, 6, 8)), Conv3x3(8, 16))  # oneDNN's own width
+    assert kernels.conv3x3_usable(_cl(torch.randn(2, 8, 6, 16)), Conv3x3(8, 40))  # a latent head
+    assert not kernels.conv3x3_usable(_cl(torch.randn(2, 8, 6, 8)), Conv3x3(8, 40))  # a row under 16 pixels
+    assert not kernels.conv3x3_usable(_cl(torch.randn(2, 12, 6, 16)), Conv3x3(12, 16))  # not groups of 8
+    assert not kernels.conv3x3_usable(_cl(torch.randn(2, 8, 6, 16)), Conv3x3(8, 64))  # oneDNN's own width
     assert not kernels.conv3x3_usable(x, nn.Conv2d(4, 4, 3, padding=1, stride=2))
     ref = F.conv2d(x, conv.weight, conv.bias, padding=1)
     assert _close(conv(x), ref) and torch.equal(conv(x.contiguous()), ref)
