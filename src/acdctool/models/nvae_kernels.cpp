@@ -49,7 +49,9 @@
 //    rows of one sample copied with zero padding: the output channels lie along the vectors (the
 //    last one half used for C = 40), each input value is broadcast once for all of them.
 //      forward      C > 16: 8 pixels x C channels of accumulators (oneDNN's for C = 16, faster)
-//      grad input   oneDNN's (as fast as these kernels at these shapes)
+//      grad input   into 8 channels (the 64² head): the convolution of grad with the kernel flipped
+//                   and transposed, lane 2 c + k summing the input channels k mod 2 of output c,
+//                   so a pair of input channels is one 64-bit broadcast; else oneDNN's (as fast)
 //      grad weight  8 input channels of one tap x C of accumulators per band, summed in double
 //
 // 5. The middle of a decoder cell, out = silu(bn_b(h)), h = dwconv(silu(bn_a(x))), C a multiple
@@ -1378,6 +1380,66 @@ void wide_grad_weight(const float* x, const float* dy, double* g, int64_t H, int
   }
 }
 
+typedef double dvec __attribute__((vector_size(V * 4)));
+
+// The two floats at p repeated over the lanes (one 64-bit broadcast load, no shuffle).
+inline vec pair_broadcast(const float* p) {
+  double d;
+  std::memcpy(&d, p, sizeof d);
+  return reinterpret_cast<vec>(d - dvec{});
+}
+
+// y = conv3x3(x) for 8 output channels and an even number Ci of input channels (the grad input
+// of the heads 8 -> C at 64²): lane 2 * c + k of the accumulators sums the input channels
+// ci = k mod 2 of output channel c, with the weights packed as wp[tap][ci / 2][2 * c + k], so each
+// pair of input channels is one broadcast load and one fused multiply-add; the two lanes of
+// every channel are added at the end. P pixels of a row at a time (W a multiple of P).
+template <int P>
+void pair_forward(const float* x, const float* wp, float* y, int64_t B, int64_t H, int64_t W, int64_t Ci) {
+  constexpr int C = 8;
+  const int64_t n = (W + 2) * Ci, R = band_rows(W), bands = (H + R - 1) / R;
+  at::parallel_for(0, B * bands, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> buf((R + 2) * n);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / bands, h0 = t % bands * R, rows = std::min(R, H - h0);
+      padded_band(x, buf.data(), b, h0, rows, H, W, Ci);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* yr = y + (b * H + h0 + r) * W * C;
+        for (int64_t w = 0; w < W; w += P) {
+          vec acc[P] = {};
+          for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j) {
+              const float* xs = buf.data() + (r + i) * n + (w + j) * Ci;
+              const float* ws = wp + (i * 3 + j) * Ci * C;
+              for (int64_t ci = 0; ci < Ci; ci += 2) {
+                const vec wv = load(ws + ci * C);
+#pragma GCC unroll 16
+                for (int p = 0; p < P; ++p) acc[p] += pair_broadcast(xs + p * Ci + ci) * wv;
+              }
+            }
+          for (int p = 0; p < P; ++p) {
+            const vec a = acc[p] + __builtin_shufflevector(acc[p], acc[p], 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13,
+                                                           12, 15, 14);
+            store_low(yr + (w + p) * C,
+                      __builtin_shufflevector(a, a, 0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8, 10, 12, 14));
+          }
+        }
+      }
+    }
+  });
+}
+
+// pair_forward of x with weight (8, Ci, 3, 3), Ci even, W a multiple of 16.
+at::Tensor pair_run(const at::Tensor& input, const at::Tensor& weight) {
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  const at::Tensor x = input.contiguous(cl);
+  const int64_t B = x.size(0), Ci = x.size(1), H = x.size(2), W = x.size(3);
+  const at::Tensor wp = weight.reshape({8, Ci / 2, 2, 9}).permute({3, 1, 0, 2}).contiguous();
+  at::Tensor y = at::empty({B, 8, H, W}, x.options().memory_format(cl));
+  pair_forward<16>(x.const_data_ptr<float>(), wp.const_data_ptr<float>(), y.mutable_data_ptr<float>(), B, H, W, Ci);
+  return y;
+}
+
 at::Tensor wide_run(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias) {
   const auto cl = at::MemoryFormat::ChannelsLast;
   const at::Tensor x = input.contiguous(cl);
@@ -1426,6 +1488,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward(const at::Tensor
   if (output_mask[0]) {
     if (M == 1 && (C == 4 || C == 8)) {  // the convolution of grad with the kernel flipped and transposed
       grad_input = conv_run(grad, weight.flip({2, 3}).transpose(0, 1), nullptr);
+    } else if (!(C == 4 || C == 8) && input.size(1) == 8) {  // a wide one into 8 channels: the same, by pairs
+      grad_input = pair_run(grad, weight.flip({2, 3}).transpose(0, 1));
     } else {  // more channels out than the kernel's C, or a wide one: oneDNN (as fast as ours here)
       const auto cl = at::MemoryFormat::ChannelsLast;
       grad_input = std::get<0>(at::convolution_backward(grad.contiguous(cl), input.contiguous(cl), weight,
