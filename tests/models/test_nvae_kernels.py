@@ -94,7 +94,8 @@ def test_depthwise_layer_uses_the_kernel_only_where_it_applies(kernel: None) -> 
 
 
 # output channels 4 and 8, inputs one or several groups of them (the 3-gram stem: 12 -> 4);
-# sides with one and several 16-lane vectors a row, a single row; the wide kernels: the latent
+# sides with one and several 16-lane vectors a row, a single row, rows of whole vectors (the
+# grouped-broadcast kernels, 4 and 8 channels out, run-time and fixed input widths); the wide kernels: the latent
 # heads (8/16/32 -> 40, a half-used last vector), the encoder cells (16, 32), 24, 48, bands of rows
 # that do not divide the height
 @pytest.mark.parametrize(
@@ -105,6 +106,10 @@ def test_depthwise_layer_uses_the_kernel_only_where_it_applies(kernel: None) -> 
         (8, 8, 6, 10, True),
         (12, 4, 5, 8, True),
         (16, 8, 3, 4, False),
+        (4, 4, 3, 16, True),
+        (12, 4, 2, 32, True),
+        (8, 8, 5, 16, False),
+        (16, 8, 3, 32, True),
         (8, 40, 5, 32, True),
         (32, 40, 17, 16, True),
         (16, 16, 3, 16, False),
