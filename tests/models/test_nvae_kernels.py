@@ -143,6 +143,8 @@ def test_conv3x3_registrations_pass_torch_opcheck(kernel: None) -> None:
     w, b = torch.randn(4, 4, 3, 3, requires_grad=True), torch.randn(4, requires_grad=True)
     torch.library.opcheck(torch.ops.acdctool.conv3x3.default, (x, w, b))
     torch.library.opcheck(torch.ops.acdctool.conv3x3.default, (x, w, None))
+    x = _cl(torch.randn(2, 4, 3, 16)).requires_grad_()  # rows of whole vectors: the grouped broadcasts
+    torch.library.opcheck(torch.ops.acdctool.conv3x3.default, (x, w, b))
     x = _cl(torch.randn(2, 8, 3, 16)).requires_grad_()
     w, b = torch.randn(40, 8, 3, 3, requires_grad=True), torch.randn(40, requires_grad=True)
     torch.library.opcheck(torch.ops.acdctool.conv3x3.default, (x, w, b))

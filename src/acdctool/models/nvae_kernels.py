@@ -37,11 +37,14 @@ What (``nvae_kernels.cpp``; float32, NHWC, vectorised, threaded with torch's thr
 - ``acdctool::conv3x3(x, weight, bias)``: ``F.conv2d(x, weight, bias, padding=1)`` for 4 or 8
   output channels and a multiple of them in (the 4-channel cells at 128², the 8-channel ones at
   64², the 3-gram stem 12 → 4), where oneDNN's channels_last paths run 2–4× below the
-  arithmetic; ``acdctool::conv3x3_backward`` gives the gradients asked for. The same ops take
-  16 to 48 output channels and a multiple of 8 in (the latent groups' prior and posterior heads,
-  8/16/32 → 40 channels, and the encoder cells at 32² and 16²) on register-blocked kernels: the
-  heads' forward and every grad weight 10–30% faster than oneDNN's (its grad input and 16-channel
-  forward are kept).
+  arithmetic; ``acdctool::conv3x3_backward`` gives the gradients asked for. On rows of a
+  multiple of 16 pixels (the model's) a group of 16/C input channels is one broadcast load and
+  one fused multiply-add (1.2–3× faster than the permute kernel used for other widths). The
+  same ops take 16 to 48 output channels and a multiple of 8 in (the latent groups' prior and
+  posterior heads, 8/16/32 → 40 channels, and the encoder cells at 32² and 16²) on
+  register-blocked kernels: the heads' forward, every grad weight and the grad input into 8
+  channels (the 64² head) 10–40% faster than oneDNN's (its other grad inputs and 16-channel
+  forward, as fast as ours, are kept).
 - ``acdctool::latent_sample_kl(prior, post, eps)``: from the raw ``(B, 2Z, h, w)`` outputs of a
   group's prior head (None for the top group's ``N(0, I)``) and posterior head, and the noise
   ``eps``, the draw ``z`` and the per-sample KL ``(B,)`` of
