@@ -151,16 +151,26 @@ def test_conv3x3_registrations_pass_torch_opcheck(kernel: None) -> None:
     torch.library.opcheck(torch.ops.acdctool.conv3x3.default, (x, w[:16], None))
 
 
+# the permute kernel (rows under whole vectors), the grouped broadcasts (4 and 8 channels, rows
+# of 16), the wide kernels (32 channels; 8 -> 40 -> 8 with the grad input into 8 channels)
+@pytest.mark.parametrize(("c", "hidden", "width"), [(4, 4, 8), (4, 4, 16), (8, 8, 16), (32, 32, 16), (8, 40, 16)])
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
-def test_compiled_conv3x3_keeps_the_kernel_and_matches_eager(kernel: None, backend: str) -> None:
+def test_compiled_conv3x3_keeps_the_kernel_and_matches_eager(
+    kernel: None, backend: str, c: int, hidden: int, width: int
+) -> None:
+    torch._dynamo.reset()  # every case compiles nn.Sequential.forward anew: no recompile limit across cases
     torch.manual_seed(0)
-    eager = nn.Sequential(Conv3x3(4, 4), BatchNormSiLU(4), Conv3x3(4, 4, bias=False)).train()
-    eager = eager.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    twin = nn.Sequential(Conv3x3(4, 4), BatchNormSiLU(4), Conv3x3(4, 4, bias=False)).train()
-    twin = twin.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+    def layers() -> nn.Module:
+        return nn.Sequential(Conv3x3(c, hidden), BatchNormSiLU(hidden), Conv3x3(hidden, c, bias=False)).train()
+
+    eager = layers().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    twin = layers().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    assert kernels.conv3x3_usable(_cl(torch.randn(2, c, 6, width)), eager[0])
+    assert kernels.conv3x3_usable(_cl(torch.randn(2, hidden, 6, width)), eager[2])
     twin.load_state_dict(eager.state_dict())
     compiled: Any = torch.compile(twin, backend=backend, fullgraph=True)
-    x = _cl(torch.randn(2, 4, 6, 8))
+    x = _cl(torch.randn(2, c, 6, width))
     results = []
     for model in (eager, compiled):
         xi = x.clone().requires_grad_()
