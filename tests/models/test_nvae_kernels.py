@@ -94,10 +94,29 @@ def test_depthwise_layer_uses_the_kernel_only_where_it_applies(kernel: None) -> 
 
 
 # output channels 4 and 8, inputs one or several groups of them (the 3-gram stem: 12 -> 4);
-# sides with one and several 16-lane vectors a row, a single row
+# sides with one and several 16-lane vectors a row, a single row, rows of whole vectors (the
+# grouped-broadcast kernels, 4 and 8 channels out, run-time and fixed input widths); the wide kernels: the latent
+# heads (8/16/32 -> 40, a half-used last vector), the encoder cells (16, 32), 24, 48, bands of rows
+# that do not divide the height
 @pytest.mark.parametrize(
     ("cin", "cout", "height", "width", "bias"),
-    [(4, 4, 9, 12, True), (4, 4, 1, 4, False), (8, 8, 6, 10, True), (12, 4, 5, 8, True), (16, 8, 3, 4, False)],
+    [
+        (4, 4, 9, 12, True),
+        (4, 4, 1, 4, False),
+        (8, 8, 6, 10, True),
+        (12, 4, 5, 8, True),
+        (16, 8, 3, 4, False),
+        (4, 4, 3, 16, True),
+        (12, 4, 2, 32, True),
+        (8, 8, 5, 16, False),
+        (16, 8, 3, 32, True),
+        (8, 40, 5, 32, True),
+        (32, 40, 17, 16, True),
+        (16, 16, 3, 16, False),
+        (16, 32, 9, 32, True),
+        (24, 24, 2, 16, True),
+        (8, 48, 1, 48, False),
+    ],
 )
 def test_conv3x3_matches_conv2d_forward_and_gradients(
     kernel: None, cin: int, cout: int, height: int, width: int, bias: bool
@@ -124,18 +143,34 @@ def test_conv3x3_registrations_pass_torch_opcheck(kernel: None) -> None:
     w, b = torch.randn(4, 4, 3, 3, requires_grad=True), torch.randn(4, requires_grad=True)
     torch.library.opcheck(torch.ops.acdctool.conv3x3.default, (x, w, b))
     torch.library.opcheck(torch.ops.acdctool.conv3x3.default, (x, w, None))
+    x = _cl(torch.randn(2, 4, 3, 16)).requires_grad_()  # rows of whole vectors: the grouped broadcasts
+    torch.library.opcheck(torch.ops.acdctool.conv3x3.default, (x, w, b))
+    x = _cl(torch.randn(2, 8, 3, 16)).requires_grad_()
+    w, b = torch.randn(40, 8, 3, 3, requires_grad=True), torch.randn(40, requires_grad=True)
+    torch.library.opcheck(torch.ops.acdctool.conv3x3.default, (x, w, b))
+    torch.library.opcheck(torch.ops.acdctool.conv3x3.default, (x, w[:16], None))
 
 
+# the permute kernel (rows under whole vectors), the grouped broadcasts (4 and 8 channels, rows
+# of 16), the wide kernels (32 channels; 8 -> 40 -> 8 with the grad input into 8 channels)
+@pytest.mark.parametrize(("c", "hidden", "width"), [(4, 4, 8), (4, 4, 16), (8, 8, 16), (32, 32, 16), (8, 40, 16)])
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
-def test_compiled_conv3x3_keeps_the_kernel_and_matches_eager(kernel: None, backend: str) -> None:
+def test_compiled_conv3x3_keeps_the_kernel_and_matches_eager(
+    kernel: None, backend: str, c: int, hidden: int, width: int
+) -> None:
+    torch._dynamo.reset()  # every case compiles nn.Sequential.forward anew: no recompile limit across cases
     torch.manual_seed(0)
-    eager = nn.Sequential(Conv3x3(4, 4), BatchNormSiLU(4), Conv3x3(4, 4, bias=False)).train()
-    eager = eager.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    twin = nn.Sequential(Conv3x3(4, 4), BatchNormSiLU(4), Conv3x3(4, 4, bias=False)).train()
-    twin = twin.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+    def layers() -> nn.Module:
+        return nn.Sequential(Conv3x3(c, hidden), BatchNormSiLU(hidden), Conv3x3(hidden, c, bias=False)).train()
+
+    eager = layers().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    twin = layers().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    assert kernels.conv3x3_usable(_cl(torch.randn(2, c, 6, width)), eager[0])
+    assert kernels.conv3x3_usable(_cl(torch.randn(2, hidden, 6, width)), eager[2])
     twin.load_state_dict(eager.state_dict())
     compiled: Any = torch.compile(twin, backend=backend, fullgraph=True)
-    x = _cl(torch.randn(2, 4, 6, 8))
+    x = _cl(torch.randn(2, c, 6, width))
     results = []
     for model in (eager, compiled):
         xi = x.clone().requires_grad_()
@@ -153,7 +188,10 @@ def test_conv3x3_layer_uses_the_kernel_only_where_it_applies(kernel: None) -> No
     assert not kernels.conv3x3_usable(_cl(torch.randn(2, 4, 6, 6)), conv)  # a row of 24 floats
     assert kernels.conv3x3_usable(_cl(torch.randn(2, 12, 6, 8)), Conv3x3(12, 4))  # the 3-gram stem
     assert not kernels.conv3x3_usable(_cl(torch.randn(2, 6, 6, 8)), Conv3x3(6, 4))  # not groups of 4
-    assert not kernels.conv3x3_usable(_cl(torch.randn(2, 8, 6, 8)), Conv3x3(8, 16))  # oneDNN's own width
+    assert kernels.conv3x3_usable(_cl(torch.randn(2, 8, 6, 16)), Conv3x3(8, 40))  # a latent head
+    assert not kernels.conv3x3_usable(_cl(torch.randn(2, 8, 6, 8)), Conv3x3(8, 40))  # a row under 16 pixels
+    assert not kernels.conv3x3_usable(_cl(torch.randn(2, 12, 6, 16)), Conv3x3(12, 16))  # not groups of 8
+    assert not kernels.conv3x3_usable(_cl(torch.randn(2, 8, 6, 16)), Conv3x3(8, 64))  # oneDNN's own width
     assert not kernels.conv3x3_usable(x, nn.Conv2d(4, 4, 3, padding=1, stride=2))
     ref = F.conv2d(x, conv.weight, conv.bias, padding=1)
     assert _close(conv(x), ref) and torch.equal(conv(x.contiguous()), ref)

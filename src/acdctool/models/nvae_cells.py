@@ -90,8 +90,8 @@ class Conv3x3(nn.Conv2d):
     """A 3×3 convolution, stride 1, padding 1 (an ``nn.Conv2d``: same parameters, initialisation
     and ``state_dict`` keys), on the CPU kernel of :mod:`acdctool.models.nvae_kernels` where it
     applies (:func:`~acdctool.models.nvae_kernels.conv3x3_usable`: 4 or 8 output channels and a
-    multiple of them in, where oneDNN's channels_last paths are up to 4× slower), else
-    ``nn.Conv2d``'s own forward.
+    multiple of them in, where oneDNN's channels_last paths are up to 4× slower, or 16 to 48 and
+    a multiple of 8 in, the latent heads and the encoder cells), else ``nn.Conv2d``'s own forward.
 
     Example:
         >>> Conv3x3(4, 8, bias=False).weight.shape

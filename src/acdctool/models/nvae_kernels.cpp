@@ -44,6 +44,19 @@
 //      grad input   dx          = the forward of dy with the kernel flipped and transposed
 //                                 (M = 1; oneDNN's for M > 1)
 //      grad weight  gw, gb      = lane partial sums of dy * permute(x), reduced in double
+//    Rows of a multiple of V pixels (the model's) take group_forward instead, for the forward
+//    and the grad input: lane K c + k (K = V / C) sums the input channels k mod K of output
+//    channel c, so K input channels are one broadcast load and one fused multiply-add, without
+//    the permutes (1.2-3x faster at 128² and 64², the 3-gram stem the most).
+//    Wide kernels for C = 16 to 48 output channels (a multiple of 8) and a multiple of 8 in (the
+//    latent groups' heads 8/16/32 -> 40 and the encoder cells' 16 -> 16, 32 -> 32), on bands of
+//    rows of one sample copied with zero padding: the output channels lie along the vectors (the
+//    last one half used for C = 40), each input value is broadcast once for all of them.
+//      forward      C > 16: 8 pixels x C channels of accumulators (oneDNN's for C = 16, faster)
+//      grad input   into 8 channels (the 64² head): the convolution of grad with the kernel flipped
+//                   and transposed, lane 2 c + k summing the input channels k mod 2 of output c,
+//                   so a pair of input channels is one 64-bit broadcast; else oneDNN's (as fast)
+//      grad weight  8 input channels of one tap x C of accumulators per band, summed in double
 //
 // 5. The middle of a decoder cell, out = silu(bn_b(h)), h = dwconv(silu(bn_a(x))), C a multiple
 //    of V, processed in bands of rows of one sample whose activation buffer stays in the core's
@@ -53,6 +66,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstring>
@@ -69,8 +83,16 @@ constexpr int V = 16;  // floats per vector block
 typedef float vec __attribute__((vector_size(V * 4)));
 typedef float vecu __attribute__((vector_size(V * 4), aligned(4)));  // unaligned access
 
+typedef float halfu __attribute__((vector_size(V * 2), aligned(4)));  // half a vector, unaligned
+
 inline vec load(const float* p) { return *reinterpret_cast<const vecu*>(p); }
 inline void store(float* p, vec v) { *reinterpret_cast<vecu*>(p) = v; }
+inline void store_low(float* p, vec v) {  // the first V / 2 lanes
+  *reinterpret_cast<halfu*>(p) = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+}
+// s in every lane for the inner loops: x - (+0) is x for every x, so the subtraction folds away
+// into a single broadcast (0 + x is -0's exception, so splat's vec{} + x costs one more add)
+inline vec broadcast(float s) { return s - vec{}; }
 
 // First and one-past-last kernel row i whose input row h + i - P lies inside [0, H).
 template <int K>
@@ -1211,17 +1233,30 @@ void conv_grad_weight(const float* x, const float* dy, vec* gw, vec* gb, int64_t
   }
 }
 
-void check_conv_args(const at::Tensor& x, const at::Tensor& weight) {
-  const int64_t C = weight.dim() == 4 ? weight.size(0) : 0;
-  TORCH_CHECK(weight.device().is_cpu() && weight.scalar_type() == at::kFloat && weight.dim() == 4 &&
-                  (C == 4 || C == 8) && weight.size(1) % C == 0 && weight.size(2) == 3 && weight.size(3) == 3,
-              "acdctool::conv3x3: weight must be (C, M * C, 3, 3) float32 on the CPU with C 4 or 8");
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 4 && x.size(1) == weight.size(1) &&
-                  x.size(3) * C % V == 0,
-              "acdctool::conv3x3: x must be a (B, M * C, H, W) float32 CPU tensor with W * C a multiple of 16");
+// The wide kernels' shapes: 16 to 48 output channels and input channels in multiples of 8, rows
+// a multiple of V pixels (the heads of the latent groups, 8/16/32 -> 40, and the encoder cells).
+bool conv_wide(int64_t C, int64_t Cin, int64_t W) {
+  return C % 8 == 0 && C >= 16 && C <= 48 && Cin % 8 == 0 && W % V == 0;
 }
 
+void check_conv_args(const at::Tensor& x, const at::Tensor& weight) {
+  const int64_t C = weight.dim() == 4 ? weight.size(0) : 0;
+  const bool narrow = C == 4 || C == 8;
+  TORCH_CHECK(weight.device().is_cpu() && weight.scalar_type() == at::kFloat && weight.dim() == 4 && C > 0 &&
+                  (narrow || C % 8 == 0) && weight.size(1) % (narrow ? C : 8) == 0 && weight.size(2) == 3 &&
+                  weight.size(3) == 3,
+              "acdctool::conv3x3: weight must be (C, M * C, 3, 3) float32 on the CPU with C 4 or 8, or (C, 8 * M, "
+              "3, 3) with C 16 to 48, a multiple of 8");
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 4 && x.size(1) == weight.size(1) &&
+                  (narrow ? x.size(3) * C % V == 0 : conv_wide(C, x.size(1), x.size(3))),
+              "acdctool::conv3x3: x must be a (B, Cin, H, W) float32 CPU tensor with W * C a multiple of 16 (C 4 or "
+              "8) or W a multiple of 16 (C 16 to 48)");
+}
+
+// (below: the grouped-broadcast kernel, for rows of whole vectors)
+at::Tensor group_run(const at::Tensor& input, const at::Tensor& weight, const float* bias);
 at::Tensor conv_run(const at::Tensor& input, const at::Tensor& weight, const float* bias) {
+  if (input.size(3) % V == 0) return group_run(input, weight.contiguous(), bias);  // rows of whole vectors
   const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast), w = weight.contiguous();
   const int64_t B = x.size(0), H = x.size(2), W = x.size(3), C = w.size(0), M = w.size(1) / C;
   at::Tensor y = at::empty({B, C, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
@@ -1234,6 +1269,246 @@ at::Tensor conv_run(const at::Tensor& input, const at::Tensor& weight, const flo
   return y;
 }
 
+// Rows [h0 - 1, h0 + R + 1) of sample b (Ci channels), each with a zero pixel at either end,
+// zero rows outside the image, into buf ((R + 2) rows of (W + 2) * Ci floats).
+void padded_band(const float* x, float* buf, int64_t b, int64_t h0, int64_t R, int64_t H, int64_t W, int64_t Ci) {
+  const int64_t n = (W + 2) * Ci;
+  for (int64_t r = 0; r < R + 2; ++r) {
+    float* dst = buf + r * n;
+    const int64_t hh = h0 + r - 1;
+    if (hh < 0 || hh >= H) {
+      std::memset(dst, 0, n * sizeof(float));
+      continue;
+    }
+    std::memset(dst, 0, Ci * sizeof(float));
+    std::memcpy(dst + Ci, x + (b * H + hh) * W * Ci, W * Ci * sizeof(float));
+    std::memset(dst + (W + 1) * Ci, 0, Ci * sizeof(float));
+  }
+}
+
+// Rows a band of the wide kernels holds: about 256 pixels, so that the band stays in the cache.
+int64_t band_rows(int64_t W) { return std::max<int64_t>(1, 256 / W); }
+
+// Wide forward: y = conv3x3(x) + bias with C = 16 to 48 output channels held in NV vectors (the
+// last one half used for C = 40), P pixels of a row at a time: P * NV accumulators, and each
+// input value is broadcast once for NV fused multiply-adds with the packed weights
+// wp[tap][ci][NV * V] (zero past C).
+template <int NV, int P>
+void wide_forward(const float* x, const float* wp, const float* bias, float* y, int64_t B, int64_t H, int64_t W,
+                  int64_t Ci, int64_t C) {
+  constexpr int L = NV * V;
+  vec bv[NV];
+  for (int v = 0; v < NV; ++v)
+    for (int l = 0; l < V; ++l) bv[v][l] = bias && v * V + l < C ? bias[v * V + l] : 0.f;
+  const int64_t n = (W + 2) * Ci, R = band_rows(W), bands = (H + R - 1) / R;
+  const bool full = C % V == 0;
+  at::parallel_for(0, B * bands, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> buf((R + 2) * n);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / bands, h0 = t % bands * R, rows = std::min(R, H - h0);
+      padded_band(x, buf.data(), b, h0, rows, H, W, Ci);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* yr = y + (b * H + h0 + r) * W * C;
+        for (int64_t w = 0; w < W; w += P) {
+          vec acc[P][NV];
+          for (int p = 0; p < P; ++p)
+            for (int v = 0; v < NV; ++v) acc[p][v] = bv[v];
+          for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j) {
+              const float* xs = buf.data() + (r + i) * n + (w + j) * Ci;
+              const float* ws = wp + (i * 3 + j) * Ci * L;
+              for (int64_t ci = 0; ci < Ci; ++ci) {
+                vec wv[NV];
+                for (int v = 0; v < NV; ++v) wv[v] = load(ws + ci * L + v * V);
+#pragma GCC unroll 16
+                for (int p = 0; p < P; ++p) {
+                  const vec xb = broadcast(xs[p * Ci + ci]);
+                  for (int v = 0; v < NV; ++v) acc[p][v] += xb * wv[v];
+                }
+              }
+            }
+          for (int p = 0; p < P; ++p) {
+            float* yp = yr + (w + p) * C;
+            for (int v = 0; v < NV - 1; ++v) store(yp + v * V, acc[p][v]);
+            if (full)
+              store(yp + (NV - 1) * V, acc[p][NV - 1]);
+            else
+              store_low(yp + (NV - 1) * V, acc[p][NV - 1]);
+          }
+        }
+      }
+    }
+  });
+}
+
+// Wide grad weight and bias over a band: Q = 8 input channels of one tap times NV vectors of
+// output channels in registers, one broadcast of x per NV fused multiply-adds with dy; the
+// band's float sums are added to the thread's double sums g[tap][ci][NV * V] and g[9 * Ci * L +
+// lane] (the bias). Lanes past C (the upper half of the last vector for C = 40) read the next
+// pixel's dy and are never used.
+template <int NV>
+void wide_grad_weight(const float* x, const float* dy, double* g, int64_t H, int64_t W, int64_t Ci, int64_t C,
+                      int64_t t0, int64_t t1) {
+  constexpr int L = NV * V, Q = 8;
+  const int64_t n = (W + 2) * Ci, R = band_rows(W), bands = (H + R - 1) / R;
+  std::vector<float> buf((R + 2) * n), dbuf(R * W * C + V);  // V floats of slack for the unused lanes
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t b = t / bands, h0 = t % bands * R, rows = std::min(R, H - h0);
+    padded_band(x, buf.data(), b, h0, rows, H, W, Ci);
+    std::memcpy(dbuf.data(), dy + (b * H + h0) * W * C, rows * W * C * sizeof(float));
+    vec sb[NV] = {};
+    for (int64_t p = 0; p < rows * W; ++p)
+      for (int v = 0; v < NV; ++v) sb[v] += load(dbuf.data() + p * C + v * V);
+    for (int v = 0; v < NV; ++v)
+      for (int l = 0; l < V; ++l) g[9 * Ci * L + v * V + l] += sb[v][l];
+    for (int tap = 0; tap < 9; ++tap) {
+      const int i = tap / 3, j = tap % 3;
+      for (int64_t c0 = 0; c0 < Ci; c0 += Q) {
+        vec acc[Q][NV] = {};
+        for (int64_t r = 0; r < rows; ++r) {
+          const float* xs = buf.data() + (r + i) * n + j * Ci + c0;
+          const float* ds = dbuf.data() + r * W * C;
+          for (int64_t w = 0; w < W; ++w) {
+            vec dv[NV];
+            for (int v = 0; v < NV; ++v) dv[v] = load(ds + w * C + v * V);
+#pragma GCC unroll 8
+            for (int q = 0; q < Q; ++q) {
+              const vec xb = broadcast(xs[w * Ci + q]);
+              for (int v = 0; v < NV; ++v) acc[q][v] += xb * dv[v];
+            }
+          }
+        }
+        double* gt = g + (tap * Ci + c0) * L;
+        for (int q = 0; q < Q; ++q)
+          for (int v = 0; v < NV; ++v)
+            for (int l = 0; l < V; ++l) gt[q * L + v * V + l] += acc[q][v][l];
+      }
+    }
+  }
+}
+
+typedef double dvec __attribute__((vector_size(V * 4)));
+typedef float v4u __attribute__((vector_size(16), aligned(4)));  // a quarter vector, unaligned
+
+// K adjacent floats at p repeated over the lanes: one 64-bit (K = 2) or 128-bit (K = 4) broadcast
+// load, no shuffle.
+template <int K>
+inline vec group_broadcast(const float* p) {
+  if constexpr (K == 2) {
+    double d;
+    std::memcpy(&d, p, sizeof d);
+    return reinterpret_cast<vec>(d - dvec{});
+  } else {
+#if defined(__AVX512F__)
+    return reinterpret_cast<vec>(_mm512_broadcast_f32x4(_mm_loadu_ps(p)));
+#else
+    vec v;
+    for (int l = 0; l < V; ++l) v[l] = p[l % 4];
+    return v;
+#endif
+  }
+}
+
+// y = conv3x3(x) (+ bias) for C = 8 or 4 output channels and a multiple of K = V / C input
+// channels (the grad input of the heads 8 -> C at 64², ...): lane K * c + k of the accumulators
+// sums the input channels ci = k mod K of output channel c, with the weights packed as
+// wp[tap][ci / K][K * c + k], so each group of K input channels is one broadcast load and one
+// fused multiply-add; the K lanes of every channel are added at the end. P pixels of a row at a
+// time (W a multiple of P). CI > 0 fixes Ci at compile time, so that the P pixels' loads are one
+// base plus constant offsets (with a run-time Ci the compiler keeps P pointers, spilled).
+template <int C, int P, int CI = 0>
+void group_forward(const float* x, const float* wp, const float* bias, float* y, int64_t B, int64_t H, int64_t W,
+                   int64_t ci_runtime) {
+  constexpr int K = V / C;
+  const int64_t Ci = CI > 0 ? CI : ci_runtime;
+  const int64_t n = (W + 2) * Ci, R = band_rows(W), bands = (H + R - 1) / R;
+  vec bv{};
+  if (bias)
+    for (int l = 0; l < C; ++l) bv[l] = bias[l];
+  at::parallel_for(0, B * bands, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> buf((R + 2) * n);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / bands, h0 = t % bands * R, rows = std::min(R, H - h0);
+      padded_band(x, buf.data(), b, h0, rows, H, W, Ci);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* yr = y + (b * H + h0 + r) * W * C;
+        for (int64_t w = 0; w < W; w += P) {
+          vec acc[P] = {};
+          for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j) {
+              const float* xs = buf.data() + (r + i) * n + (w + j) * Ci;
+              const float* ws = wp + (i * 3 + j) * Ci * C;
+              for (int64_t ci = 0; ci < Ci; ci += K) {
+                const vec wv = load(ws + ci * C);
+#pragma GCC unroll 16
+                for (int p = 0; p < P; ++p) acc[p] += group_broadcast<K>(xs + p * Ci + ci) * wv;
+              }
+            }
+          for (int p = 0; p < P; ++p) {
+            vec a = acc[p] + __builtin_shufflevector(acc[p], acc[p], 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+            if constexpr (K == 4) {
+              a += __builtin_shufflevector(a, a, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+              a = __builtin_shufflevector(a, a, 0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12) + bv;
+              *reinterpret_cast<v4u*>(yr + (w + p) * C) = __builtin_shufflevector(a, a, 0, 1, 2, 3);
+            } else {
+              store_low(yr + (w + p) * C,
+                        __builtin_shufflevector(a, a, 0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8, 10, 12, 14) + bv);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// group_forward of x with weight (C, Ci, 3, 3), C 8 or 4, Ci a multiple of 16 / C, W a multiple of 16.
+at::Tensor group_run(const at::Tensor& input, const at::Tensor& weight, const float* bias) {
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  const at::Tensor x = input.contiguous(cl);
+  const int64_t B = x.size(0), Ci = x.size(1), H = x.size(2), W = x.size(3), C = weight.size(0), K = V / C;
+  const at::Tensor wp = weight.reshape({C, Ci / K, K, 9}).permute({3, 1, 0, 2}).contiguous();
+  at::Tensor y = at::empty({B, C, H, W}, x.options().memory_format(cl));
+  const float* xp = x.const_data_ptr<float>();
+  const float* wpp = wp.const_data_ptr<float>();
+  float* yp = y.mutable_data_ptr<float>();
+  if (C == 8 && Ci == 8)
+    group_forward<8, 16, 8>(xp, wpp, bias, yp, B, H, W, Ci);
+  else if (C == 8 && Ci == 40)
+    group_forward<8, 16, 40>(xp, wpp, bias, yp, B, H, W, Ci);
+  else if (C == 8)
+    group_forward<8, 16>(xp, wpp, bias, yp, B, H, W, Ci);
+  else if (Ci == 4)
+    group_forward<4, 16, 4>(xp, wpp, bias, yp, B, H, W, Ci);
+  else if (Ci == 12)
+    group_forward<4, 16, 12>(xp, wpp, bias, yp, B, H, W, Ci);
+  else
+    group_forward<4, 16>(xp, wpp, bias, yp, B, H, W, Ci);
+  return y;
+}
+
+at::Tensor wide_run(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias) {
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  const at::Tensor x = input.contiguous(cl);
+  const int64_t B = x.size(0), Ci = x.size(1), H = x.size(2), W = x.size(3), C = weight.size(0);
+  if (C <= V) {  // one vector of output channels: oneDNN's forward is the faster here
+    const c10::optional<at::Tensor> b = bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt;
+    return at::convolution(x, weight, b, {1, 1}, {1, 1}, {1, 1}, false, {0, 0}, 1).contiguous(cl);
+  }
+  const int64_t NV = (C + V - 1) / V, L = NV * V;
+  at::Tensor wp = at::zeros({9, Ci, L}, weight.options().memory_format(at::MemoryFormat::Contiguous));
+  wp.narrow(2, 0, C).copy_(weight.permute({2, 3, 1, 0}).reshape({9, Ci, C}));
+  at::Tensor y = at::empty({B, C, H, W}, x.options().memory_format(cl));
+  const float* bp = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
+  const float* xp = x.const_data_ptr<float>();
+  const float* wpp = wp.const_data_ptr<float>();
+  float* yp = y.mutable_data_ptr<float>();
+  if (NV == 3)
+    wide_forward<3, 8>(xp, wpp, bp, yp, B, H, W, Ci, C);
+  else
+    wide_forward<2, 8>(xp, wpp, bp, yp, B, H, W, Ci, C);
+  return y;
+}
+
 at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   check_conv_args(x, weight);
   at::Tensor b;
@@ -1241,6 +1516,7 @@ at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& weight, const c10::opt
     b = bias->contiguous();
     TORCH_CHECK(b.scalar_type() == at::kFloat && b.numel() == weight.size(0), "acdctool::conv3x3: bias must be (C,)");
   }
+  if (!(weight.size(0) == 4 || weight.size(0) == 8)) return wide_run(x, weight, b);
   return conv_run(x, weight, b.defined() ? b.const_data_ptr<float>() : nullptr);
 }
 
@@ -1256,9 +1532,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward(const at::Tensor
   at::Tensor grad_input = at::empty({0}, input.options()), grad_weight = at::empty({0}, weight.options());
   at::Tensor grad_bias = at::empty({0}, weight.options());
   if (output_mask[0]) {
-    if (M == 1) {  // the convolution of grad with the kernel flipped and transposed
+    if (M == 1 && (C == 4 || C == 8)) {  // the convolution of grad with the kernel flipped and transposed
       grad_input = conv_run(grad, weight.flip({2, 3}).transpose(0, 1), nullptr);
-    } else {  // more channels out than the kernel's C: oneDNN
+    } else if (!(C == 4 || C == 8) && input.size(1) == 8) {  // a wide one into 8 channels: the same, by pairs
+      grad_input = group_run(grad, weight.flip({2, 3}).transpose(0, 1), nullptr);
+    } else {  // more channels out than the kernel's C, or a wide one: oneDNN (as fast as ours here)
       const auto cl = at::MemoryFormat::ChannelsLast;
       grad_input = std::get<0>(at::convolution_backward(grad.contiguous(cl), input.contiguous(cl), weight,
                                                         c10::nullopt, {1, 1}, {1, 1}, {1, 1}, false, {0, 0}, 1,
@@ -1266,7 +1544,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward(const at::Tensor
                        .contiguous(cl);
     }
   }
-  if (output_mask[1] || output_mask[2]) {
+  if ((output_mask[1] || output_mask[2]) && !(C == 4 || C == 8)) {
+    const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+    const at::Tensor dy = grad.contiguous(at::MemoryFormat::ChannelsLast);
+    const int64_t Ci = x.size(1), NV = (C + V - 1) / V, L = NV * V, R = band_rows(W), bands = (H + R - 1) / R;
+    const int threads = at::get_num_threads();
+    const int64_t nd = 9 * Ci * L + L;  // doubles per thread: weight, then bias
+    std::vector<double> part(static_cast<size_t>(threads * nd), 0.0);
+    const float* xp = x.const_data_ptr<float>();
+    const float* dp = dy.const_data_ptr<float>();
+    at::parallel_for(0, B * bands, 1, [&](int64_t t0, int64_t t1) {
+      double* g = part.data() + at::get_thread_num() * nd;
+      if (NV == 3)
+        wide_grad_weight<3>(xp, dp, g, H, W, Ci, C, t0, t1);
+      else if (NV == 2)
+        wide_grad_weight<2>(xp, dp, g, H, W, Ci, C, t0, t1);
+      else
+        wide_grad_weight<1>(xp, dp, g, H, W, Ci, C, t0, t1);
+    });
+    for (int th = 1; th < threads; ++th)
+      for (int64_t k = 0; k < nd; ++k) part[k] += part[th * nd + k];
+    if (output_mask[1]) {
+      grad_weight = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
+      float* p = grad_weight.mutable_data_ptr<float>();
+      for (int64_t co = 0; co < C; ++co)
+        for (int64_t ci = 0; ci < Ci; ++ci)
+          for (int64_t t = 0; t < 9; ++t) p[(co * Ci + ci) * 9 + t] = static_cast<float>(part[(t * Ci + ci) * L + co]);
+      grad_weight = grad_weight.contiguous(weight.suggest_memory_format());
+    }
+    if (output_mask[2]) {
+      grad_bias = at::empty({C}, weight.options().memory_format(at::MemoryFormat::Contiguous));
+      float* p = grad_bias.mutable_data_ptr<float>();
+      for (int64_t c = 0; c < C; ++c) p[c] = static_cast<float>(part[9 * Ci * L + c]);
+    }
+  } else if (output_mask[1] || output_mask[2]) {
     const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
     const at::Tensor dy = grad.contiguous(at::MemoryFormat::ChannelsLast);
     const int threads = at::get_num_threads();
