@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import spearmanr
 from typer.testing import CliRunner
 
 from acdctool.cli.app import app
@@ -80,8 +81,15 @@ def test_qc_with_hand_calibration_and_eval_scores_it(qc_seg, tmp_path):
     assert {"predicted_dice", "entropy_fg", "n_failed"} <= set(scores["score"]) and set(scores["level"]) == {
         "slice",
         "patient",
+        "patient_volume",
     }
     assert "QC (slices" in res.stderr
+    # patients' volume Dice: eval's volumes.csv is the truth the volume signals are scored against
+    vols = pd.read_csv(report / "volumes.csv").groupby("patient")["dice_mean"].mean()
+    pats = pd.read_csv(out / "patients.csv").set_index("patient")
+    rho = spearmanr(pats.loc[vols.index, "prob_vdice"], vols.to_numpy())[0]
+    assert len(vols) > 3 and q["patient_volume"]["signals"]["prob_vdice"]["spearman"] == pytest.approx(rho)
+    assert "predicted" not in q["patient_volume"]  # a hand calibration without a volume model
 
 
 def test_qc_exit_codes_for_bad_inputs(prepped, qc_seg, tmp_path, write_qc_seg, qc_nvae_checkpoint):

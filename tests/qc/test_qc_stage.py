@@ -92,12 +92,24 @@ def test_calibration_round_trips_and_refuses_other_files(calibration, qc_seg, fo
     assert (pa["flag"] == (pa["pred_dice"] < 0.85)).all() and pa["pred_dice"].between(0, 1).all()
     assert any("in-sample" in n for n in res.notes)  # these patients trained the calibration
     d = json.loads(path.read_text())
+    # the volume-Dice line: stored, scored out of fold, applied by qc to the patients
+    vm = d["volume_model"]
+    assert vm["feature"] == "prob_vdice" and d["oof"]["patient_volume"]["feature"] == "prob_vdice"
+    assert 0 <= d["oof"]["patient_volume"]["predicted"]["mae"] <= 1
+    line = np.clip(vm["intercept"] + vm["slope"] * pa["prob_vdice"], 0, 1)
+    np.testing.assert_allclose(pa["pred_vdice"], line, atol=1e-5)
+    older = tmp_path / "older.json"  # a calibration written before the volume model: still read, no pred_vdice
+    older.write_text(json.dumps({k: v for k, v in d.items() if k != "volume_model"}))
+    assert Calibration.load(older).volume_model is None
+    qc.run(QcConfig(plots=False, workers=1), qc.Inputs(qc_seg, tuple(fold_nvaes), older), tmp_path / "c")
+    assert "pred_vdice" not in pd.read_csv(tmp_path / "c" / "patients.csv")
     for change, error in (
         ({"kind": "seg-model"}, FileKindError),
         ({"format": "something-else"}, FileKindError),
         ({"schema_version": 99}, SchemaVersionError),
         ({"renamed": True}, None),  # a feature this version does not know
         ({"slice_model": {**d["slice_model"], "classes": {}}}, None),
+        ({"volume_model": {**vm, "type": "tree"}}, None),
     ):
         bad = tmp_path / "bad.json"
         text = json.dumps({**d, **change})
@@ -143,5 +155,7 @@ def test_qc_with_ground_truth_scores_itself_and_uses_held_out_nvaes(qc_seg, fold
     slices = pd.read_csv(tmp_path / "q" / "slices.csv")
     # each patient's fold model never trained on it: checkpoint index == the patient's fold here
     assert (slices["nvae_checkpoint"] == slices["fold"]).all()
-    assert set(s["scores_vs_gt"]) == {"slice", "patient"} and "predicted" not in s["scores_vs_gt"]["slice"]
+    assert set(s["scores_vs_gt"]) == {"slice", "patient", "patient_volume"}
+    assert "predicted" not in s["scores_vs_gt"]["slice"] and "predicted" not in s["scores_vs_gt"]["patient_volume"]
+    assert {"prob_vdice", "nvae_vdice", "entropy_fg"} <= set(s["scores_vs_gt"]["patient_volume"]["signals"])
     assert {"gt_dice", "entropy_fg", "nvae_dice_mean", "jump_max", "valid"} <= set(slices.columns)

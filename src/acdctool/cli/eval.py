@@ -162,15 +162,19 @@ def print_summary(s: dict[str, Any], overview: dict[str, Any]) -> None:
     )
     q = s.get("qc")
     if q:
-        for level in ("slice", "patient"):
-            sc = q[level]
-            head = f"QC ({level}s, {sc['n_bad']}/{sc['n']} below {sc['threshold']:g})"
+        from acdctool.qc.scoring import LEVELS
+
+        for level, words in LEVELS.items():
+            sc = q.get(level)
+            if not sc:
+                continue
+            head = f"QC ({words}, {sc['n_bad']}/{sc['n']} below {sc['threshold']:g})"
             if "predicted" in sc:
                 p = sc["predicted"]
                 err_console.print(
                     f"{head}: predicted Dice AUC {p['auc']:.3f}, Spearman {p['spearman']:.3f}, MAE {p['mae']:.3f}"
                 )
-            else:
+            elif "risk" in sc["signals"]:
                 err_console.print(f"{head}: uncalibrated risk AUC {sc['signals']['risk']['auc']:.3f}")
     c = s.get("comparison")
     if c:

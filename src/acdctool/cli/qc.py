@@ -102,11 +102,13 @@ def _print_summary(s: dict[str, Any]) -> None:
     )
     scores = s.get("scores_vs_gt")
     if scores:
-        for level in ("slice", "patient"):
-            sc = scores[level]
-            if "predicted" in sc:
+        from acdctool.qc.scoring import LEVELS
+
+        for level, words in LEVELS.items():
+            sc = scores.get(level)
+            if sc and "predicted" in sc:
                 p = sc["predicted"]
                 log(
-                    f"vs ground truth ({level}s, {sc['n_bad']}/{sc['n']} below {sc['threshold']:g}): "
+                    f"vs ground truth ({words}, {sc['n_bad']}/{sc['n']} below {sc['threshold']:g}): "
                     f"AUC {p['auc']:.3f}, Spearman {p['spearman']:.3f}, MAE {p['mae']:.3f}"
                 )

@@ -100,14 +100,18 @@ def print_scores(scores: dict[str, Any], rows: int, patients: int, patient_model
     """Out-of-fold scores on stderr: the combination and each single signal, per level."""
     from rich.table import Table
 
+    from acdctool.qc.scoring import LEVELS
+
     def f(v: float | None) -> str:
         return "-" if v is None or v != v else f"{v:.3f}"
 
-    for level in ("slice", "patient"):
-        s = scores[level]
+    for level, words in LEVELS.items():
+        s = scores.get(level)
+        if not s:
+            continue
+        extra = {"patient": f"; patient model: {patient_model}", "patient_volume": f"; a line on {s.get('feature')}"}
         table = Table(
-            title=f"out of fold, {s['n']} {level}s ({s['n_bad']} below {s['threshold']:g})"
-            + (f"; patient model: {patient_model}" if level == "patient" else ""),
+            title=f"out of fold, {s['n']} {words} ({s['n_bad']} below {s['threshold']:g})" + extra.get(level, ""),
             title_justify="left",
         )
         for col in ("score", "AUC", "Spearman", "MAE"):

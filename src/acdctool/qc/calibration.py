@@ -3,7 +3,8 @@
 Written by ``acdctool qc-calibrate``, read by ``acdctool qc --calibration``; the format is
 documented in ``docs/FORMAT.md``. It holds the feature names, the slice model (per-class
 hurdle models averaged and calibrated, :class:`acdctool.qc.hurdle.SliceModel`), the patient model (``mean`` of the slice
-predictions, or ``linear`` on :data:`acdctool.qc.patients.PATIENT_FEATURES`), the patients it
+predictions, or ``linear`` on :data:`acdctool.qc.patients.PATIENT_FEATURES`), the volume-Dice
+line (optional), the patients it
 was fitted on, its out-of-fold scores, config and provenance. A file of another format, kind
 or schema version is refused.
 
@@ -30,6 +31,7 @@ from acdctool.qc.fit import class_inputs
 from acdctool.qc.hurdle import SliceModel
 from acdctool.qc.model import LinearIsotonic
 from acdctool.qc.patients import PATIENT_FEATURES, patient_features
+from acdctool.qc.volume_dice import VolumeModel
 
 __all__ = ["FORMAT", "KIND", "SCHEMA_VERSION", "Calibration", "jsonable"]
 
@@ -52,6 +54,8 @@ class Calibration:
         config, provenance: of the run that fitted it.
         training: files, NVAE checkpoints and row counts it was fitted on.
         tool_version: acdctool version that wrote it.
+        volume_model: patient table → predicted volume Dice (:mod:`acdctool.qc.volume_dice`);
+            None in files fitted without the truth's pixel counts (written before it existed).
     """
 
     slice_model: SliceModel
@@ -63,6 +67,7 @@ class Calibration:
     provenance: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     tool_version: str = __version__
+    volume_model: VolumeModel | None = None
 
     def __post_init__(self) -> None:
         if self.patient_type not in PATIENT_MODELS:
@@ -101,6 +106,19 @@ class Calibration:
             return patients["pred_mean"].to_numpy(np.float64)
         return self.patient_model.predict(patient_features(patients))
 
+    def predict_patient_volumes(self, patients: pd.DataFrame) -> np.ndarray | None:
+        """Predicted volume Dice of every row of a patient table; None without a volume model.
+
+        Raises:
+            BadInputError: the table lacks the model's input (e.g. ``prob_vdice`` without probs).
+        """
+        if self.volume_model is None:
+            return None
+        if self.volume_model.feature not in patients.columns:
+            need = self.volume_model.feature
+            raise BadInputError(f"the calibration's volume model needs {need!r}, not computed here")
+        return self.volume_model.predict(patients)
+
     # ---- file ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,6 +133,7 @@ class Calibration:
                 "type": self.patient_type,
                 **({"model": self.patient_model.to_dict()} if self.patient_model is not None else {}),
             },
+            **({"volume_model": self.volume_model.to_dict()} if self.volume_model is not None else {}),
             "training_patients": sorted(self.training_patients),
             "training": self.training,
             "oof": self.oof,
@@ -174,6 +193,7 @@ class Calibration:
                 provenance=d.get("provenance", {}),
                 training=d.get("training", {}),
                 tool_version=str(d.get("tool_version", "?")),
+                volume_model=VolumeModel.from_dict(d["volume_model"]) if "volume_model" in d else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BadInputError(f"{path}: malformed calibration ({type(exc).__name__}: {exc})") from None

@@ -7,9 +7,11 @@ and:
    parts when there are fewer than two folds), fits the slice model on the other folds
    (:func:`acdctool.qc.hurdle.fit_slice_model`, isotonic maps on cross-fitted scores over the
    remaining folds), predicts the held-out fold, and fits the ``linear`` patient model on the
-   training patients' cross-fitted slice predictions;
+   training patients' cross-fitted slice predictions, and (when the table has the truth's
+   pixel counts) the volume-Dice line (:mod:`acdctool.qc.volume_dice`);
 2. scores the out-of-fold predictions (:func:`acdctool.qc.scoring.score_level`): the
-   combination and every single signal, per slice and per patient, and both patient models;
+   combination and every single signal, per slice and per patient, both patient models, and
+   the predicted volume Dice (``patient_volume``);
 3. keeps the patient model with the lower out-of-fold MAE (``mean`` on ties, and always
    ``mean`` with fewer than :data:`MIN_PATIENTS_LINEAR` patients: too few to fit a second
    model on);
@@ -29,13 +31,14 @@ import numpy as np
 import pandas as pd
 
 from acdctool.conventions import CLASSES
-from acdctool.qc.features import SIGNALS, feature_matrix
+from acdctool.qc.features import SIGNALS, feature_matrix, groups_of
 from acdctool.qc.hurdle import SliceModel, fit_slice_model
 from acdctool.qc.model import DEFAULT_ALPHA, LinearIsotonic, fit, parts_of
 from acdctool.qc.patients import PATIENT_FEATURES, PATIENT_KEY, patient_features, patient_table
 from acdctool.qc.scoring import PATIENT_THRESHOLD, SLICE_THRESHOLD, mae, score_level
+from acdctool.qc.volume_dice import VolumeModel, fit_volume_model, volume_feature
 
-__all__ = ["QcFit", "fit_qc", "class_inputs", "score_tables", "MIN_PATIENTS_LINEAR"]
+__all__ = ["QcFit", "fit_qc", "class_inputs", "score_tables", "score_volumes", "MIN_PATIENTS_LINEAR"]
 
 MIN_PATIENTS_LINEAR = 20
 """Fewest patients for the ``linear`` patient model to be considered."""
@@ -51,8 +54,11 @@ class QcFit:
     oof_slices: pd.DataFrame
     """The input's key columns, ``gt_dice`` and the out-of-fold ``pred_dice`` (median) and ``exp_dice`` (mean)."""
     oof_patients: pd.DataFrame
-    """Per patient: ``gt_dice``, ``pred_dice`` (chosen model), ``pred_mean``, ``pred_linear``."""
+    """Per patient: ``gt_dice``, ``pred_dice`` (chosen model), ``pred_mean``, ``pred_linear``,
+    and with the truth's pixel counts ``gt_vdice``, ``pred_vdice``."""
     scores: dict[str, Any]
+    volume_model: VolumeModel | None = None
+    """Predicts each patient's volume Dice (None: the table had no truth pixel counts)."""
 
 
 def class_inputs(
@@ -88,6 +94,7 @@ def fit_qc(
         ValueError: fewer than two patients.
     """
     table = table.reset_index(drop=True)
+    feature_groups = groups_of([f for names in features.values() for f in names])
     xs, present = class_inputs(table, features)
     has = np.stack([table[f"gt_has_{c}"].to_numpy() > 0 for c in CLASSES], axis=1)
     dice = np.stack([table[f"gt_dice_{c}"].to_numpy(np.float64) for c in CLASSES], axis=1)
@@ -113,9 +120,13 @@ def fit_qc(
         )
         held_x = {c: x[test] for c, x in xs.items()}
         oof[test], oof_exp[test] = model.predictions(held_x, present[test])
-        pmodel = _patient_model(table[tr].assign(exp_dice=inner), key, alpha)
+        train_patients = patient_table(table[tr].assign(exp_dice=inner), key)
+        pmodel = _patient_model(train_patients, alpha)
         held = patient_table(table[test].assign(pred_dice=oof[test], exp_dice=oof_exp[test]), key)
         held["pred_linear"] = pmodel.predict(patient_features(held))
+        if "gt_vdice" in held.columns:
+            vmodel = fit_volume_model(train_patients, volume_feature(list(held.columns), feature_groups))
+            held["pred_vdice"] = vmodel.predict(held)
         pats.append(held)
     patients = pd.concat(pats, ignore_index=True).sort_values(list(key), kind="stable").reset_index(drop=True)
     linear_mae = mae(patients["pred_linear"], patients["gt_dice"])
@@ -131,14 +142,30 @@ def fit_qc(
         "chosen": ptype,
     }
     final, inner = fit_slice_model(xs, present, has, dice, y, parts_of(folds, groups), features, alpha)
-    final_patient = _patient_model(table.assign(exp_dice=inner), key, alpha) if ptype == "linear" else None
+    all_patients = patient_table(table.assign(exp_dice=inner), key)
+    final_patient = _patient_model(all_patients, alpha) if ptype == "linear" else None
+    volume_model = None
+    if "pred_vdice" in patients.columns:
+        volume_model = fit_volume_model(all_patients, volume_feature(list(all_patients.columns), feature_groups))
+        scores["patient_volume"]["feature"] = volume_model.feature
     keep = [c for c in (*key, "phase", "slice", "fold", "gt_dice", "pred_dice", "exp_dice") if c in slices.columns]
-    out_patients = patients[[*key, "fold", "gt_dice", "pred_dice", "pred_mean", "pred_linear"]]
-    return QcFit(final, ptype, final_patient, slices[list(dict.fromkeys(keep))], out_patients, scores)
+    cols = [*key, "fold", "gt_dice", "pred_dice", "pred_mean", "pred_linear", "gt_vdice", "pred_vdice"]
+    out_patients = patients[[c for c in cols if c in patients.columns]]
+    return QcFit(final, ptype, final_patient, slices[list(dict.fromkeys(keep))], out_patients, scores, volume_model)
 
 
-def _patient_model(slices: pd.DataFrame, key: Sequence[str], alpha: float) -> LinearIsotonic:
-    pt = patient_table(slices, key)
+def score_volumes(patients: pd.DataFrame, threshold: float = PATIENT_THRESHOLD) -> dict[str, Any]:
+    """Scores of the predicted volume Dice (``pred_vdice``), of the volume signals and of the
+    slice signals' patient means against ``gt_vdice``: :func:`acdctool.qc.scoring.score_level`'s
+    dict (level ``patient_volume``)."""
+    sig = {n: (patients[n].to_numpy(np.float64), -1) for n in ("prob_vdice", "nvae_vdice") if n in patients.columns}
+    # the slice signals' patient means too, for comparison
+    sig.update({n: (patients[n].to_numpy(np.float64), d) for n, d in SIGNALS.items() if n in patients.columns})
+    pred = patients["pred_vdice"].to_numpy(np.float64) if "pred_vdice" in patients.columns else None
+    return score_level(patients["gt_vdice"].to_numpy(np.float64), threshold, pred, sig)
+
+
+def _patient_model(pt: pd.DataFrame, alpha: float) -> LinearIsotonic:
     parts = parts_of(pt["fold"].to_numpy(), pt["patient"].to_numpy())
     model, _ = fit(patient_features(pt), pt["gt_dice"].to_numpy(), parts, list(PATIENT_FEATURES), alpha)
     return model
@@ -163,11 +190,14 @@ def score_tables(
             ``gt_dice`` and, when calibrated, ``pred_dice``; patient signals are slice means.
 
     Returns:
-        ``{"slice": score_level(...), "patient": score_level(...)}``.
+        ``{"slice": score_level(...), "patient": score_level(...)}``, and
+        ``"patient_volume"`` (:func:`score_volumes`) when ``patients`` has ``gt_vdice``.
     """
     out: dict[str, Any] = {}
     for level, t, thr in (("slice", slices, slice_threshold), ("patient", patients, patient_threshold)):
         sig = {name: (t[name].to_numpy(np.float64), sign) for name, sign in SIGNALS.items() if name in t.columns}
         pred = t["pred_dice"].to_numpy(np.float64) if "pred_dice" in t.columns else None
         out[level] = score_level(t["gt_dice"].to_numpy(np.float64), thr, pred, sig)
+    if "gt_vdice" in patients.columns:
+        out["patient_volume"] = score_volumes(patients, patient_threshold)
     return out

@@ -2,7 +2,8 @@
 
 A patient here is a (patient, model) pair of one file: the slices of both its volumes (ED
 and ES) as one model segmented them. Its *true* Dice is the mean over those slices of the
-per-slice mean Dice (the quantity ``eval --qc`` scores against). Its predicted Dice is
+per-slice mean Dice (the quantity ``eval --qc`` scores against; the challenge's 3D Dice per volume is
+:mod:`acdctool.qc.volume_dice`'s). Its predicted Dice is
 either the mean of its slices' predictions (``mean``) or a small ridge + isotonic model on
 :data:`PATIENT_FEATURES` (``linear``); a calibration keeps whichever predicted better out of fold.
 """
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from acdctool.qc.volume import patient_volumes
+from acdctool.qc.volume_dice import volume_columns
 
 if TYPE_CHECKING:
     from pandas.core.groupby import SeriesGroupBy
@@ -59,7 +61,8 @@ def patient_table(slices: pd.DataFrame, key: Sequence[str] = PATIENT_KEY) -> pd.
         ``ed_es_wrong`` (1 when LV or RV is not larger at ED), and, when the slice table has
         them, ``pred_mean``/``pred_min``/``pred_q25``/``frac_low`` of the slices' expected
         Dice (``exp_dice``, else their predicted ``pred_dice``) and ``gt_dice`` (mean of the
-        slices' true Dice).
+        slices' true Dice); the volume-Dice columns ``prob_vdice``, ``nvae_vdice``,
+        ``gt_vdice`` that the slices allow (:func:`acdctool.qc.volume_dice.volume_columns`).
     """
     key = list(key)
     g = slices.groupby(key, sort=True)
@@ -82,6 +85,7 @@ def patient_table(slices: pd.DataFrame, key: Sequence[str] = PATIENT_KEY) -> pd.
     if "gt_dice" in slices.columns:
         out["gt_dice"] = g["gt_dice"].mean()
     out = out.reset_index().merge(patient_volumes(slices, key), on=key, how="left")
+    out = out.merge(volume_columns(slices, key), on=key, how="left")
     wrong = (out["ed_gt_es_lv"] == 0) | (out["ed_gt_es_rv"] == 0)
     out["ed_es_wrong"] = wrong.astype(np.int8)
     return out

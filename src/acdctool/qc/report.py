@@ -20,6 +20,7 @@ from acdctool.conventions import CLASSES, ROW_KEY
 from acdctool.errors import BadInputError, InputMissingError
 from acdctool.qc.fit import score_tables
 from acdctool.qc.patients import PATIENT_KEY
+from acdctool.qc.scoring import LEVELS
 
 __all__ = ["slice_reasons", "patient_reasons", "review_table", "flags_table", "QcResult", "read_qc_dir"]
 
@@ -141,6 +142,7 @@ def score_against_truth(
     slice_threshold: float,
     patient_threshold: float,
     key: Sequence[str] = ROW_KEY,
+    volumes: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Score a QC run against true per-slice Dice (from ``eval``).
 
@@ -148,6 +150,8 @@ def score_against_truth(
         qc: the QC folder.
         truth: one row per slice with the ``key`` columns and ``dice_mean`` (ACDC conventions).
         slice_threshold, patient_threshold: bad slice / bad patient below these.
+        volumes: ``eval``'s volume table (``patient``, ``model``, ``dice_mean`` per volume):
+            also scores the patients' volume Dice (level ``patient_volume``).
 
     Returns:
         :func:`acdctool.qc.fit.score_tables`'s dict plus ``calibrated`` and ``matched`` rows.
@@ -165,9 +169,15 @@ def score_against_truth(
             "(a QC run of another file?)"
         )
     gt = merged.groupby(list(PATIENT_KEY))["gt_dice"].mean().rename("gt_dice").reset_index()
-    p = qc.patients.drop(columns=[c for c in ("gt_dice",) if c in qc.patients.columns]).merge(
+    p = qc.patients.drop(columns=[c for c in ("gt_dice", "gt_vdice") if c in qc.patients.columns]).merge(
         gt, on=list(PATIENT_KEY), how="left"
     )
+    if volumes is not None and len(volumes):
+        v = volumes.assign(model=volumes["model"].fillna("").astype(str))
+        vd = v.groupby(list(PATIENT_KEY))["dice_mean"].mean().rename("gt_vdice").reset_index()
+        p = p.merge(vd, on=list(PATIENT_KEY), how="left")
+        if bool(p["gt_vdice"].isna().any()):
+            p = p.drop(columns="gt_vdice")  # volumes of other patients: not this QC's file
     out = score_tables(merged, p, slice_threshold, patient_threshold)
     out.update(calibrated=qc.calibrated, matched=len(merged), qc_dir=str(qc.path.resolve()))
     return out
@@ -177,7 +187,7 @@ def scores_frame(scores: dict[str, Any]) -> pd.DataFrame:
     """The scores as a flat table: ``level``, ``score`` (``predicted_dice`` or a signal), ``auc``,
     ``spearman``, ``mae``, ``n``, ``n_bad``."""
     rows = []
-    for level in ("slice", "patient"):
+    for level in LEVELS:
         s = scores.get(level)
         if not s:
             continue

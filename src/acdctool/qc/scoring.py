@@ -1,7 +1,8 @@
 """How well QC predicts quality: AUC for detecting bad masks, Spearman and MAE against true Dice.
 
 A *bad* slice has mean Dice below :data:`SLICE_THRESHOLD` (0.8), a bad patient below
-:data:`PATIENT_THRESHOLD` (0.85). The AUC is the probability that a random bad item scores
+:data:`PATIENT_THRESHOLD` (0.85), by the mean of its slices' Dice or by its volume Dice
+(:data:`LEVELS`). The AUC is the probability that a random bad item scores
 worse than a random good one (ties count half), computed from ranks (Mann–Whitney U); a
 predicted Dice scores worse when lower, a signal in the direction of
 :data:`acdctool.qc.features.SIGNALS`. Spearman is between the predicted (or oriented)
@@ -21,10 +22,17 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
-__all__ = ["SLICE_THRESHOLD", "PATIENT_THRESHOLD", "auc", "spearman", "mae", "score_level"]
+__all__ = ["SLICE_THRESHOLD", "PATIENT_THRESHOLD", "LEVELS", "auc", "spearman", "mae", "score_level"]
 
 SLICE_THRESHOLD = 0.8
 PATIENT_THRESHOLD = 0.85
+LEVELS = {
+    "slice": "slices",
+    "patient": "patients, mean slice Dice",
+    "patient_volume": "patients, volume Dice",
+}
+"""Levels a QC is scored at, as score dicts name them → words for reports. A patient's
+*volume* Dice is the ACDC challenge's (3D Dice per volume, :mod:`acdctool.qc.volume_dice`)."""
 
 
 def auc(score: npt.ArrayLike, positive: npt.ArrayLike) -> float:

@@ -152,14 +152,19 @@ def true_dice(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 def truth_columns(pred: np.ndarray, gt: np.ndarray) -> Columns:
     """What the QC learns from when ground truth exists (never a signal): ``gt_dice`` (mean
-    over classes), ``gt_dice_<c>`` (ACDC conventions) and ``gt_has_<c>`` (1 when the ground
-    truth holds class c)."""
+    over classes), ``gt_dice_<c>`` (ACDC conventions), ``gt_has_<c>`` (1 when the ground
+    truth holds class c), and for the volume Dice (:mod:`acdctool.qc.volume_dice`)
+    ``gt_overlap_px_<c>`` (``|P∩G|``, px) and ``gt_sum_px_<c>`` (``|P| + |G|``, px)."""
     dice, _ = overlap.dice_batch(pred, gt)
     counts = _class_counts(overlap.check_label_map(gt, 3, "gt"))
+    pred_counts = _class_counts(pred)
+    both = _class_counts(np.where(pred == gt, gt, 0))
     cols: Columns = {"gt_dice": dice.mean(axis=1)}
     for j, (c, lab) in enumerate(zip(CLASSES, FOREGROUND, strict=True)):
         cols[f"gt_dice_{c}"] = dice[:, j]
         cols[f"gt_has_{c}"] = (counts[:, lab] > 0).astype(np.int8)
+        cols[f"gt_overlap_px_{c}"] = both[:, lab]
+        cols[f"gt_sum_px_{c}"] = pred_counts[:, lab] + counts[:, lab]
     return cols
 
 

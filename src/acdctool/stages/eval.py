@@ -243,7 +243,7 @@ def run(
             gt_file=str(Path(gt_path).resolve()) if gt_path else None,
         )
         if qc_run is not None:
-            summary["qc"] = score_against_truth(qc_run, table, SLICE_THRESHOLD, PATIENT_THRESHOLD)
+            summary["qc"] = score_against_truth(qc_run, table, SLICE_THRESHOLD, PATIENT_THRESHOLD, volumes=volumes)
             scores_frame(summary["qc"]).to_csv(tmp / "qc_scores.csv", index=False, float_format="%.6g")
         figures = {}
         compared = None

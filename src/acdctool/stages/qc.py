@@ -128,6 +128,9 @@ def run(
     patients = patient_table(table)
     if calibration is not None:
         patients["pred_dice"] = calibration.predict_patients(patients)
+        volumes = calibration.predict_patient_volumes(patients)
+        if volumes is not None:
+            patients["pred_vdice"] = volumes
     slice_flag = table[score] < config.flag_below if calibration else table[score] >= 1 - config.flag_below
     table["flag"] = slice_flag.astype(np.int8)
     table["reasons"] = slice_reasons(table)

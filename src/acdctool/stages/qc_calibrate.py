@@ -155,6 +155,7 @@ def run(
         slice_model=fitted.slice_model,
         patient_type=fitted.patient_type,
         patient_model=fitted.patient_model,
+        volume_model=fitted.volume_model,
         training_patients=sorted(table["patient"].unique().tolist()),
         oof=oof,
         config=config_to_dict(config),
