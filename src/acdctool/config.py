@@ -536,6 +536,9 @@ class QcCalibrateConfig:
     inputs provide (probs when every file has them, NVAE with ``--nvae``)."""
     alpha: float = 1.0
     """Ridge penalty on the standardised coefficients."""
+    boost: bool = True
+    """Also fit gradient-boosted trees (:mod:`acdctool.qc.boost`) and average them with the
+    slice model's median, kept only if the blend predicts better out of fold."""
     slice_threshold: float = 0.8
     """A slice with mean Dice below this is a bad one to detect (scores)."""
     patient_threshold: float = 0.85

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from acdctool.conventions import CLASSES
 from acdctool.io.slices import SliceFile, SliceWriter
+from acdctool.qc.calibration import Calibration
+from acdctool.qc.hurdle import ClassModel, Logistic, SliceModel
+from acdctool.qc.model import LinearIsotonic
 
 
 def corrupt(gt: np.ndarray, severity: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -97,3 +101,21 @@ def fold_nvaes(prepped, tmp_path_factory, qc_nvae_checkpoint) -> list[Path]:
         folds = {str(p): int(k) for p, k in f.index.groupby("patient")["fold"].first().items()}
     d = tmp_path_factory.mktemp("nvae")
     return [qc_nvae_checkpoint(d / f"nvae-f{k}.pt", fold=k, folds=folds) for k in (0, 1)]
+
+
+def _hand_calibration(path: Path, features: list[str]) -> Path:
+    """A valid calibration made by hand (no fitting): every class present in the mask scores the
+    first feature, an absent one scores 1; the slice's predicted Dice is their mean."""
+    f = len(features)
+    z, o = np.zeros(f), np.ones(f)
+    never = Logistic(list(features), z, o, z, -30.0)  # P(spurious) = P(missed) ≈ 0
+    first = LinearIsotonic(list(features), z, o, np.r_[1.0, z[1:]], 0.0, np.array([0.0, 1.0]), np.array([0.0, 1.0]))
+    classes = {c: ClassModel(list(features), never, never, first) for c in CLASSES}
+    model = SliceModel(classes, np.array([0.0, 1.0]), np.array([0.0, 1.0]))
+    return Calibration(model, training_patients=["patient999"]).save(path)
+
+
+@pytest.fixture(scope="session")
+def hand_calibration():
+    """``make(path, features)``: a calibration file made by hand (see :func:`_hand_calibration`)."""
+    return _hand_calibration

@@ -12,9 +12,6 @@ from typer.testing import CliRunner
 
 from acdctool.cli.app import app
 from acdctool.conventions import CLASSES
-from acdctool.qc.calibration import Calibration
-from acdctool.qc.hurdle import ClassModel, Logistic, SliceModel
-from acdctool.qc.model import LinearIsotonic
 from acdctool.qc.scoring import auc
 
 runner = CliRunner()
@@ -27,18 +24,6 @@ def invoke(*args):
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread):
     pass
-
-
-def hand_calibration(path, features):
-    """A valid calibration made by hand (no fitting): every class present in the mask scores the
-    first feature, an absent one scores 1; the slice's predicted Dice is their mean."""
-    f = len(features)
-    z, o = np.zeros(f), np.ones(f)
-    never = Logistic(list(features), z, o, z, -30.0)  # P(spurious) = P(missed) ≈ 0
-    first = LinearIsotonic(list(features), z, o, np.r_[1.0, z[1:]], 0.0, np.array([0.0, 1.0]), np.array([0.0, 1.0]))
-    classes = {c: ClassModel(list(features), never, never, first) for c in CLASSES}
-    model = SliceModel(classes, np.array([0.0, 1.0]), np.array([0.0, 1.0]))
-    return Calibration(model, training_patients=["patient999"]).save(path)
 
 
 def hand_prediction(slices, feature):
@@ -59,7 +44,7 @@ def test_qc_prints_its_folder_and_json(qc_seg, tmp_path):
     assert res.exit_code == 73 and "already exists" in res.stderr
 
 
-def test_qc_with_hand_calibration_and_eval_scores_it(qc_seg, tmp_path):
+def test_qc_with_hand_calibration_and_eval_scores_it(qc_seg, tmp_path, hand_calibration):
     cal = hand_calibration(tmp_path / "cal.json", ["prob_dice_mean", "invalid"])
     out = tmp_path / "qc"
     res = invoke("qc", qc_seg, "-o", out, "--calibration", cal, "--flag-below", "0.9")
@@ -92,7 +77,7 @@ def test_qc_with_hand_calibration_and_eval_scores_it(qc_seg, tmp_path):
     assert "predicted" not in q["patient_volume"]  # a hand calibration without a volume model
 
 
-def test_qc_exit_codes_for_bad_inputs(prepped, qc_seg, tmp_path, write_qc_seg, qc_nvae_checkpoint):
+def test_qc_exit_codes_for_bad_inputs(prepped, qc_seg, tmp_path, write_qc_seg, qc_nvae_checkpoint, hand_calibration):
     nogt = write_qc_seg(prepped, tmp_path / "noprobs.h5", probs=False)
     n12 = qc_nvae_checkpoint(tmp_path / "n12.pt", fold=None, folds={}, in_channels=12)
     needs_nvae = hand_calibration(tmp_path / "nv.json", ["nvae_dice_mean"])
@@ -138,6 +123,14 @@ def test_qc_calibrate_mask_only_then_qc(qc_seg, tmp_path):
     assert res.stdout.strip() == str(cal) and "predicted Dice" in res.stderr
     d = json.loads(cal.read_text())
     assert d["requires"] == ["mask"] and all(not f.startswith(("prob", "nvae")) for f in d["features"])
+    # mask features only: the volume line falls back to the slices' mean expected Dice
+    assert d["volume_model"]["feature"] == "pred_mean"
+    nob = tmp_path / "nob.json"
+    res = invoke("qc-calibrate", qc_seg, "--features", "mask", "--no-boost", "-o", nob, "-q")
+    assert res.exit_code == 0, res.output
+    e = json.loads(nob.read_text())
+    assert "slice_boost" not in e and set(e["oof"]["slice_models"]) == {"median", "chosen"}
+    assert e["config"]["boost"] is False
     res = invoke("qc", qc_seg, "--calibration", cal, "--no-probs", "-o", tmp_path / "qc", "--no-plots")
     assert res.exit_code == 0, res.output
     assert "in-sample" in res.stderr

@@ -72,6 +72,12 @@ def test_calibration_file_is_complete_and_out_of_fold(calibration, qc_seg):
     assert auc(-oof["pred_dice"].to_numpy(), oof["gt_dice"].to_numpy() < 0.8) == pytest.approx(
         s["predicted"]["auc"], abs=1e-4
     )
+    # the blend with the boosted trees is kept only when it predicted better out of fold
+    m = d["oof"]["slice_models"]
+    assert m["chosen"] == ("blend" if m["blend"]["mae"] < m["median"]["mae"] else "median")
+    assert m[m["chosen"]]["mae"] == pytest.approx(s["predicted"]["mae"]) and ("slice_boost" in d) == (
+        m["chosen"] == "blend"
+    )
     # the synthetic corruptions are easy to see: the combination must beat chance by far
     assert s["predicted"]["auc"] > 0.8
 

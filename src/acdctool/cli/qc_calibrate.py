@@ -41,6 +41,9 @@ def qc_calibrate(
         help="Feature groups: mask, probs, nvae (default: all the inputs provide).",
     ),
     alpha: float = typer.Option(_D.alpha, "--alpha", metavar="A", help="Ridge penalty."),
+    boost: bool = typer.Option(
+        _D.boost, "--boost/--no-boost", help="Blend in boosted trees when they predict better out of fold."
+    ),
     slice_threshold: float = typer.Option(
         _D.slice_threshold, "--slice-threshold", metavar="DICE", help="Bad slice below this (scores)."
     ),
@@ -76,6 +79,7 @@ def qc_calibrate(
         QcCalibrateConfig,
         features=parse_numbers(features, "--features", str) if features else (),
         alpha=alpha,
+        boost=boost,
         slice_threshold=slice_threshold,
         patient_threshold=patient_threshold,
         use_probs=probs,

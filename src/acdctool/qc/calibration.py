@@ -26,6 +26,7 @@ import pandas as pd
 from acdctool import __version__
 from acdctool.errors import BadInputError, FileKindError, InputMissingError, SchemaVersionError
 from acdctool.io.atomic import atomic_path
+from acdctool.qc.boost import Booster
 from acdctool.qc.features import feature_matrix, groups_of
 from acdctool.qc.fit import class_inputs
 from acdctool.qc.hurdle import SliceModel
@@ -56,6 +57,8 @@ class Calibration:
         tool_version: acdctool version that wrote it.
         volume_model: patient table → predicted volume Dice (:mod:`acdctool.qc.volume_dice`);
             None in files fitted without the truth's pixel counts (written before it existed).
+        booster: boosted trees whose prediction is averaged with the slice model's median
+            (:mod:`acdctool.qc.boost`); None: the median alone.
     """
 
     slice_model: SliceModel
@@ -68,6 +71,7 @@ class Calibration:
     training: dict[str, Any] = field(default_factory=dict)
     tool_version: str = __version__
     volume_model: VolumeModel | None = None
+    booster: Booster | None = None
 
     def __post_init__(self) -> None:
         if self.patient_type not in PATIENT_MODELS:
@@ -82,7 +86,8 @@ class Calibration:
 
     @property
     def features(self) -> list[str]:
-        return list(self.slice_model.features)
+        extra = self.booster.features if self.booster is not None else []
+        return list(dict.fromkeys([*self.slice_model.features, *extra]))
 
     @property
     def requires(self) -> list[str]:
@@ -91,14 +96,19 @@ class Calibration:
 
     def predict_slices(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """``(predicted, expected)`` Dice of every row of a QC slice table: the conditional
-        median (least absolute error) and the conditional mean (what a patient averages).
+        median (least absolute error; averaged with the boosted trees' prediction when the
+        calibration has them) and the conditional mean (what a patient averages).
 
         Raises:
             BadInputError: the table lacks the signals some feature needs.
         """
         feature_matrix(table.iloc[:0], self.features)  # one clear error for missing signals
         xs, present = class_inputs(table, {c: m.features for c, m in self.slice_model.classes.items()})
-        return self.slice_model.predictions(xs, present)
+        predicted, expected = self.slice_model.predictions(xs, present)
+        if self.booster is not None:
+            boosted = self.booster.predict(feature_matrix(table, self.booster.features))
+            predicted = np.clip((predicted + boosted) / 2, 0.0, 1.0)
+        return predicted, expected
 
     def predict_patients(self, patients: pd.DataFrame) -> np.ndarray:
         """Predicted Dice of every row of a patient table (its ``pred_*`` from the slices' expected Dice)."""
@@ -134,6 +144,7 @@ class Calibration:
                 **({"model": self.patient_model.to_dict()} if self.patient_model is not None else {}),
             },
             **({"volume_model": self.volume_model.to_dict()} if self.volume_model is not None else {}),
+            **({"slice_boost": self.booster.to_dict()} if self.booster is not None else {}),
             "training_patients": sorted(self.training_patients),
             "training": self.training,
             "oof": self.oof,
@@ -194,6 +205,7 @@ class Calibration:
                 training=d.get("training", {}),
                 tool_version=str(d.get("tool_version", "?")),
                 volume_model=VolumeModel.from_dict(d["volume_model"]) if "volume_model" in d else None,
+                booster=Booster.from_dict(d["slice_boost"]) if "slice_boost" in d else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BadInputError(f"{path}: malformed calibration ({type(exc).__name__}: {exc})") from None

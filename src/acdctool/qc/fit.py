@@ -15,6 +15,9 @@ and:
 3. keeps the patient model with the lower out-of-fold MAE (``mean`` on ties, and always
    ``mean`` with fewer than :data:`MIN_PATIENTS_LINEAR` patients: too few to fit a second
    model on);
+   with ``boost``, also fits boosted trees per outer fold (:mod:`acdctool.qc.boost`) and keeps
+   the average of their prediction and the slice model's median when its out-of-fold MAE is
+   lower (``slice_models`` in the scores);
 4. refits everything on all the given patients: the model a calibration file stores.
 
 Every number in ``scores`` therefore comes from predictions of models that never saw the
@@ -31,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 from acdctool.conventions import CLASSES
-from acdctool.qc.features import SIGNALS, feature_matrix, groups_of
+from acdctool.qc.boost import Booster, BoostSettings, fit_booster
+from acdctool.qc.features import SIGNALS, feature_matrix, feature_names, groups_of
 from acdctool.qc.hurdle import SliceModel, fit_slice_model
 from acdctool.qc.model import DEFAULT_ALPHA, LinearIsotonic, fit, parts_of
 from acdctool.qc.patients import PATIENT_FEATURES, PATIENT_KEY, patient_features, patient_table
@@ -59,6 +63,9 @@ class QcFit:
     scores: dict[str, Any]
     volume_model: VolumeModel | None = None
     """Predicts each patient's volume Dice (None: the table had no truth pixel counts)."""
+    booster: Booster | None = None
+    """Boosted trees averaged with the slice model's median (None: not fitted, or the blend did
+    not predict better out of fold)."""
 
 
 def class_inputs(
@@ -76,6 +83,7 @@ def fit_qc(
     *,
     key: Sequence[str] = PATIENT_KEY,
     alpha: float = DEFAULT_ALPHA,
+    boost: BoostSettings | None = None,
     slice_threshold: float = SLICE_THRESHOLD,
     patient_threshold: float = PATIENT_THRESHOLD,
 ) -> QcFit:
@@ -87,6 +95,8 @@ def fit_qc(
         features: class → its feature names (:func:`acdctool.qc.features.feature_names`).
         key: columns identifying a patient in ``table``.
         alpha: ridge / logistic penalty of every model.
+        boost: also fit boosted trees on every feature of the groups in use and average them
+            with the slice model's median, kept when that lowers the out-of-fold MAE (None: not).
         slice_threshold, patient_threshold: what counts as a bad slice / patient in the scores.
 
     Raises:
@@ -103,7 +113,9 @@ def fit_qc(
     if pd.unique(groups).size < 2:
         raise ValueError("need at least two patients to fit and score out of fold")
     outer = parts_of(folds, groups)
-    oof, oof_exp = np.empty(len(y)), np.empty(len(y))
+    boost_names = feature_names(feature_groups) if boost is not None else []
+    xb = feature_matrix(table, boost_names) if boost is not None else None
+    oof, oof_exp, oof_boost = np.empty(len(y)), np.empty(len(y)), np.empty(len(y))
     pats: list[pd.DataFrame] = []
     for f in np.unique(outer):
         test = outer == f
@@ -120,6 +132,8 @@ def fit_qc(
         )
         held_x = {c: x[test] for c, x in xs.items()}
         oof[test], oof_exp[test] = model.predictions(held_x, present[test])
+        if xb is not None:
+            oof_boost[test] = fit_booster(xb[tr], y[tr], boost_names, boost).predict(xb[test])
         train_patients = patient_table(table[tr].assign(exp_dice=inner), key)
         pmodel = _patient_model(train_patients, alpha)
         held = patient_table(table[test].assign(pred_dice=oof[test], exp_dice=oof_exp[test]), key)
@@ -134,6 +148,14 @@ def fit_qc(
     enough = patients["patient"].nunique() >= MIN_PATIENTS_LINEAR
     ptype = "linear" if enough and linear_mae < mean_mae else "mean"
     patients["pred_dice"] = patients["pred_linear"] if ptype == "linear" else patients["pred_mean"]
+    slice_models: dict[str, Any] = {"median": _slice_brief(oof, y, slice_threshold)}
+    stype = "median"
+    if xb is not None:
+        blend = np.clip((oof + oof_boost) / 2, 0.0, 1.0)
+        slice_models["blend"] = _slice_brief(blend, y, slice_threshold)
+        if slice_models["blend"]["mae"] < slice_models["median"]["mae"]:
+            oof, stype = blend, "blend"
+    slice_models["chosen"] = stype
     slices = table.assign(pred_dice=oof, exp_dice=oof_exp)
     scores = score_tables(slices, patients, slice_threshold, patient_threshold)
     scores["patient_models"] = {
@@ -141,6 +163,7 @@ def fit_qc(
         "linear": {"mae": linear_mae, **_brief(patients["pred_linear"], patients["gt_dice"], patient_threshold)},
         "chosen": ptype,
     }
+    scores["slice_models"] = slice_models
     final, inner = fit_slice_model(xs, present, has, dice, y, parts_of(folds, groups), features, alpha)
     all_patients = patient_table(table.assign(exp_dice=inner), key)
     final_patient = _patient_model(all_patients, alpha) if ptype == "linear" else None
@@ -151,7 +174,9 @@ def fit_qc(
     keep = [c for c in (*key, "phase", "slice", "fold", "gt_dice", "pred_dice", "exp_dice") if c in slices.columns]
     cols = [*key, "fold", "gt_dice", "pred_dice", "pred_mean", "pred_linear", "gt_vdice", "pred_vdice"]
     out_patients = patients[[c for c in cols if c in patients.columns]]
-    return QcFit(final, ptype, final_patient, slices[list(dict.fromkeys(keep))], out_patients, scores, volume_model)
+    booster = fit_booster(xb, y, boost_names, boost) if xb is not None and stype == "blend" else None
+    kept = slices[list(dict.fromkeys(keep))]
+    return QcFit(final, ptype, final_patient, kept, out_patients, scores, volume_model, booster)
 
 
 def score_volumes(patients: pd.DataFrame, threshold: float = PATIENT_THRESHOLD) -> dict[str, Any]:
@@ -169,6 +194,11 @@ def _patient_model(pt: pd.DataFrame, alpha: float) -> LinearIsotonic:
     parts = parts_of(pt["fold"].to_numpy(), pt["patient"].to_numpy())
     model, _ = fit(patient_features(pt), pt["gt_dice"].to_numpy(), parts, list(PATIENT_FEATURES), alpha)
     return model
+
+
+def _slice_brief(pred: np.ndarray, true: np.ndarray, threshold: float) -> dict[str, float]:
+    s = score_level(true, threshold, pred)["predicted"]
+    return {"mae": s["mae"], "auc": s["auc"], "spearman": s["spearman"]}
 
 
 def _brief(pred: pd.Series, true: pd.Series, threshold: float) -> dict[str, float]:

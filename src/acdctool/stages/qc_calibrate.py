@@ -25,6 +25,7 @@ from acdctool.io.checkpoint import file_sha256
 from acdctool.io.slices import SliceFile
 from acdctool.progress import Progress
 from acdctool.provenance import Provenance, make_provenance
+from acdctool.qc.boost import BoostSettings
 from acdctool.qc.calibration import Calibration
 from acdctool.qc.features import FeatureGroup, feature_names
 from acdctool.qc.fit import fit_qc
@@ -132,6 +133,7 @@ def run(
         names,
         key=KEY,
         alpha=config.alpha,
+        boost=BoostSettings() if config.boost else None,
         slice_threshold=config.slice_threshold,
         patient_threshold=config.patient_threshold,
     )
@@ -156,6 +158,7 @@ def run(
         patient_type=fitted.patient_type,
         patient_model=fitted.patient_model,
         volume_model=fitted.volume_model,
+        booster=fitted.booster,
         training_patients=sorted(table["patient"].unique().tolist()),
         oof=oof,
         config=config_to_dict(config),
