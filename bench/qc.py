@@ -2,13 +2,16 @@
 """Benchmark `qc`: slices/s of the whole stage (signals, NVAE, tables, figure), and without NVAE.
 
 Usage: python bench/qc.py [SEG.h5] [--prep SLICES.h5] [--nvae CKPT] [--device auto|cpu|cuda]
-                          [--batch-size N] [--workers N] [--rows N]
+                          [--batch-size N] [--workers N] [--rows N] [--calibration FILE]
 
 Without SEG.h5 one is made (in a temp folder) from a prep file (--prep, else `acdctool prep`
 of ../shared/acdc/training): its ground truth eroded or given a stray blob on a third of the
 slices, with softmax-like float16 probabilities (N, 4, H, W), as `gen-seg --save-probs`
 writes. Without --nvae an untrained NVAE of the report's configuration is used (its speed does
-not depend on the weights). Prints slices/s with and without the NVAE and the time per part.
+not depend on the weights). Prints slices/s with and without the NVAE and the time per part;
+with --calibration (one fitted without NVAE features, `qc-calibrate --features mask,probs`)
+also the calibrated run without NVAE: signals, predicted Dice (hurdle model and boosted trees),
+patients' volume Dice, flags.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2, help="processes for the anatomical criteria")
     ap.add_argument("--rows", type=int, default=0, help="use only the first N rows (0: all)")
+    ap.add_argument("--calibration", help="also time a calibrated run without NVAE (a calibration without nvae)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -100,9 +104,12 @@ def _bench(seg: Path, ckpt: Path, args: argparse.Namespace, tmp: Path) -> None:
         n = len(f)
     print(f"{n} slices, torch threads {torch.get_num_threads()}, batch {args.batch_size}, workers {args.workers}")
     config = QcConfig(batch_size=args.batch_size, device=args.device, workers=args.workers)
-    for label, nvae in (("signals only (no NVAE)", ()), ("with NVAE", (ckpt,))):
+    runs = [("signals only (no NVAE)", (), None), ("with NVAE", (ckpt,), None)]
+    if args.calibration:
+        runs.insert(1, ("calibrated, no NVAE", (), Path(args.calibration)))
+    for i, (label, nvae, cal) in enumerate(runs):
         t0, c0 = time.perf_counter(), _cpu()
-        qc.run(config, qc.Inputs(seg, nvae), tmp / f"qc-{len(nvae)}", force=True)
+        qc.run(config, qc.Inputs(seg, nvae, cal), tmp / f"qc-{i}", force=True)
         wall, cpu = time.perf_counter() - t0, _cpu() - c0
         print(f"{label}: {n / wall:.1f} slices/s ({wall:.2f} s wall, {cpu:.2f} s CPU with worker processes)")
 

@@ -28,24 +28,6 @@ def _disc(size=32, myo=10, lv=6):
     return m
 
 
-def _heart(size=40):
-    """LV in a MYO ring with an RV crescent on its left: anatomically valid."""
-    yy, xx = np.mgrid[:size, :size]
-    r = np.hypot(yy - 20, xx - 23)
-    m = np.zeros((size, size), np.uint8)
-    m[r < 9] = 2
-    m[r < 5] = 3
-    m[(np.hypot(yy - 20, xx - 14) < 8) & (m == 0)] = 1
-    return m
-
-
-def _confident(mask, p=0.98):
-    """(4, H, W) softmax that puts ``p`` on the mask's label, the rest spread evenly."""
-    probs = np.full((4, *mask.shape), (1 - p) / 3, np.float32)
-    np.put_along_axis(probs, mask[None].astype(np.intp), p, axis=0)
-    return probs
-
-
 # ---------------------------------------------------------------------------- scores
 
 
@@ -81,7 +63,7 @@ def test_probability_scores_by_hand():
         Scorer("loglik", mask, None)
 
 
-def test_probability_rule_picks_the_right_candidate_where_the_mask_rule_picks_the_wrong_one():
+def test_probability_rule_picks_the_right_candidate_where_the_mask_rule_picks_the_wrong_one(peaked_softmax):
     """The net hesitated over a bulge of LV into the MYO (0.55 LV) and a stray blob; the hard mask
     keeps both. Candidate A drops the blob but keeps the bulge and redraws two pixels the net was
     sure of; candidate B (the truth) drops blob and bulge. A is closer to the hard mask, B to the
@@ -95,7 +77,7 @@ def test_probability_rule_picks_the_right_candidate_where_the_mask_rule_picks_th
     sure[15:17, 11] = True  # LV in truth, and the net is sure
     inp = gt.copy()
     inp[bulge | blob] = 3
-    probs = _confident(gt)
+    probs = peaked_softmax(gt, 0.98)
     probs[:, bulge] = np.array([0.0, 0.0, 0.45, 0.55])[:, None]
     probs[:, blob] = np.array([0.4, 0.0, 0.0, 0.6])[:, None]
     a = inp.copy()
@@ -123,7 +105,7 @@ def test_probability_rule_picks_the_right_candidate_where_the_mask_rule_picks_th
 
 
 @pytest.mark.parametrize("rule", ["mask", "soft-dice", "loglik"])
-def test_closest_valid_equals_exhaustive_search_for_every_rule(rule):
+def test_closest_valid_equals_exhaustive_search_for_every_rule(rule, peaked_softmax):
     rng = np.random.default_rng(2)
     good = _disc()
     n = 6
@@ -131,7 +113,7 @@ def test_closest_valid_equals_exhaustive_search_for_every_rule(rule):
     for i in range(n):  # invalid inputs: a stray LV blob
         masks[i, 1 + i : 4 + i, 1:4] = 3
     probs = rng.dirichlet(np.ones(4) * 0.3, (n, 32, 32)).transpose(0, 3, 1, 2).astype(np.float32)
-    probs = 0.5 * probs + 0.5 * np.stack([_confident(m) for m in masks])
+    probs = 0.5 * probs + 0.5 * np.stack([peaked_softmax(m, 0.98) for m in masks])
     spacing = np.ones((n, 2))
     candidates = [masks.copy()]  # identical to the input: never taken
     for _ in range(6):
@@ -186,8 +168,8 @@ def test_structure_edits_leave_the_other_structures_bit_identical():
     np.testing.assert_array_equal(structure_edits(masks, cand, np.zeros((40, 3), bool)), masks)
 
 
-def test_gate_replaces_only_the_failing_structure():
-    good = _heart()
+def test_gate_replaces_only_the_failing_structure(toy_heart):
+    good = toy_heart()
     inp = good.copy()
     inp[20, 10] = 0  # a hole in the RV: only holes_in_rv fails
     assert anatomy.failed_criteria(anatomy.evaluate_slice(inp, SP)) == ["holes_in_rv"]
@@ -208,8 +190,8 @@ def test_gate_replaces_only_the_failing_structure():
     assert g.reasons == ["no-valid-candidate"]  # structure family off: nothing offered
 
 
-def test_min_structure_dice_refuses_partial_losses_but_allows_removal():
-    good = _heart()
+def test_min_structure_dice_refuses_partial_losses_but_allows_removal(toy_heart):
+    good = toy_heart()
     inp = good.copy()
     inp[20, 10] = 0  # a hole in the RV: invalid
     crescent = good.copy()
@@ -234,8 +216,8 @@ def test_min_structure_dice_refuses_partial_losses_but_allows_removal():
     assert RefineConfig().min_structure_dice > rv_dice  # the default refuses this half RV
 
 
-def test_fallback_tier_only_corrects_what_the_first_tier_cannot():
-    good = _heart()
+def test_fallback_tier_only_corrects_what_the_first_tier_cannot(toy_heart):
+    good = toy_heart()
     a = good.copy()
     a[20, 10] = 0  # a hole in the RV: invalid
     b = good.copy()
@@ -323,12 +305,12 @@ def test_latent_steps_go_from_the_reconstruction_to_the_prior_mean():
 # ---------------------------------------------------------------------------- morph candidate
 
 
-def test_nvae_proposer_offers_the_input_s_clean_up_only_when_asked(nvae_checkpoint_factory, tmp_path):
+def test_nvae_proposer_offers_the_input_s_clean_up_only_when_asked(nvae_checkpoint_factory, tmp_path, toy_heart):
     from acdctool.correct import morph
     from acdctool.correct.nvae_proposer import NvaeProposer
 
     ck = nvae_checkpoint_factory(tmp_path / "nvae.pt", size=64)
-    masks = np.stack([np.pad(_heart(), 12), np.pad(_disc(40), 12)])
+    masks = np.stack([np.pad(toy_heart(), 12), np.pad(_disc(40), 12)])
     masks[0, 3:6, 3:6] = 3  # a stray LV blob: morph removes it
     masks[1, 32, 32] = 0  # a hole in the LV: morph fills it
     with_morph = NvaeProposer.load(ck, RefineConfig(device="cpu", polish=True), (64, 64), tmp_path / "seg.h5")

@@ -19,17 +19,6 @@ from acdctool.report.tables import position
 SP = (1.0, 1.0)
 
 
-def _heart(size=40):
-    """LV in a MYO ring with an RV crescent on its left: anatomically valid."""
-    yy, xx = np.mgrid[:size, :size]
-    r = np.hypot(yy - 20, xx - 23)
-    m = np.zeros((size, size), np.uint8)
-    m[r < 9] = 2
-    m[r < 5] = 3
-    m[(np.hypot(yy - 20, xx - 14) < 8) & (m == 0)] = 1
-    return m
-
-
 def _broken(good):
     """The heart with a notch of background cut through the MYO ring (LV touches background)
     and a stray LV speck outside: anatomically invalid, and no clean-up of the hard mask alone
@@ -40,17 +29,11 @@ def _broken(good):
     return m
 
 
-def _softmax_of(mask, p=0.9):
-    probs = np.full((4, *mask.shape), (1 - p) / 3, np.float32)
-    np.put_along_axis(probs, mask[None].astype(np.intp), p, axis=0)
-    return probs
-
-
-def test_smoothing_repairs_what_the_argmax_breaks():
-    good = _heart()
+def test_smoothing_repairs_what_the_argmax_breaks(toy_heart, peaked_softmax):
+    good = toy_heart()
     bad = _broken(good)
-    probs = _softmax_of(good)
-    probs[:, bad != good] = _softmax_of(bad)[:, bad != good] * 0.55 + probs[:, bad != good] * 0.45
+    probs = peaked_softmax(good)
+    probs[:, bad != good] = peaked_softmax(bad)[:, bad != good] * 0.55 + probs[:, bad != good] * 0.45
     assert (probs.argmax(0) == bad).all() and not anatomy.is_valid(bad, SP)  # the hard mask is broken
     cands = smoothed_candidates(probs[None], [1.0, 2.0])
     assert [c.shape for c in cands] == [(1, 40, 40)] * 2 and all(c.dtype == np.uint8 for c in cands)
@@ -64,11 +47,11 @@ def test_smoothing_repairs_what_the_argmax_breaks():
         smoothed_candidates(probs, [1.0])
 
 
-def test_gate_offers_smooth_as_a_fallback_only_with_probs_and_where_allowed():
-    good = _heart()
+def test_gate_offers_smooth_as_a_fallback_only_with_probs_and_where_allowed(toy_heart, peaked_softmax):
+    good = toy_heart()
     bad = _broken(good)
-    probs = _softmax_of(good)
-    probs[:, bad != good] = _softmax_of(bad)[:, bad != good] * 0.55 + probs[:, bad != good] * 0.45
+    probs = peaked_softmax(good)
+    probs[:, bad != good] = peaked_softmax(bad)[:, bad != good] * 0.55 + probs[:, bad != good] * 0.45
     masks, p = np.stack([bad, bad]), np.stack([probs, probs])
 
     def nothing_valid(m, ctx):  # a first tier that cannot make the slice valid
@@ -95,10 +78,10 @@ def test_gate_offers_smooth_as_a_fallback_only_with_probs_and_where_allowed():
     assert gate(masks, None, np.ones((2, 2)), nothing_valid, first, probs=p).families == ["smooth", "smooth"]
 
 
-def test_fallback_never_touches_a_first_tier_correction():
-    good = _heart()
+def test_fallback_never_touches_a_first_tier_correction(toy_heart, peaked_softmax):
+    good = toy_heart()
     bad = _broken(good)
-    probs = _softmax_of(bad)
+    probs = peaked_softmax(bad)
 
     def fixes_it(m, ctx):
         out = Candidates()
@@ -129,7 +112,9 @@ def _stray_blob(gt, index):
     return gt
 
 
-def test_refine_stage_records_smooth_and_skips_mid_slices(seg_file_factory, nvae_checkpoint_factory, tmp_path):
+def test_refine_stage_records_smooth_and_skips_mid_slices(
+    seg_file_factory, nvae_checkpoint_factory, tmp_path, peaked_softmax
+):
     """Through the stage, with an untrained NVAE whose candidates cannot fix anything: the
     smooth fallback corrects base and apex slices from the softmax, never mid ones, and only
     when the file has probs (``smooth_used``)."""
@@ -138,7 +123,7 @@ def test_refine_stage_records_smooth_and_skips_mid_slices(seg_file_factory, nvae
     seg = seg_file_factory(_stray_blob)
     with SliceFile(seg) as f:
         index, arrays = f.index, {n: f.read(n) for n in ("image", "gt", "pred")}
-    probs = np.stack([_softmax_of(m, 0.7) for m in arrays["gt"]])
+    probs = np.stack([peaked_softmax(m, 0.7) for m in arrays["gt"]])
     has = arrays["gt"].reshape(len(probs), -1).any(axis=1)
     probs[has, :, 1:4, 1:4] = np.array([0.3, 0.0, 0.0, 0.7], np.float32)[None, :, None, None]
     assert (probs.argmax(1) == arrays["pred"]).all()

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from acdctool.conventions import CLASS_NAMES, CLASSES, PHASES, POSITIONS, VOLUME_KEY
+from acdctool.conventions import CLASS_NAMES, CLASSES, PHASES, VOLUME_KEY, slice_position
 from acdctool.io.slices import volume_groups
 from acdctool.metrics import anatomy, clinical, overlap
 from acdctool.workers import process_map
@@ -22,8 +22,8 @@ _CHUNK = 256
 
 def position(slice_index: pd.Series, n_slices: pd.Series) -> pd.Series:
     """:func:`acdctool.conventions.slice_position` of every row (``base``/``mid``/``apex``)."""
-    third = (slice_index.to_numpy() * 3) // np.maximum(n_slices.to_numpy(), 1)
-    return pd.Series(np.array(POSITIONS)[np.clip(third, 0, 2)], index=slice_index.index)
+    where = zip(slice_index.to_numpy(), n_slices.to_numpy(), strict=True)
+    return pd.Series([slice_position(int(i), int(n)) for i, n in where], index=slice_index.index)
 
 
 def slice_metrics(
