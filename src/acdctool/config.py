@@ -494,6 +494,16 @@ class QcFeatures(str, Enum):
     NVAE = "nvae"
 
 
+class PatientDice(str, Enum):
+    """``qc --patient-dice``: which Dice of a patient flags and ranks it."""
+
+    VOLUME = "volume"
+    """The 3D Dice per volume (the ACDC challenge's, ``pred_vdice``), where the calibration has
+    a volume model; else the mean of the slices'."""
+    SLICES = "slices"
+    """The mean of the slices' Dice (``pred_dice``)."""
+
+
 @dataclass(frozen=True)
 class QcConfig:
     """Quality control without ground truth (``acdctool qc``)."""
@@ -502,6 +512,8 @@ class QcConfig:
     """Flag slices whose predicted Dice is below this (uncalibrated: risk at least 1 − this)."""
     flag_patient_below: float = 0.85
     """Flag patients whose predicted Dice is below this (uncalibrated: mean risk at least 1 − this)."""
+    patient_dice: str = PatientDice.VOLUME.value
+    """The patient Dice that ``flag_patient_below`` applies to (:class:`PatientDice`)."""
     use_probs: bool = True
     """Use the file's ``probs`` (entropy, margin, soft Dice) when it has them."""
     batch_size: int = 32
@@ -520,6 +532,7 @@ class QcConfig:
         for name, value in (("--flag-below", self.flag_below), ("--flag-patient-below", self.flag_patient_below)):
             if not 0 <= value <= 1:
                 raise ConfigError(f"{name} must be within [0, 1], got {value}")
+        check_choice("--patient-dice", self.patient_dice, PatientDice)
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.workers < 1:

@@ -24,6 +24,7 @@ from acdctool.config import (
     Method,
     NonFinite,
     NvaeInput,
+    PatientDice,
     Precision,
     Roi,
     choices,
@@ -57,6 +58,7 @@ CHOICES = {
     ("predict", "device"): Device,
     ("predict", "choose"): Choose,
     ("qc", "device"): Device,
+    ("qc", "patient_dice"): PatientDice,
     ("qc-calibrate", "device"): Device,
 }
 BAD = [
@@ -79,6 +81,7 @@ BAD = [
     ["predict", "img", "-m", "a.pt", "-o", "out", "--device", "tpu"],
     ["predict", "img", "-m", "a.pt", "-o", "out", "--choose", "dice"],
     ["qc", "seg.h5", "-o", "qc", "--device", "gpu"],
+    ["qc", "seg.h5", "-o", "qc", "--patient-dice", "pixels"],
 ]
 
 

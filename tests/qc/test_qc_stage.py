@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from acdctool.config import QcCalibrateConfig, QcConfig
-from acdctool.errors import BadInputError, FileKindError, SchemaVersionError
+from acdctool.errors import BadInputError, ConfigError, FileKindError, SchemaVersionError
 from acdctool.qc.calibration import Calibration
 from acdctool.stages import qc, qc_calibrate
 
@@ -95,7 +95,18 @@ def test_calibration_round_trips_and_refuses_other_files(calibration, qc_seg, fo
     pd.testing.assert_series_equal(a, b)
     assert res.calibrated and res2.calibrated and len(table)
     pa = pd.read_csv(tmp_path / "a" / "patients.csv")
-    assert (pa["flag"] == (pa["pred_dice"] < 0.85)).all() and pa["pred_dice"].between(0, 1).all()
+    # patients are flagged by their predicted volume Dice by default, by the slices' mean on request
+    assert res.summary["patient_score"] == "pred_vdice" and pa["pred_dice"].between(0, 1).all()
+    assert (pa["flag"] == (pa["pred_vdice"] < 0.85)).all()
+    thr = float(np.median(pa["pred_vdice"]))  # a threshold that splits the patients by volume Dice
+    for mode, column in (("volume", "pred_vdice"), ("slices", "pred_dice")):
+        cfg = QcConfig(plots=False, workers=1, flag_patient_below=thr, patient_dice=mode)
+        r = qc.run(cfg, qc.Inputs(qc_seg, tuple(fold_nvaes), path), tmp_path / mode)
+        p = pd.read_csv(tmp_path / mode / "patients.csv")
+        assert r.summary["patient_score"] == column and (p["flag"] == (p[column] < thr)).all()
+        flags = pd.read_csv(tmp_path / mode / "flags.csv")
+        flagged = flags[flags["level"] == "patient"]
+        assert len(flagged) == p["flag"].sum() and flagged[column].is_monotonic_increasing
     assert any("in-sample" in n for n in res.notes)  # these patients trained the calibration
     d = json.loads(path.read_text())
     # the volume-Dice line: stored, scored out of fold, applied by qc to the patients
@@ -165,3 +176,8 @@ def test_qc_with_ground_truth_scores_itself_and_uses_held_out_nvaes(qc_seg, fold
     assert "predicted" not in s["scores_vs_gt"]["slice"] and "predicted" not in s["scores_vs_gt"]["patient_volume"]
     assert {"prob_vdice", "nvae_vdice", "entropy_fg"} <= set(s["scores_vs_gt"]["patient_volume"]["signals"])
     assert {"gt_dice", "entropy_fg", "nvae_dice_mean", "jump_max", "valid"} <= set(slices.columns)
+
+
+def test_patient_dice_choice_is_checked():
+    with pytest.raises(ConfigError, match="--patient-dice"):
+        QcConfig(patient_dice="pixels")

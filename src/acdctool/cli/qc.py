@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from acdctool.cli.common import FORCE, QUIET, call, log, make_config, print_path, provenance, reporter
-from acdctool.config import QcConfig
+from acdctool.config import PatientDice, QcConfig
 from acdctool.conventions import Device
 
 _D = QcConfig()
@@ -37,6 +37,11 @@ def qc(
         "--flag-patient-below",
         metavar="DICE",
         help="Flag patients whose predicted Dice is below this.",
+    ),
+    patient_dice: PatientDice = typer.Option(
+        PatientDice(_D.patient_dice),
+        "--patient-dice",
+        help="Patient Dice the flag uses: volume (3D per volume, the challenge's) or slices (their mean).",
     ),
     probs: bool = typer.Option(
         _D.use_probs, "--probs/--no-probs", help="Use the file's softmax 'probs' (entropy, margin) when present."
@@ -71,6 +76,7 @@ def qc(
         QcConfig,
         flag_below=flag_below,
         flag_patient_below=flag_patient_below,
+        patient_dice=patient_dice.value,
         use_probs=probs,
         batch_size=batch_size,
         device=device.value,

@@ -91,14 +91,25 @@ def review_table(slices: pd.DataFrame, patients: pd.DataFrame, score: str) -> pd
     return t.reset_index(drop=True)
 
 
-def flags_table(slices: pd.DataFrame, patients: pd.DataFrame, score: str) -> pd.DataFrame:
-    """Flagged patients then flagged slices, each worst first: ``level``, keys, score, reasons."""
-    ascending = score == "pred_dice"
-    p = patients[patients["flag"].astype(bool)].sort_values(score, ascending=ascending, kind="stable")
-    s = slices[slices["flag"].astype(bool)].sort_values(score, ascending=ascending, kind="stable")
-    cols = [*ROW_KEY, score, "reasons"]
+def flags_table(
+    slices: pd.DataFrame, patients: pd.DataFrame, score: str, patient_score: str | None = None
+) -> pd.DataFrame:
+    """Flagged patients then flagged slices, each worst first: ``level``, keys, the scores, reasons.
+
+    Args:
+        score: the slices' (and by default the patients') score, ``pred_dice`` or ``risk``.
+        patient_score: the patients' when another (``pred_vdice``): its own column, empty
+            for the slices.
+    """
+    patient_score = patient_score or score
+    p = patients[patients["flag"].astype(bool)].sort_values(
+        patient_score, ascending=patient_score != "risk", kind="stable"
+    )
+    s = slices[slices["flag"].astype(bool)].sort_values(score, ascending=score != "risk", kind="stable")
+    scores = list(dict.fromkeys([score, patient_score]))
+    cols = [*ROW_KEY, *scores, "reasons"]
     p = p.assign(level="patient", phase="", slice=-1)[["level", *cols]]
-    s = s.assign(level="slice")[["level", *cols]]
+    s = s.assign(level="slice", **{c: np.nan for c in scores if c not in s.columns})[["level", *cols]]
     return pd.concat([p, s], ignore_index=True)
 
 

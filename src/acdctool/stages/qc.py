@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from acdctool.config import QcConfig, config_to_dict
+from acdctool.config import PatientDice, QcConfig, config_to_dict
 from acdctool.io.atomic import atomic_dir
 from acdctool.io.checkpoint import file_sha256
 from acdctool.io.slices import SliceFile
@@ -136,8 +136,12 @@ def run(
     table["reasons"] = slice_reasons(table)
     n_flag = table.groupby(list(PATIENT_KEY))["flag"].sum().rename("n_flagged").reset_index()
     patients = patients.merge(n_flag, on=list(PATIENT_KEY), how="left")
+    # the patient Dice that flags: the volume Dice where the calibration predicts it (--patient-dice)
+    patient_score = score
+    if config.patient_dice == PatientDice.VOLUME.value and "pred_vdice" in patients.columns:
+        patient_score = "pred_vdice"
     if calibration is not None:
-        patients["flag"] = (patients[score] < config.flag_patient_below).astype(np.int8)
+        patients["flag"] = (patients[patient_score] < config.flag_patient_below).astype(np.int8)
     else:
         patients["flag"] = (patients[score] >= 1 - config.flag_patient_below).astype(np.int8)
     patients["reasons"] = patient_reasons(patients)
@@ -145,6 +149,7 @@ def run(
         "input": file_info,
         "calibrated": calibration is not None,
         "score": score,
+        "patient_score": patient_score,
         "signals": available_groups(table),
         "slices": len(table),
         "patients": len(patients),
@@ -166,7 +171,7 @@ def run(
         table.to_csv(tmp / "slices.csv", index=False, float_format="%.6g")
         patients.to_csv(tmp / "patients.csv", index=False, float_format="%.6g")
         review_table(table, patients, score).to_csv(tmp / "review.csv", index=False, float_format="%.6g")
-        flags_table(table, patients, score).to_csv(tmp / "flags.csv", index=False, float_format="%.6g")
+        flags_table(table, patients, score, patient_score).to_csv(tmp / "flags.csv", index=False, float_format="%.6g")
         if config.plots:
             label = "predicted Dice" if calibration is not None else "risk (uncalibrated)"
             threshold = config.flag_below if calibration is not None else 1 - config.flag_below
