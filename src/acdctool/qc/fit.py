@@ -39,8 +39,8 @@ from acdctool.qc.features import SIGNALS, feature_matrix, feature_names, groups_
 from acdctool.qc.hurdle import SliceModel, fit_slice_model
 from acdctool.qc.model import DEFAULT_ALPHA, LinearIsotonic, fit, parts_of
 from acdctool.qc.patients import PATIENT_FEATURES, PATIENT_KEY, patient_features, patient_table
-from acdctool.qc.scoring import PATIENT_THRESHOLD, SLICE_THRESHOLD, mae, score_level
-from acdctool.qc.volume_dice import VolumeModel, fit_volume_model, volume_feature
+from acdctool.qc.scoring import PATIENT_THRESHOLD, SLICE_THRESHOLD, score_level
+from acdctool.qc.volume_dice import VOLUME_SIGNALS, VolumeModel, fit_volume_model, volume_feature
 
 __all__ = ["QcFit", "fit_qc", "class_inputs", "score_tables", "score_volumes", "MIN_PATIENTS_LINEAR"]
 
@@ -143,27 +143,24 @@ def fit_qc(
             held["pred_vdice"] = vmodel.predict(held)
         pats.append(held)
     patients = pd.concat(pats, ignore_index=True).sort_values(list(key), kind="stable").reset_index(drop=True)
-    linear_mae = mae(patients["pred_linear"], patients["gt_dice"])
-    mean_mae = mae(patients["pred_mean"], patients["gt_dice"])
+    patient_models: dict[str, Any] = {
+        m: _brief(patients[f"pred_{m}"], patients["gt_dice"], patient_threshold) for m in ("mean", "linear")
+    }
     enough = patients["patient"].nunique() >= MIN_PATIENTS_LINEAR
-    ptype = "linear" if enough and linear_mae < mean_mae else "mean"
+    ptype = "linear" if enough and patient_models["linear"]["mae"] < patient_models["mean"]["mae"] else "mean"
+    patient_models["chosen"] = ptype
     patients["pred_dice"] = patients["pred_linear"] if ptype == "linear" else patients["pred_mean"]
-    slice_models: dict[str, Any] = {"median": _slice_brief(oof, y, slice_threshold)}
+    slice_models: dict[str, Any] = {"median": _brief(oof, y, slice_threshold)}
     stype = "median"
     if xb is not None:
         blend = np.clip((oof + oof_boost) / 2, 0.0, 1.0)
-        slice_models["blend"] = _slice_brief(blend, y, slice_threshold)
+        slice_models["blend"] = _brief(blend, y, slice_threshold)
         if slice_models["blend"]["mae"] < slice_models["median"]["mae"]:
             oof, stype = blend, "blend"
     slice_models["chosen"] = stype
     slices = table.assign(pred_dice=oof, exp_dice=oof_exp)
     scores = score_tables(slices, patients, slice_threshold, patient_threshold)
-    scores["patient_models"] = {
-        "mean": {"mae": mean_mae, **_brief(patients["pred_mean"], patients["gt_dice"], patient_threshold)},
-        "linear": {"mae": linear_mae, **_brief(patients["pred_linear"], patients["gt_dice"], patient_threshold)},
-        "chosen": ptype,
-    }
-    scores["slice_models"] = slice_models
+    scores["patient_models"], scores["slice_models"] = patient_models, slice_models
     final, inner = fit_slice_model(xs, present, has, dice, y, parts_of(folds, groups), features, alpha)
     all_patients = patient_table(table.assign(exp_dice=inner), key)
     final_patient = _patient_model(all_patients, alpha) if ptype == "linear" else None
@@ -183,11 +180,15 @@ def score_volumes(patients: pd.DataFrame, threshold: float = PATIENT_THRESHOLD) 
     """Scores of the predicted volume Dice (``pred_vdice``), of the volume signals and of the
     slice signals' patient means against ``gt_vdice``: :func:`acdctool.qc.scoring.score_level`'s
     dict (level ``patient_volume``)."""
-    sig = {n: (patients[n].to_numpy(np.float64), -1) for n in ("prob_vdice", "nvae_vdice") if n in patients.columns}
-    # the slice signals' patient means too, for comparison
-    sig.update({n: (patients[n].to_numpy(np.float64), d) for n, d in SIGNALS.items() if n in patients.columns})
+    # the volume signals, then the slice signals' patient means for comparison
+    sig = _signals(patients, {**VOLUME_SIGNALS, **SIGNALS})
     pred = patients["pred_vdice"].to_numpy(np.float64) if "pred_vdice" in patients.columns else None
     return score_level(patients["gt_vdice"].to_numpy(np.float64), threshold, pred, sig)
+
+
+def _signals(t: pd.DataFrame, directions: Mapping[str, int]) -> dict[str, tuple[np.ndarray, int]]:
+    """:func:`acdctool.qc.scoring.score_level`'s ``signals``: those of ``directions`` ``t`` has."""
+    return {name: (t[name].to_numpy(np.float64), sign) for name, sign in directions.items() if name in t.columns}
 
 
 def _patient_model(pt: pd.DataFrame, alpha: float) -> LinearIsotonic:
@@ -196,14 +197,10 @@ def _patient_model(pt: pd.DataFrame, alpha: float) -> LinearIsotonic:
     return model
 
 
-def _slice_brief(pred: np.ndarray, true: np.ndarray, threshold: float) -> dict[str, float]:
-    s = score_level(true, threshold, pred)["predicted"]
+def _brief(pred: np.ndarray | pd.Series, true: np.ndarray | pd.Series, threshold: float) -> dict[str, float]:
+    """MAE, AUC and Spearman of one candidate prediction (slice or patient model)."""
+    s = score_level(np.asarray(true, np.float64), threshold, np.asarray(pred, np.float64))["predicted"]
     return {"mae": s["mae"], "auc": s["auc"], "spearman": s["spearman"]}
-
-
-def _brief(pred: pd.Series, true: pd.Series, threshold: float) -> dict[str, float]:
-    s = score_level(true.to_numpy(), threshold, pred.to_numpy())["predicted"]
-    return {"auc": s["auc"], "spearman": s["spearman"]}
 
 
 def score_tables(
@@ -225,7 +222,7 @@ def score_tables(
     """
     out: dict[str, Any] = {}
     for level, t, thr in (("slice", slices, slice_threshold), ("patient", patients, patient_threshold)):
-        sig = {name: (t[name].to_numpy(np.float64), sign) for name, sign in SIGNALS.items() if name in t.columns}
+        sig = _signals(t, SIGNALS)
         pred = t["pred_dice"].to_numpy(np.float64) if "pred_dice" in t.columns else None
         out[level] = score_level(t["gt_dice"].to_numpy(np.float64), thr, pred, sig)
     if "gt_vdice" in patients.columns:

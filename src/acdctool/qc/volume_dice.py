@@ -35,14 +35,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from acdctool.config import QcFeatures as FeatureGroup
 from acdctool.conventions import CLASSES
 
-__all__ = ["VOLUME_FEATURES", "VolumeModel", "volume_columns", "fit_volume_model", "volume_feature", "TRUTH_COLUMNS"]
+__all__ = [
+    "VOLUME_FEATURES",
+    "VOLUME_SIGNALS",
+    "TRUTH_COLUMNS",
+    "VolumeModel",
+    "volume_columns",
+    "fit_volume_model",
+    "volume_feature",
+]
 
 VOLUME_FEATURES: tuple[str, ...] = ("prob_vdice", "nvae_vdice", "pred_mean")
 """Inputs of the volume model, best first: the softmax's (needs ``probs``), the NVAE's (needs
 ``--nvae``), the mean of the slices' expected Dice (always there once the slice model ran)."""
 _WEIGHTED = {"prob_vdice": "prob_dice", "nvae_vdice": "nvae_dice"}
+VOLUME_SIGNALS = {name: -1 for name in _WEIGHTED}
+"""The volume signals scored alone, with their direction (−1: higher is better), as
+:data:`acdctool.qc.features.SIGNALS`."""
 TRUTH_COLUMNS = tuple(f"gt_{k}_px_{c}" for c in CLASSES for k in ("overlap", "sum"))
 """Slice-table truth columns the true volume Dice is built from (px): ``|P∩G|`` and ``|P| + |G|``."""
 
@@ -99,7 +111,11 @@ def volume_feature(columns: Sequence[str], groups: Sequence[str] = ("mask", "pro
         >>> volume_feature(["pred_mean", "prob_vdice", "nvae_vdice"], ["mask", "nvae"])
         'nvae_vdice'
     """
-    allowed = {"prob_vdice": "probs" in groups, "nvae_vdice": "nvae" in groups, "pred_mean": True}
+    allowed = {
+        "prob_vdice": FeatureGroup.PROBS.value in groups,
+        "nvae_vdice": FeatureGroup.NVAE.value in groups,
+        "pred_mean": True,
+    }
     return next(f for f in VOLUME_FEATURES if allowed[f] and (f in columns or f == "pred_mean"))
 
 
