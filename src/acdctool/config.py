@@ -763,6 +763,9 @@ class TrainNvaeConfig:
     tensorboard: bool = False
     grad_clip: float = 200.0
     """Gradient-norm clip (0: off); a safety net for early KL spikes."""
+    ema: float = 0.0
+    """Decay of an exponential moving average of the weights, updated every optimiser step,
+    that validation and ``best.pt`` use (0: off, the live weights as in the report)."""
 
     _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
         "stem_channels": (1, 1024),
@@ -796,6 +799,8 @@ class TrainNvaeConfig:
             raise ConfigError("need --lr > 0, 0 < --lr-min <= --lr and --eps > 0")
         if min(self.warmup_steps, self.lr_warmup_steps, self.workers) < 0 or self.weight_decay < 0:
             raise ConfigError("warm-up steps, --workers and --weight-decay must be >= 0")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"--ema must lie in [0, 1), got {self.ema}")
         check_device(self.device)
 
 

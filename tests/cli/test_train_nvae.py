@@ -72,8 +72,10 @@ def test_seg_and_3gram_modes(seg_file_factory, tmp_path):
         return gt
 
     seg = seg_file_factory(noisy)
-    res = invoke("train-nvae", seg, "--input", "seg", "-o", tmp_path / "seg", "--epochs", 1, *TINY)
+    res = invoke("train-nvae", seg, "--input", "seg", "-o", tmp_path / "seg", "--epochs", 1, "--ema", 0.99, *TINY)
     assert res.exit_code == 0, res.output
+    ck = load_checkpoint(tmp_path / "seg" / "last.pt")
+    assert ck.config["ema"] == 0.99 and ck.train["ema"]["updates"] > 0  # best.pt holds the average
     seg3 = tmp_path / "seg3.h5"
     assert invoke("make-3gram", seg, "-o", seg3).exit_code == 0
     res = invoke("train-nvae", seg3, "--context", "3gram", "-o", tmp_path / "g3", "--epochs", 1, *TINY)
@@ -102,6 +104,7 @@ def test_bad_inputs_write_nothing(prepped, seg_file_factory, tmp_path):
         (["--input", "seg"], prepped, 65, "segmentations"),
         (["--groups-per-scale", "1,1,1"], prepped, 2, "--groups-per-scale"),
         (["--beta", "8,10,11"], prepped, 2, "--beta"),
+        (["--ema", "1"], prepped, 2, "--ema"),
     ]
     for extra, data, code, needle in cases:
         args = [*TINY, *extra]

@@ -19,8 +19,11 @@ CFG = TrainNvaeConfig(stem_channels=4, scales=2, groups_per_scale=(1, 1), latent
                       compile=False)  # fmt: skip
 
 
-def _train(path: Path, run_dir: Path, *, resume: bool = False, hooks: Hooks | None = None) -> TrainResult:
+def _train(
+    path: Path, run_dir: Path, *, resume: bool = False, hooks: Hooks | None = None, cfg: TrainNvaeConfig = CFG
+) -> TrainResult:
     """The trainer on an NVAE task that auto-encodes the ground truth (what train-nvae --input gt runs)."""
+    CFG = cfg  # noqa: N806  # the module's settings unless a test gives others
     with SliceFile(path) as f:
         index, shape, spacing = f.index, f.shape, f.spacing()
     train_rows, val_rows = select_rows(index, CFG.fold)
@@ -57,3 +60,24 @@ def test_nvae_resume_mid_epoch_is_bit_identical_also_from_old_checkpoints(tiny_h
     strip = lambda h: [{k: v for k, v in r.items() if k != "time_s"} for r in h]  # noqa: E731
     assert strip(a.train["history"]) == strip(b.train["history"])
     assert "scaler" not in b.train
+
+
+def test_weight_average_resumes_exactly_and_is_what_best_pt_holds(tiny_h5, tmp_path):
+    """--ema: validation and best.pt use the averaged weights, last.pt the live ones plus the
+    average, and a mid-epoch resume continues both bit-identically."""
+    from dataclasses import replace
+
+    cfg = replace(CFG, ema=0.9)
+    full = _train(tiny_h5, tmp_path / "full", cfg=cfg)
+    part = _train(tiny_h5, tmp_path / "part", cfg=cfg, hooks=Hooks(should_stop=lambda e, s: (e, s) == (1, 1)))
+    assert (full.status, part.status) == ("completed", "interrupted")
+    assert _train(tiny_h5, tmp_path / "part", cfg=cfg, resume=True).status == "completed"
+    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "part" / "last.pt")
+    assert a.train["ema"]["updates"] == b.train["ema"]["updates"] > 0
+    assert all(torch.equal(v, b.train["ema"]["tensors"][k]) for k, v in a.train["ema"]["tensors"].items())
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    best = load_checkpoint(tmp_path / "full" / "best.pt")
+    assert best.metrics["epoch"] == 2  # the warm-up (10 steps) ends in epoch 2: the only candidate
+    averaged = a.train["ema"]["tensors"]
+    assert all(torch.equal(best.state_dict[k], averaged[k]) for k in averaged)
+    assert any(not torch.equal(a.state_dict[k], averaged[k]) for k in averaged)  # live ≠ average

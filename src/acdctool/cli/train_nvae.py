@@ -109,6 +109,13 @@ def train_nvae(
     grad_clip: float = typer.Option(
         _D.grad_clip, "--grad-clip", metavar="NORM", help="Clip the gradient norm (0: off)."
     ),
+    ema: float = typer.Option(
+        _D.ema,
+        "--ema",
+        metavar="DECAY",
+        help="Validate and save as best.pt a moving average of the weights with this decay per step "
+        "(e.g. 0.999; 0: off).",
+    ),
     resume: bool = RESUME,
     force: bool = FORCE,
     quiet: bool = QUIET,
@@ -154,6 +161,7 @@ def train_nvae(
         workers=workers,
         tensorboard=tensorboard,
         grad_clip=grad_clip,
+        ema=ema,
     )
     # Imported after the options are checked: a bad option fails before torch loads.
     from acdctool.stages import train_nvae as stage

@@ -84,6 +84,7 @@ class LoopSettings:
     workers: int
     grad_clip: float
     tensorboard: bool
+    ema: float = 0.0  # decay of the weight average validated and saved as best.pt (0: none)
 
     @classmethod
     def from_config(cls, config: Any) -> LoopSettings:
@@ -96,6 +97,7 @@ class LoopSettings:
             workers=config.workers,
             grad_clip=getattr(config, "grad_clip", 0.0),
             tensorboard=getattr(config, "tensorboard", False),
+            ema=getattr(config, "ema", 0.0),
         )
 
 

@@ -22,6 +22,9 @@ one behaviour:
   fresh, so a preempted SLURM job just reruns the same command.
 - **Stop** (SIGTERM, SIGINT, SIGHUP or ``Hooks.should_stop``): ranks agree at the next check
   step, ``last.pt`` is saved, :meth:`Trainer.fit` returns ``status="interrupted"``.
+- **Weight average** (``ema`` > 0, :mod:`acdctool.train.average`): validation and ``best.pt``
+  use an exponential moving average of the weights; ``last.pt`` keeps the live ones and the
+  average, for an exact resume.
 - **Divergence**: a non-finite loss, weight or validation metric raises
   :class:`TrainingDivergedError` before anything is saved, so the last good checkpoint stays.
 - **DDP** under ``torchrun``: :class:`EpochSampler` shards, rank 0 writes, validation sums are
@@ -41,6 +44,7 @@ import math
 import random
 import time
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +55,7 @@ from torch.utils.data import DataLoader, Dataset
 from acdctool.errors import BadInputError, ConfigError, TrainingDivergedError
 from acdctool.io.checkpoint import load_checkpoint, save_checkpoint
 from acdctool.train import dist
+from acdctool.train.average import WeightAverage
 from acdctool.train.dist import DistContext, EpochSampler
 from acdctool.train.interface import Hooks, LoopSettings, StepContext, Task, TrainResult
 from acdctool.train.run_dir import RunFolder, check_run_dir, prepare_run_dir, write_metrics_csv
@@ -168,7 +173,10 @@ class Trainer:
         model = self.task.build_model().to(ctx.device)
         optimizer, scheduler = self.task.configure_optimizer(model)
         generator = torch.Generator().manual_seed(seed * 1009 + ctx.rank)
-        return RunState(ctx, model, optimizer, scheduler, generator)
+        run = RunState(ctx, model, optimizer, scheduler, generator)
+        if self.settings.ema > 0:
+            run.average = WeightAverage(model, self.settings.ema)
+        return run
 
     def _fit(
         self, ctx: DistContext, train_ds: Dataset[Any], val_ds: Dataset[Any], resume_path: Path | None
@@ -253,6 +261,8 @@ class Trainer:
             if s.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(run.model.parameters(), s.grad_clip)
             run.optimizer.step()
+            if run.average is not None:
+                run.average.update()
             if self.task.scheduler_interval == "step":
                 run.scheduler.step()
             n = next(iter(batch.values())).shape[0]
@@ -293,7 +303,8 @@ class Trainer:
         n = max(float(totals[keys.index("_n")]), 1.0) if "_n" in keys else 1.0
         train = {f"train_{k}": float(totals[i]) / n for i, k in enumerate(keys) if k != "_n"}
         run.partial = {}
-        val = self._validate(run, val_ds)
+        with _averaged(run):
+            val = self._validate(run, val_ds)
         run.epoch, run.step = run.epoch + 1, 0
         record = {
             "epoch": run.epoch,
@@ -400,12 +411,14 @@ class Trainer:
         train = train_entry(run, task_state)  # every rank takes part (RNG states are gathered)
         if train is None:
             return
+        with _averaged(run) if best else nullcontext():
+            state_dict = {k: v.clone() for k, v in run.model.state_dict().items()} if best else run.model.state_dict()
         save_checkpoint(
             self.run_dir / ("best.pt" if best else "last.pt"),
             kind=self.task.checkpoint_kind,
             model_name=self.task.model_name,
             model_args=self.task.model_args,
-            state_dict=run.model.state_dict(),
+            state_dict=state_dict,
             config=self.config,
             data=self.data,
             metrics=dict(run.history[-1]) if run.history else {},
@@ -466,6 +479,11 @@ class Trainer:
 
 def _len(dataset: Dataset[Any]) -> int:
     return len(dataset)  # type: ignore[arg-type]  # map-style datasets are sized
+
+
+def _averaged(run: RunState) -> AbstractContextManager[None]:
+    """The model with ``--ema``'s averaged weights swapped in, or as it is."""
+    return run.average.applied() if run.average is not None else nullcontext()
 
 
 def _collate(batch: Any) -> Any:

@@ -19,6 +19,7 @@ rng               ``{"world_size": W, "ranks": [...]}``: per rank, the Python, N
 history           one metrics record per completed epoch
 best_value,       value of the task's ``best_metric`` at ``best.pt`` and its epoch
 best_epoch
+ema               with ``--ema``: the weight average (:class:`acdctool.train.average.WeightAverage`)
 ================  ==========================================================================
 
 Checkpoints written before bf16-only mixed precision also hold ``scaler`` (the state of a
@@ -39,6 +40,7 @@ import torch
 from acdctool.errors import BadInputError, ConfigError
 from acdctool.io.checkpoint import Checkpoint
 from acdctool.train import dist
+from acdctool.train.average import WeightAverage
 from acdctool.train.dist import DistContext
 
 __all__ = [
@@ -87,6 +89,7 @@ class RunState:
     best_value: float | None = None
     best_epoch: int | None = None
     partial: dict[str, float] = field(default_factory=dict)  # running sums of the current epoch
+    average: WeightAverage | None = None  # --ema: validated and saved as best.pt
 
     def __post_init__(self) -> None:
         self.net = self.model
@@ -112,6 +115,7 @@ def train_entry(run: RunState, task_state: dict[str, Any] | None) -> dict[str, A
         "history": run.history,
         "best_value": run.best_value,
         "best_epoch": run.best_epoch,
+        "ema": None if run.average is None else run.average.state_dict(),
     }
 
 
@@ -122,10 +126,13 @@ def check_resumable(path: Path, ckpt: Checkpoint, config: Mapping[str, Any], dat
         ConfigError: a config field outside :data:`RESUMABLE` differs.
         BadInputError: another data file (by hash), or no training state in the checkpoint.
     """
+    # A field added since the checkpoint was written matches when it is at its off value.
     diffs = [
         k
         for k in set(config) | set(ckpt.config)
-        if k not in RESUMABLE and _norm(config.get(k)) != _norm(ckpt.config.get(k))
+        if k not in RESUMABLE
+        and _norm(config.get(k)) != _norm(ckpt.config.get(k))
+        and not (k not in ckpt.config and config.get(k) in (None, False, 0))
     ]
     if diffs:
         shown = ", ".join(f"{k}={ckpt.config.get(k)!r} (now {config.get(k)!r})" for k in sorted(diffs))
@@ -155,6 +162,10 @@ def restore(run: RunState, train: Mapping[str, Any], seed: int) -> list[str]:
     run.epoch, run.step, run.global_step = int(train["epoch"]), int(train["step"]), int(train["global_step"])
     run.history = list(train["history"])
     run.best_value, run.best_epoch = train.get("best_value"), train.get("best_epoch")
+    if run.average is not None:
+        if train.get("ema") is None:
+            raise BadInputError("the checkpoint holds no weight average to resume --ema with")
+        run.average.load_state_dict(train["ema"])
     rng = train["rng"]
     if int(rng["world_size"]) == ctx.world_size:
         mine = rng["ranks"][ctx.rank]
