@@ -1,14 +1,15 @@
 """Exponential moving average of a model's weights (``--ema``), validated and saved as ``best.pt``.
 
-Late in a cosine schedule the NVAE's validation Dice still moves by ±0.005 from one epoch to
-the next (five-fold runs of issue 13), and not through the batch-norm statistics: recomputing
-them changed nothing. The usual cure is to evaluate an average of the recent weights rather
-than the last iterate (Polyak averaging; Izmailov et al., "Averaging weights leads to wider
-optima", 2018). :class:`WeightAverage` keeps, for every floating-point tensor of the model's
-state (parameters and batch-norm running statistics), ``avg ← d·avg + (1 − d)·live`` after each
-optimiser step, with the warm-up ``d = min(decay, (1 + n) / (10 + n))`` at update ``n`` so
-that the early average is not dominated by the random initial weights. Integer buffers
-(``num_batches_tracked``) follow the live model.
+Late in a cosine schedule a model's validation score can still move from one epoch to the
+next (the NVAE's Dice by ±0.005), and picking the best epoch then rides that noise. Evaluating
+an average of the recent weights instead of the last iterate (Polyak averaging; Izmailov et
+al., "Averaging weights leads to wider optima", 2018) smooths it. :class:`WeightAverage`
+keeps, for every floating-point tensor of the model's state (parameters and batch-norm running
+statistics), ``avg ← d·avg + (1 − d)·live`` after each optimiser step, with the warm-up
+``d = min(decay, (1 + n) / (10 + n))`` at update ``n`` so that the early average is not
+dominated by the random initial weights. Integer buffers (``num_batches_tracked``) follow the
+live model. On the NVAE (two folds, README) it smoothed the curve but found no better model
+than the best live epoch; it is off by default.
 
 The trainer validates with the average swapped in (:meth:`WeightAverage.applied`), writes
 those weights to ``best.pt``, and keeps the live weights in ``last.pt`` with the average in
