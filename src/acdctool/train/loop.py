@@ -411,8 +411,10 @@ class Trainer:
         train = train_entry(run, task_state)  # every rank takes part (RNG states are gathered)
         if train is None:
             return
-        with _averaged(run) if best else nullcontext():
-            state_dict = {k: v.clone() for k, v in run.model.state_dict().items()} if best else run.model.state_dict()
+        averaged = best and run.average is not None  # best.pt holds --ema's average
+        with _averaged(run) if averaged else nullcontext():
+            state = run.model.state_dict()
+            state_dict = {k: v.clone() for k, v in state.items()} if averaged else state
         save_checkpoint(
             self.run_dir / ("best.pt" if best else "last.pt"),
             kind=self.task.checkpoint_kind,
