@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from acdctool.config import TrainNvaeConfig, config_to_dict
 from acdctool.data.loader import SliceDataset, select_rows
+from acdctool.errors import ConfigError
 from acdctool.io.checkpoint import file_sha256, load_checkpoint
 from acdctool.io.slices import SliceFile
 from acdctool.train.loop import Hooks, LoopSettings, Trainer, TrainResult
@@ -38,10 +40,12 @@ def _train(
 
 
 def _as_written_with_a_grad_scaler(path: Path) -> None:
-    """Rewrite a checkpoint the way versions with an always-disabled GradScaler wrote it."""
+    """Rewrite a checkpoint the way versions with an always-disabled GradScaler (and before
+    ``--ema``) wrote it."""
     raw = torch.load(path, weights_only=True)
     assert "scaler" not in raw["train"]  # bf16 needs no loss scaling: nothing to store
     raw["train"]["scaler"] = {}  # GradScaler(enabled=False).state_dict()
+    assert raw["config"].pop("ema") == 0 and raw["train"].pop("ema") is None
     torch.save(raw, path)
 
 
@@ -52,6 +56,10 @@ def test_nvae_resume_mid_epoch_is_bit_identical_also_from_old_checkpoints(tiny_h
     part = _train(tiny_h5, tmp_path / "part", hooks=Hooks(should_stop=lambda e, s: (e, s) == (0, 2)))
     assert (full.status, part.status, part.epoch, part.step) == ("completed", "interrupted", 0, 2)
     _as_written_with_a_grad_scaler(tmp_path / "part" / "last.pt")
+    from dataclasses import replace
+
+    with pytest.raises(ConfigError, match="ema=None"):  # a field it lacks matches only at its off value
+        _train(tiny_h5, tmp_path / "part", resume=True, cfg=replace(CFG, ema=0.9))
     assert _train(tiny_h5, tmp_path / "part", resume=True).status == "completed"
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "part" / "last.pt")
     assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
