@@ -3,6 +3,7 @@ written by versions that stored a (disabled) GradScaler."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,16 +26,15 @@ def _train(
     path: Path, run_dir: Path, *, resume: bool = False, hooks: Hooks | None = None, cfg: TrainNvaeConfig = CFG
 ) -> TrainResult:
     """The trainer on an NVAE task that auto-encodes the ground truth (what train-nvae --input gt runs)."""
-    CFG = cfg  # noqa: N806  # the module's settings unless a test gives others
     with SliceFile(path) as f:
         index, shape, spacing = f.index, f.shape, f.spacing()
-    train_rows, val_rows = select_rows(index, CFG.fold)
+    train_rows, val_rows = select_rows(index, cfg.fold)
     train_ds, val_ds = (SliceDataset(path, rows, arrays=("gt",), labels=("gt",)) for rows in (train_rows, val_rows))
-    model_args = {"in_channels": 4, "out_channels": 4, "image_size": shape[0], "stem_channels": CFG.stem_channels,
-                  "scales": CFG.scales, "groups_per_scale": list(CFG.groups_per_scale),
-                  "latent_channels": CFG.latent_channels}  # fmt: skip
-    task = NvaeTask(model_args, CFG, len(train_ds) // CFG.batch_size, spacing)
-    settings, config, data = LoopSettings.from_config(CFG), config_to_dict(CFG), {"sha256": file_sha256(path)}
+    model_args = {"in_channels": 4, "out_channels": 4, "image_size": shape[0], "stem_channels": cfg.stem_channels,
+                  "scales": cfg.scales, "groups_per_scale": list(cfg.groups_per_scale),
+                  "latent_channels": cfg.latent_channels}  # fmt: skip
+    task = NvaeTask(model_args, cfg, len(train_ds) // cfg.batch_size, spacing)
+    settings, config, data = LoopSettings.from_config(cfg), config_to_dict(cfg), {"sha256": file_sha256(path)}
     trainer = Trainer(task, settings, run_dir, config=config, data=data, resume=resume, hooks=hooks)
     return trainer.fit(train_ds, val_ds)
 
@@ -56,8 +56,6 @@ def test_nvae_resume_mid_epoch_is_bit_identical_also_from_old_checkpoints(tiny_h
     part = _train(tiny_h5, tmp_path / "part", hooks=Hooks(should_stop=lambda e, s: (e, s) == (0, 2)))
     assert (full.status, part.status, part.epoch, part.step) == ("completed", "interrupted", 0, 2)
     _as_written_with_a_grad_scaler(tmp_path / "part" / "last.pt")
-    from dataclasses import replace
-
     with pytest.raises(ConfigError, match="ema=None"):  # a field it lacks matches only at its off value
         _train(tiny_h5, tmp_path / "part", resume=True, cfg=replace(CFG, ema=0.9))
     assert _train(tiny_h5, tmp_path / "part", resume=True).status == "completed"
@@ -73,8 +71,6 @@ def test_nvae_resume_mid_epoch_is_bit_identical_also_from_old_checkpoints(tiny_h
 def test_weight_average_resumes_exactly_and_is_what_best_pt_holds(tiny_h5, tmp_path):
     """--ema: validation and best.pt use the averaged weights, last.pt the live ones plus the
     average, and a mid-epoch resume continues both bit-identically."""
-    from dataclasses import replace
-
     cfg = replace(CFG, ema=0.9)
     full = _train(tiny_h5, tmp_path / "full", cfg=cfg)
     part = _train(tiny_h5, tmp_path / "part", cfg=cfg, hooks=Hooks(should_stop=lambda e, s: (e, s) == (1, 1)))
