@@ -126,3 +126,21 @@ def test_output_that_is_the_input_is_refused(seg_file_factory, tmp_path):
     res = invoke("make-3gram", seg, "-o", seg, "--force")
     assert res.exit_code == 73 and "also an input" in res.stderr
     assert seg.read_bytes() == before
+
+
+def test_empty_family_options(seg_file_factory, tmp_path, nvae_checkpoint_factory):
+    """`--empty-confidence` is stored as given; `empty` is refused as a first-tier family and
+    out-of-range thresholds are usage errors, each before anything is written."""
+    seg = seg_file_factory(_add_stray_blobs())
+    ckpt = nvae_checkpoint_factory(tmp_path / "nvae.pt")
+    out = tmp_path / "x.h5"
+    res = invoke("refine", seg, "--nvae", ckpt, "-o", out, "--candidates", "recon,empty")
+    assert res.exit_code == 2 and "only in --fallback" in res.stderr and not out.exists()
+    res = invoke("refine", seg, "--nvae", ckpt, "-o", out, "--empty-confidence", "1.2")
+    assert res.exit_code == 2 and "--empty-confidence" in res.stderr and not out.exists()
+    res = invoke("refine", seg, "--nvae", ckpt, "-o", out, "--fallback", "smooth,empty", "--empty-confidence", "0.6")
+    assert res.exit_code == 0, res.output
+    with SliceFile(out) as f:
+        stored = json.loads(f.attrs["config"])
+    assert stored["fallback"] == ["smooth", "empty"] and stored["empty_confidence"] == 0.6
+    assert stored["empty_used"] is False  # the file has no probs: the family is skipped

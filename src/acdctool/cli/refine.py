@@ -80,6 +80,13 @@ def refine(
         metavar="SIGMA,...",
         help="Family smooth: Gaussian σ (px) of each smoothed-softmax candidate (needs probs).",
     ),
+    empty_confidence: float = typer.Option(
+        _D.empty_confidence,
+        "--empty-confidence",
+        metavar="P",
+        help="Family empty: empty a stack-end slice nothing else fixed when its foreground's mean "
+        "softmax probability is below P (needs probs; 0: never).",
+    ),
     samples: int = typer.Option(
         _D.samples, "--samples", metavar="N", help="Extra sampled NVAE candidates per invalid slice."
     ),
@@ -137,6 +144,7 @@ def refine(
         partial=parse_numbers(partial, "--partial"),
         latent_steps=parse_numbers(latent_steps, "--latent-steps"),
         smooth=parse_numbers(smooth, "--smooth"),
+        empty_confidence=empty_confidence,
         samples=samples,
         temperature=temperature,
         min_agreement=min_agreement,

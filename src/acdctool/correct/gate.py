@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from acdctool.config import Family, Gate, Method, RefineConfig
+from acdctool.correct.empty import unconfident_ends
 from acdctool.correct.scores import Scorer
 from acdctool.correct.smooth import smoothed_candidates
 from acdctool.correct.structure import failing_structures, structure_edits
@@ -144,6 +145,7 @@ def gate(
     config: RefineConfig,
     probs: np.ndarray | None = None,
     fallback_rows: np.ndarray | None = None,
+    stack_ends: np.ndarray | None = None,
 ) -> GateResult:
     """Apply the gate to one batch (rules in the module docstring and :mod:`acdctool.stages.refine`).
 
@@ -157,6 +159,8 @@ def gate(
             also the source of the ``smooth`` family (skipped when None).
         fallback_rows: (B,) bool, the rows the fallback tier may correct (e.g. not the mid
             slices, ``config.fallback_positions``); None: every row.
+        stack_ends: (B,) bool, the rows at either end of their stack, the only ones family
+            ``empty`` may empty (:func:`acdctool.correct.empty.stack_ends`); None: no row.
 
     Returns:
         :class:`GateResult`.
@@ -244,6 +248,18 @@ def gate(
                     valid_out[i] = True
                     names[i], families[i] = cands.names[offered[k]], cands.families[offered[k]]
             rows = rows[choice < 0]
+        empty = config.method == Method.NVAE.value and Family.EMPTY.value in config.fallback
+        if empty and probs is not None and stack_ends is not None:
+            # the last tier: an empty mask is no candidate (closest_valid), but at a stack end
+            # with doubtful evidence it is the likeliest truth (acdctool.correct.empty)
+            left = todo[~valid_out[todo]]
+            if fallback_rows is not None:
+                left = left[fallback_rows[left]]
+            emptied = left[unconfident_ends(masks[left], probs[left], stack_ends[left], config.empty_confidence)]
+            out[emptied] = 0
+            valid_out[emptied] = True
+            for i in emptied:
+                reasons[i], names[i], families[i] = "corrected", Family.EMPTY.value, Family.EMPTY.value
     return GateResult(out, reasons, valid, valid_out, names, families, scorer.score(out))
 
 

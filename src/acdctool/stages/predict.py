@@ -28,6 +28,7 @@ import pandas as pd
 
 from acdctool.config import Choose, Family, PredictConfig, RefineConfig, config_to_dict
 from acdctool.conventions import PHASES, resolve_device, slice_position
+from acdctool.correct.empty import stack_ends
 from acdctool.correct.gate import Proposer, gate, pooled
 from acdctool.data.phases import assign_phases
 from acdctool.errors import BadInputError, OutputError
@@ -252,9 +253,10 @@ def _correct(
     sp = np.tile(np.asarray(spacing, dtype=np.float64), (len(labels), 1))
     out = labels.copy()
     corrected = invalid = 0
-    with_probs = refine.choose != Choose.MASK.value or Family.SMOOTH.value in refine.families
+    with_probs = refine.choose != Choose.MASK.value or {Family.SMOOTH.value, Family.EMPTY.value} & set(refine.families)
     # the frame's slices in stack order (base first, as in the NIfTI): thirds as refine's
     allowed = np.array([slice_position(i, len(labels)) in refine.fallback_positions for i in range(len(labels))])
+    ends = stack_ends(np.arange(len(labels)), np.full(len(labels), len(labels)))
     for start in range(0, len(labels), refine.batch_size):
         rows = slice(start, start + refine.batch_size)
         g = gate(
@@ -265,6 +267,7 @@ def _correct(
             refine,
             probs=probs[rows] if with_probs else None,
             fallback_rows=allowed[rows],
+            stack_ends=ends[rows],
         )
         out[rows] = g.refined
         corrected += g.reasons.count("corrected")

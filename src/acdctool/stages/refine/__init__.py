@@ -12,7 +12,7 @@ validity check. Gate ``none`` replaces every slice by the NVAE's posterior-mean 
 (or the morphological clean-up).
 
 **Candidates** (``candidates``, families; :class:`acdctool.config.Family`; by default all but
-``latent`` in the first tier and ``smooth`` as the fallback), for the NVAE:
+``latent`` in the first tier and ``smooth`` then ``empty`` as the fallback), for the NVAE:
 
 - ``morph``: the morphological clean-up of the input alone (largest component per class,
   holes filled): when a stray blob or a hole is the only fault, it is the smallest valid
@@ -34,6 +34,11 @@ validity check. Gate ``none`` replaces every slice by the NVAE's posterior-mean 
   ``smooth`` (px), argmax, then the morphological clean-up (:mod:`acdctool.correct.smooth`);
   only when the input has ``probs``, else skipped (the output's config says whether it was
   used: ``smooth_used``);
+- ``empty`` (a fallback only, always the last tier): the empty slice, for a slice at either end
+  of its stack that no other candidate made valid and whose foreground the segmentation
+  labelled with a mean softmax probability below ``empty_confidence``: debris drawn above the
+  base or below the apex (:mod:`acdctool.correct.empty`); an empty mask is otherwise never a
+  candidate. Needs the input's ``probs`` (the output's config says ``empty_used``);
 - with ``polish`` (off by default), each offered candidate but ``morph`` and the
   per-structure edits is offered again after the morphological clean-up (family
   ``<family>+polish``).
@@ -42,7 +47,7 @@ Families in ``fallback`` form a second tier: they are offered only to the slices
 ``candidates`` families hold no valid candidate, so they add corrections without displacing
 any first-tier choice (the per-structure edits of a fallback source are fallback too), and
 only on slices whose position (thirds of the stack: ``base``, ``mid``, ``apex``) is in
-``fallback_positions``. By default the fallback is ``smooth``.
+``fallback_positions``. By default the fallback is ``smooth``, then ``empty``.
 
 Method ``morph`` has one candidate, the clean-up (largest component per class, holes filled;
 family ``morph``).
@@ -89,6 +94,7 @@ import numpy as np
 from acdctool.config import Choose, Context, Family, Gate, Method, RefineConfig, config_to_dict
 from acdctool.conventions import slice_position
 from acdctool.correct import morph
+from acdctool.correct.empty import stack_ends
 from acdctool.correct.gate import REASONS, Candidates, GateResult, Proposer, closest_valid, gate, merge_results
 from acdctool.errors import BadInputError, ConfigError, FileKindError
 from acdctool.io.slices import INDEX_COLUMNS, SliceFile, SliceWriter
@@ -197,8 +203,8 @@ def run(
                 f"{src}: --choose {config.choose} needs the segmentation's probabilities ('probs'), which this "
                 "file lacks: run gen-seg with --save-probs (make-3gram carries them), or use --choose mask"
             )
-        # the smooth family uses the softmax where the file has one, and is skipped where not
-        with_probs = needs_probs or (_smooth_wanted(config) and f.has("probs"))
+        # the smooth and empty families use the softmax where the file has one, skipped where not
+        with_probs = needs_probs or ((_smooth_wanted(config) or _empty_wanted(config)) and f.has("probs"))
         proposers, infos = _proposers(config, nvaes, f)
         index = f.index
         assignment = _assign(config, proposers, index)
@@ -213,6 +219,7 @@ def run(
         spacing = f.spacing()
         where = zip(index["slice"], index["n_slices"], strict=True)
         fallback_rows = np.array([slice_position(s, n) in config.fallback_positions for s, n in where], dtype=bool)
+        ends = stack_ends(index["slice"].to_numpy(), index["n_slices"].to_numpy())
         result = Result(out, counts=dict.fromkeys(REASONS, 0))
         families: Counter[str] = Counter()
         tracker = Tracker(progress, len(f), "rows")
@@ -223,6 +230,7 @@ def run(
             "input_config": f.config,
             "input_kind": f.kind,
             "smooth_used": with_probs and _smooth_wanted(config),
+            "empty_used": with_probs and _empty_wanted(config),
         }
         with SliceWriter(
             out,
@@ -255,6 +263,7 @@ def run(
                                 config,
                                 probs=None if probs is None else probs[sel],
                                 fallback_rows=fallback_rows[rows][sel],
+                                stack_ends=ends[rows][sel],
                             ),
                         )
                     )
@@ -290,6 +299,10 @@ def run(
 
 def _smooth_wanted(config: RefineConfig) -> bool:
     return config.method == Method.NVAE.value and Family.SMOOTH.value in config.families
+
+
+def _empty_wanted(config: RefineConfig) -> bool:
+    return config.method == Method.NVAE.value and Family.EMPTY.value in config.fallback
 
 
 class _Morph:
