@@ -107,6 +107,13 @@ def test_calibration_round_trips_and_refuses_other_files(calibration, qc_seg, fo
         flags = pd.read_csv(tmp_path / mode / "flags.csv")
         flagged = flags[flags["level"] == "patient"]
         assert len(flagged) == p["flag"].sum() and flagged[column].is_monotonic_increasing
+        review = pd.read_csv(tmp_path / mode / "review.csv")  # each slice shows the score its patient is flagged by
+        assert (
+            f"patient_{column}" in review
+            and f"patient_{'pred_dice' if column == 'pred_vdice' else 'pred_vdice'}" not in review
+        )
+        joined = review.merge(p, on=["patient", "model"])
+        np.testing.assert_allclose(joined[f"patient_{column}"], joined[column], rtol=1e-5)
     assert any("in-sample" in n for n in res.notes)  # these patients trained the calibration
     d = json.loads(path.read_text())
     # the volume-Dice line: stored, scored out of fold, applied by qc to the patients

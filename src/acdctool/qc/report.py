@@ -73,18 +73,34 @@ def patient_reasons(p: pd.DataFrame) -> list[str]:
     return out
 
 
-def review_table(slices: pd.DataFrame, patients: pd.DataFrame, score: str) -> pd.DataFrame:
+def review_table(
+    slices: pd.DataFrame, patients: pd.DataFrame, score: str, patient_score: str | None = None
+) -> pd.DataFrame:
     """Slices ranked for review: worst first (lowest ``pred_dice``, or highest ``risk``).
 
     Args:
         slices: the QC slice table with ``flag`` and ``reasons``.
-        patients: the patient table (its score joins each slice as ``patient_<score>``).
+        patients: the patient table; the score its patients are flagged by joins each slice
+            as ``patient_<patient_score>``.
         score: ``pred_dice`` (calibrated) or ``risk``.
+        patient_score: the patients' score when another (``pred_vdice``); default ``score``.
+
+    Example:
+        >>> s = pd.DataFrame({"patient": ["p1", "p1"], "phase": ["ED", "ED"], "slice": [0, 1], "model": "unet",
+        ...                   "position": ["base", "apex"], "pred_dice": [0.9, 0.5], "flag": [0, 1],
+        ...                   "reasons": ["", "holes"]})
+        >>> p = pd.DataFrame({"patient": ["p1"], "model": ["unet"], "pred_dice": [0.7], "pred_vdice": [0.8]})
+        >>> t = review_table(s, p, "pred_dice", "pred_vdice")
+        >>> t["slice"].tolist(), t["patient_pred_vdice"].tolist()
+        ([1, 0], [0.8, 0.8])
     """
     ascending = score == "pred_dice"
+    patient_score = patient_score or score
     cols = [*ROW_KEY, "position", score, "flag", "reasons"]
     t = slices[cols].merge(
-        patients[[*PATIENT_KEY, score]].rename(columns={score: f"patient_{score}"}), on=list(PATIENT_KEY), how="left"
+        patients[[*PATIENT_KEY, patient_score]].rename(columns={patient_score: f"patient_{patient_score}"}),
+        on=list(PATIENT_KEY),
+        how="left",
     )
     t = t.sort_values([score, *ROW_KEY], ascending=[ascending, *[True] * len(ROW_KEY)], kind="stable")
     t.insert(0, "rank", np.arange(1, len(t) + 1))

@@ -170,7 +170,7 @@ def run(
     with atomic_dir(Path(output), force, inputs=[seg, *inputs.nvae, inputs.calibration]) as tmp:
         table.to_csv(tmp / "slices.csv", index=False, float_format="%.6g")
         patients.to_csv(tmp / "patients.csv", index=False, float_format="%.6g")
-        review_table(table, patients, score).to_csv(tmp / "review.csv", index=False, float_format="%.6g")
+        review_table(table, patients, score, patient_score).to_csv(tmp / "review.csv", index=False, float_format="%.6g")
         flags_table(table, patients, score, patient_score).to_csv(tmp / "flags.csv", index=False, float_format="%.6g")
         if config.plots:
             label = "predicted Dice" if calibration is not None else "risk (uncalibrated)"
