@@ -54,7 +54,8 @@ def refine(
         ",".join(_D.fallback),
         "--fallback",
         metavar="FAMILY,...",
-        help="Families offered only where --candidates give no valid one (empty: none).",
+        help="Families offered only where --candidates give no valid one; empty (the empty slice) after "
+        'the others ("": none).',
     ),
     fallback_positions: str = typer.Option(
         ",".join(_D.fallback_positions),
