@@ -112,8 +112,11 @@ def test_calibration_round_trips_and_refuses_other_files(calibration, qc_seg, fo
             f"patient_{column}" in review
             and f"patient_{'pred_dice' if column == 'pred_vdice' else 'pred_vdice'}" not in review
         )
-        joined = review.merge(p, on=["patient", "model"])
-        np.testing.assert_allclose(joined[f"patient_{column}"], joined[column], rtol=1e-5)
+        joined = review.merge(
+            p[["patient", "model", column]].rename(columns={column: "expected"}), on=["patient", "model"]
+        )
+        assert len(joined) == len(review)
+        np.testing.assert_allclose(joined[f"patient_{column}"], joined["expected"], rtol=1e-5)
     assert any("in-sample" in n for n in res.notes)  # these patients trained the calibration
     d = json.loads(path.read_text())
     # the volume-Dice line: stored, scored out of fold, applied by qc to the patients
