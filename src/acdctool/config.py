@@ -499,6 +499,20 @@ class RefineConfig:
         """Every family a proposer makes: ``candidates`` then ``fallback``."""
         return (*self.candidates, *self.fallback)
 
+    @property
+    def softmax_families(self) -> tuple[str, ...]:
+        """The families this config uses that are made from the segmentation's softmax
+        (``smooth``, ``empty``): only with the NVAE method, and skipped where the input has no
+        ``probs``.
+
+        Example:
+            >>> RefineConfig().softmax_families, RefineConfig(method="morph").softmax_families
+            (('smooth', 'empty'), ())
+        """
+        if self.method != Method.NVAE.value:
+            return ()
+        return tuple(f for f in self.families if f in (Family.SMOOTH.value, Family.EMPTY.value))
+
 
 class QcFeatures(str, Enum):
     """``qc-calibrate --features``: which feature groups the QC model may use."""

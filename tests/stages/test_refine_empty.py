@@ -101,9 +101,9 @@ def test_config_checks():
 
 
 def _debris_everywhere(gt, index):
+    debris = _fragments(gt.shape[1])
     out = gt.copy()
-    for i in range(len(out)):
-        out[i][_fragments(out.shape[1]) > 0] = _fragments(out.shape[1])[_fragments(out.shape[1]) > 0]
+    out[:, debris > 0] = debris[debris > 0]
     return out
 
 

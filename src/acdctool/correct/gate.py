@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from acdctool.config import Family, Gate, Method, RefineConfig
+from acdctool.config import Family, Gate, RefineConfig
 from acdctool.correct.empty import unconfident_ends
 from acdctool.correct.scores import Scorer
 from acdctool.correct.smooth import smoothed_candidates
@@ -205,7 +205,7 @@ def gate(
     if todo.size:
         sub = masks[todo]
         cands = Candidates.of(propose(sub, None if context is None else context[todo]))
-        smooth = probs is not None and config.method == Method.NVAE.value and Family.SMOOTH.value in config.families
+        smooth = probs is not None and Family.SMOOTH.value in config.softmax_families
         smooth_tier = int(Family.SMOOTH.value in config.fallback)
         if smooth and smooth_tier == 0:
             _add_smooth(cands, probs, todo, np.arange(len(todo)), config, tier=0)
@@ -248,8 +248,7 @@ def gate(
                     valid_out[i] = True
                     names[i], families[i] = cands.names[offered[k]], cands.families[offered[k]]
             rows = rows[choice < 0]
-        empty = config.method == Method.NVAE.value and Family.EMPTY.value in config.fallback
-        if empty and probs is not None and stack_ends is not None:
+        if Family.EMPTY.value in config.softmax_families and probs is not None and stack_ends is not None:
             # the last tier: an empty mask is no candidate (closest_valid), but at a stack end
             # with doubtful evidence it is the likeliest truth (acdctool.correct.empty)
             left = todo[~valid_out[todo]]

@@ -26,7 +26,7 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from acdctool.config import Choose, Family, PredictConfig, RefineConfig, config_to_dict
+from acdctool.config import Choose, PredictConfig, RefineConfig, config_to_dict
 from acdctool.conventions import PHASES, resolve_device, slice_position
 from acdctool.correct.empty import stack_ends
 from acdctool.correct.gate import Proposer, gate, pooled
@@ -253,7 +253,7 @@ def _correct(
     sp = np.tile(np.asarray(spacing, dtype=np.float64), (len(labels), 1))
     out = labels.copy()
     corrected = invalid = 0
-    with_probs = refine.choose != Choose.MASK.value or {Family.SMOOTH.value, Family.EMPTY.value} & set(refine.families)
+    with_probs = refine.choose != Choose.MASK.value or bool(refine.softmax_families)
     # the frame's slices in stack order (base first, as in the NIfTI): thirds as refine's
     allowed = np.array([slice_position(i, len(labels)) in refine.fallback_positions for i in range(len(labels))])
     ends = stack_ends(np.arange(len(labels)), np.full(len(labels), len(labels)))

@@ -204,7 +204,7 @@ def run(
                 "file lacks: run gen-seg with --save-probs (make-3gram carries them), or use --choose mask"
             )
         # the smooth and empty families use the softmax where the file has one, skipped where not
-        with_probs = needs_probs or ((_smooth_wanted(config) or _empty_wanted(config)) and f.has("probs"))
+        with_probs = needs_probs or (bool(config.softmax_families) and f.has("probs"))
         proposers, infos = _proposers(config, nvaes, f)
         index = f.index
         assignment = _assign(config, proposers, index)
@@ -229,8 +229,8 @@ def run(
             "nvae_test_policy": TEST_POLICY if infos else None,
             "input_config": f.config,
             "input_kind": f.kind,
-            "smooth_used": with_probs and _smooth_wanted(config),
-            "empty_used": with_probs and _empty_wanted(config),
+            "smooth_used": with_probs and Family.SMOOTH.value in config.softmax_families,
+            "empty_used": with_probs and Family.EMPTY.value in config.softmax_families,
         }
         with SliceWriter(
             out,
@@ -295,14 +295,6 @@ def run(
                 tracker.advance(len(records))
     result.families = dict(families.most_common())
     return result
-
-
-def _smooth_wanted(config: RefineConfig) -> bool:
-    return config.method == Method.NVAE.value and Family.SMOOTH.value in config.families
-
-
-def _empty_wanted(config: RefineConfig) -> bool:
-    return config.method == Method.NVAE.value and Family.EMPTY.value in config.fallback
 
 
 class _Morph:
