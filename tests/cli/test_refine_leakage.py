@@ -125,9 +125,10 @@ def test_probability_choice_needs_probs_and_is_stored(seg_file_factory, fold_nva
         with SliceFile(out) as f:
             idx, config = f.index, json.loads(f.attrs["config"])
         assert config["choose"] == rule and config["candidates"] == ["recon", "partial"]
-        assert config["fallback"] == ["smooth", "empty"] and config["smooth_used"] is True  # the default fallback
-        assert config["empty_used"] is True
-        assert set(idx.refine_family) <= {"", "recon", "partial", "recon+polish", "partial+polish", "smooth", "empty"}
+        assert config["fallback"] == ["smooth", "empty", "repair"] and config["smooth_used"] is True  # the default
+        assert config["empty_used"] is True and config["repair_used"] is True
+        families = {"", "recon", "partial", "recon+polish", "partial+polish", "smooth", "empty", "repair"}
+        assert set(idx.refine_family) <= families
         assert idx.refine_score.between(0, 1).all()
     res = invoke("refine", seg, *nvaes, "--candidates", "recon,bogus", "-o", tmp_path / "y.h5")
     assert res.exit_code == 2 and "--candidates" in res.stderr

@@ -59,8 +59,8 @@ def test_gate_offers_smooth_as_a_fallback_only_with_probs_and_where_allowed(toy_
         out.add(m.copy(), "recon", "recon")
         return out
 
-    cfg = RefineConfig()
-    assert cfg.fallback == ("smooth", "empty") and "mid" not in cfg.fallback_positions
+    assert RefineConfig().fallback == ("smooth", "empty", "repair") and "mid" not in RefineConfig().fallback_positions
+    cfg = RefineConfig(fallback=("smooth", "empty"))  # repair ignores the positions (test_refine_repair)
     g = gate(masks, None, np.ones((2, 2)), nothing_valid, cfg, probs=p)
     assert g.reasons == ["corrected", "corrected"] and set(g.families) == {"smooth"}
     assert g.valid_out.all() and g.names[0].startswith("smooth ")

@@ -54,14 +54,14 @@ def refine(
         ",".join(_D.fallback),
         "--fallback",
         metavar="FAMILY,...",
-        help="Families offered only where --candidates give no valid one; empty (the empty slice) after "
-        'the others ("": none).',
+        help="Families offered only where --candidates give no valid one; empty (the empty slice), then "
+        'repair (minimal pixel edits, at every position) after the others ("": none).',
     ),
     fallback_positions: str = typer.Option(
         ",".join(_D.fallback_positions),
         "--fallback-positions",
         metavar="POS,...",
-        help="Slice positions the fallback may correct (base, mid, apex: thirds of the stack).",
+        help="Slice positions the fallback may correct (base, mid, apex: thirds of the stack; repair: every position).",
     ),
     partial: str = typer.Option(
         _PARTIAL,
@@ -87,6 +87,13 @@ def refine(
         metavar="P",
         help="Family empty: empty a stack-end slice nothing else fixed when its foreground's mean "
         "softmax probability is below P (needs probs; 0: never).",
+    ),
+    repair_agreement: float = typer.Option(
+        _D.repair_agreement,
+        "--repair-agreement",
+        metavar="R",
+        help="Family repair: mend a slice nothing else fixed by minimal pixel edits when their expected "
+        "Dice under the softmax is at least R times the input's (needs probs; 0: any valid repair).",
     ),
     samples: int = typer.Option(
         _D.samples, "--samples", metavar="N", help="Extra sampled NVAE candidates per invalid slice."
@@ -146,6 +153,7 @@ def refine(
         latent_steps=parse_numbers(latent_steps, "--latent-steps"),
         smooth=parse_numbers(smooth, "--smooth"),
         empty_confidence=empty_confidence,
+        repair_agreement=repair_agreement,
         samples=samples,
         temperature=temperature,
         min_agreement=min_agreement,

@@ -21,6 +21,7 @@ import numpy as np
 
 from acdctool.config import Family, Gate, RefineConfig
 from acdctool.correct.empty import unconfident_ends
+from acdctool.correct.repair import agreed_repairs
 from acdctool.correct.scores import Scorer
 from acdctool.correct.smooth import smoothed_candidates
 from acdctool.correct.structure import failing_structures, structure_edits
@@ -259,6 +260,14 @@ def gate(
             valid_out[emptied] = True
             for i in emptied:
                 reasons[i], names[i], families[i] = "corrected", Family.EMPTY.value, Family.EMPTY.value
+        if Family.REPAIR.value in config.softmax_families and probs is not None:
+            # the very last tier, at every position (its guard is the softmax's agreement):
+            # mend the input itself where no candidate made it valid (acdctool.correct.repair)
+            rest = todo[~valid_out[todo]]
+            fixed, ok = agreed_repairs(masks[rest], probs[rest], spacing[rest], config.repair_agreement)
+            out[rest[ok]], valid_out[rest[ok]] = fixed[ok], True
+            for i in rest[ok]:
+                reasons[i], names[i], families[i] = "corrected", Family.REPAIR.value, Family.REPAIR.value
     return GateResult(out, reasons, valid, valid_out, names, families, scorer.score(out))
 
 

@@ -12,7 +12,8 @@ validity check. Gate ``none`` replaces every slice by the NVAE's posterior-mean 
 (or the morphological clean-up).
 
 **Candidates** (``candidates``, families; :class:`acdctool.config.Family`; by default all but
-``latent`` in the first tier and ``smooth`` then ``empty`` as the fallback), for the NVAE:
+``latent`` in the first tier and ``smooth``, ``empty`` then ``repair`` as the fallback), for the
+NVAE:
 
 - ``morph``: the morphological clean-up of the input alone (largest component per class,
   holes filled): when a stray blob or a hole is the only fault, it is the smallest valid
@@ -39,6 +40,12 @@ validity check. Gate ``none`` replaces every slice by the NVAE's posterior-mean 
   labelled with a mean softmax probability below ``empty_confidence``: debris drawn above the
   base or below the apex (:mod:`acdctool.correct.empty`); an empty mask is otherwise never a
   candidate. Needs the input's ``probs`` (the output's config says ``empty_used``);
+- ``repair`` (a fallback only, after ``empty``): the input itself mended by minimal pixel edits
+  aimed at the failing criteria (holes filled, LV fragments joined by their convex hull, a MYO
+  ring closed around the LV, RV fragments bridged; :mod:`acdctool.correct.repair`), taken
+  where the result is valid and its expected Dice under the segmentation's softmax is at least
+  ``repair_agreement`` times the input's. At every position (``fallback_positions`` does not
+  bind it: the softmax is its guard). Needs the input's ``probs`` (``repair_used``);
 - with ``polish`` (off by default), each offered candidate but ``morph`` and the
   per-structure edits is offered again after the morphological clean-up (family
   ``<family>+polish``).
@@ -47,7 +54,8 @@ Families in ``fallback`` form a second tier: they are offered only to the slices
 ``candidates`` families hold no valid candidate, so they add corrections without displacing
 any first-tier choice (the per-structure edits of a fallback source are fallback too), and
 only on slices whose position (thirds of the stack: ``base``, ``mid``, ``apex``) is in
-``fallback_positions``. By default the fallback is ``smooth``, then ``empty``.
+``fallback_positions`` (``repair`` excepted). By default the fallback is ``smooth``, then
+``empty``, then ``repair``.
 
 Method ``morph`` has one candidate, the clean-up (largest component per class, holes filled;
 family ``morph``).
@@ -203,7 +211,7 @@ def run(
                 f"{src}: --choose {config.choose} needs the segmentation's probabilities ('probs'), which this "
                 "file lacks: run gen-seg with --save-probs (make-3gram carries them), or use --choose mask"
             )
-        # the smooth and empty families use the softmax where the file has one, skipped where not
+        # the smooth, empty and repair families use the softmax where the file has one, skipped where not
         with_probs = needs_probs or (bool(config.softmax_families) and f.has("probs"))
         proposers, infos = _proposers(config, nvaes, f)
         index = f.index
@@ -231,6 +239,7 @@ def run(
             "input_kind": f.kind,
             "smooth_used": with_probs and Family.SMOOTH.value in config.softmax_families,
             "empty_used": with_probs and Family.EMPTY.value in config.softmax_families,
+            "repair_used": with_probs and Family.REPAIR.value in config.softmax_families,
         }
         with SliceWriter(
             out,
