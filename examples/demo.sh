@@ -41,7 +41,7 @@ for k in 0 1; do
     --warmup-steps 100 --batch-size 16 --epochs "$nvae_epochs" --no-compile -o "$out/runs/nvae-f$k" --force
 done
 
-say "refine: NVAE (anatomy-gated, 4 samples, the smoothed softmax then the empty slice as fallback; each patient by the fold NVAE that never saw it) and morph"
+say "refine: NVAE (anatomy-gated, 4 samples, the smoothed softmax, the empty slice, then the minimal repair as fallback; each patient by the fold NVAE that never saw it) and morph"
 acdctool refine "$out/seg.h5" --nvae "$out/runs/nvae-f0/best.pt" --nvae "$out/runs/nvae-f1/best.pt" --samples 4 \
   -o "$out/refined.h5" --force
 acdctool refine "$out/seg.h5" --method morph -o "$out/morph.h5" --force
