@@ -5,11 +5,12 @@ the input itself can often be mended by edits that each target one of the 16 cri
 (:mod:`acdctool.metrics.anatomy`) and touch a few pixels:
 
 - holes in a structure are filled with it (where background);
-- LV: fragments below a tenth of the largest are dropped, the rest replaced by their convex
-  hull (one convex cavity: no LV hole, fragment or concavity);
+- LV: fragments below a tenth of the largest or more than 10 px from it are dropped, the rest
+  replaced by their convex hull (one convex cavity: no LV hole, fragment or concavity);
 - MYO: a one-pixel ring (8-neighbours) around the LV is painted MYO wherever it is not (the LV
   then touches neither background nor RV), fragments off that ring are dropped, and the
-  epicardium's convexity defects are filled with MYO (no MYO hole or concavity);
+  epicardium's convexity defects are filled with MYO (no MYO hole or concavity), RV pixels
+  included only when they are under a fifth of the RV;
 - RV: fragments are bridged to the largest by a 3-pixel-wide segment at their closest points
   (at most 20 px away; farther or below a tenth of the largest, dropped), an RV that does not
   touch the MYO is bridged to it likewise, and background enclosed by the heart (the gap
@@ -18,7 +19,8 @@ the input itself can often be mended by edits that each target one of the 16 cri
 A pass is repeated (at most 3) until the slice is valid; the result may still be invalid (e.g.
 an RV concavity), which the caller checks. Bridging rather than keeping the largest fragment
 matters: on the five-fold out-of-fold UNet masks (README), dropping RV fragments was the main
-way such edits lost Dice against the ground truth.
+way such edits lost Dice against the ground truth; the limits below (a fifth, 10 px) were set
+on the same masks.
 
 Used by ``refine``'s family ``repair`` (:mod:`acdctool.correct.gate`): the last tier, taken
 only where the segmentation's softmax agrees with the repair almost as well as with the input.
