@@ -128,6 +128,28 @@ def seg_file_factory(prepped, tmp_path):
     return make
 
 
+def write_with_probs(src: Path, out: Path, probs_of) -> tuple[Path, dict]:
+    """Copy a seg file adding ``probs = probs_of(arrays)`` (N, 4, H, W), stored as float16 as
+    gen-seg ``--save-probs`` does; returns ``(out, arrays)``, the copied image, gt and pred."""
+    import numpy as np
+
+    from acdctool.io.slices import SliceFile, SliceWriter
+
+    with SliceFile(src) as f:
+        index, arrays = f.index, {n: f.read(n) for n in ("image", "gt", "pred")}
+    probs = np.asarray(probs_of(arrays)).astype(np.float16)
+    specs = {"image": ("float32", ()), "gt": ("uint8", ()), "pred": ("uint8", ()), "probs": ("float16", (4,))}
+    with SliceWriter(out, kind="seg", config={}, provenance={}, shape=probs.shape[2:], arrays=specs) as w:
+        w.append(index, **arrays, probs=probs)
+    return out, arrays
+
+
+@pytest.fixture(scope="session")
+def with_probs_factory():
+    """``make(src, out, probs_of) -> (out, arrays)``: :func:`write_with_probs`."""
+    return write_with_probs
+
+
 @pytest.fixture(scope="session")
 def nvae_checkpoint_factory():
     """``make(path, in_channels=4, size=64, data=None, seed=0)`` writes an untrained tiny NVAE

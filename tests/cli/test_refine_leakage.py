@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from acdctool.cli.app import app
-from acdctool.io.slices import SliceFile, SliceWriter
+from acdctool.io.slices import SliceFile
 
 runner = CliRunner()
 TINY = ["--stem-channels", "4", "--scales", "2", "--groups-per-scale", "1,1", "--latent-channels", "4"]
@@ -96,24 +96,20 @@ def test_each_patient_gets_the_nvae_of_its_fold(seg_file_factory, fold_nvaes, tm
     assert res.exit_code == 65 and "two NVAEs for fold 0" in res.stderr
 
 
-def _with_probs(src, out):
-    """A copy of a seg file with a softmax that is confident about its pred (tests only)."""
-    with SliceFile(src) as f:
-        index, arrays = f.index, {n: f.read(n) for n in ("image", "gt", "pred")}
-    probs = np.full((len(index), 4, *arrays["pred"].shape[1:]), 0.02, np.float16)
-    np.put_along_axis(probs, arrays["pred"][:, None].astype(np.intp), 0.94, axis=1)
-    specs = {"image": ("float32", ()), "gt": ("uint8", ()), "pred": ("uint8", ()), "probs": ("float16", (4,))}
-    with SliceWriter(out, kind="seg", config={}, provenance={}, shape=probs.shape[2:], arrays=specs) as w:
-        w.append(index, **arrays, probs=probs)
-    return out
+def _confident(arrays):
+    """A softmax that is confident about the file's pred (tests only)."""
+    pred = arrays["pred"]
+    probs = np.full((len(pred), 4, *pred.shape[1:]), 0.02, np.float16)
+    np.put_along_axis(probs, pred[:, None].astype(np.intp), 0.94, axis=1)
+    return probs
 
 
-def test_probability_choice_needs_probs_and_is_stored(seg_file_factory, fold_nvaes, tmp_path):
+def test_probability_choice_needs_probs_and_is_stored(seg_file_factory, with_probs_factory, fold_nvaes, tmp_path):
     seg = seg_file_factory(_blobs)
     nvaes = ["--nvae", fold_nvaes[0], "--nvae", fold_nvaes[1]]
     res = invoke("refine", seg, *nvaes, "--choose", "soft-dice", "-o", tmp_path / "x.h5")
     assert res.exit_code == 65 and "--save-probs" in res.stderr and not (tmp_path / "x.h5").exists()
-    seg_p = _with_probs(seg, tmp_path / "seg_p.h5")
+    seg_p, _ = with_probs_factory(seg, tmp_path / "seg_p.h5", _confident)
     seg3 = tmp_path / "seg3.h5"
     assert invoke("make-3gram", seg_p, "-o", seg3).exit_code == 0
     with SliceFile(seg3) as f:

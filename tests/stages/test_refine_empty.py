@@ -11,7 +11,7 @@ from acdctool.config import RefineConfig
 from acdctool.correct.empty import foreground_confidence, stack_ends, unconfident_ends
 from acdctool.correct.gate import Candidates, gate
 from acdctool.errors import ConfigError
-from acdctool.io.slices import SliceFile, SliceWriter
+from acdctool.io.slices import SliceFile
 
 SP2 = np.ones((2, 2))
 
@@ -107,20 +107,18 @@ def _debris_everywhere(gt, index):
     return out
 
 
-def test_refine_stage_empties_stack_ends_only(seg_file_factory, nvae_checkpoint_factory, tmp_path, peaked_softmax):
+def test_refine_stage_empties_stack_ends_only(
+    seg_file_factory, with_probs_factory, nvae_checkpoint_factory, tmp_path, peaked_softmax
+):
     """Through the stage, with an untrained NVAE and unconfident debris on every slice: only the
     first and last slices of each stack that stay invalid are emptied, recorded as family
     ``empty``; the output's config says the family was used."""
     from acdctool.stages.refine import Inputs, run
 
     seg = seg_file_factory(_debris_everywhere)
-    with SliceFile(seg) as f:
-        index, arrays = f.index, {n: f.read(n) for n in ("image", "gt", "pred")}
-    probs = np.stack([peaked_softmax(m, 0.6) for m in arrays["pred"]])
-    withp = tmp_path / "seg_p.h5"
-    specs = {"image": ("float32", ()), "gt": ("uint8", ()), "pred": ("uint8", ()), "probs": ("float16", (4,))}
-    with SliceWriter(withp, kind="seg", config={}, provenance={}, shape=probs.shape[2:], arrays=specs) as w:
-        w.append(index, **arrays, probs=probs.astype(np.float16))
+    withp, arrays = with_probs_factory(
+        seg, tmp_path / "seg_p.h5", lambda a: np.stack([peaked_softmax(m, 0.6) for m in a["pred"]])
+    )
     nvae = nvae_checkpoint_factory(tmp_path / "nvae.pt", size=arrays["gt"].shape[1])
     out = tmp_path / "out.h5"
     cfg = RefineConfig(candidates=("recon",), fallback=("empty",), fallback_positions=("base", "mid", "apex"))

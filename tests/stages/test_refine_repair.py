@@ -11,7 +11,7 @@ from acdctool.config import RefineConfig
 from acdctool.correct.gate import Candidates, gate
 from acdctool.correct.repair import agreed_repairs, repair_batch, repair_slice
 from acdctool.errors import ConfigError
-from acdctool.io.slices import SliceFile, SliceWriter
+from acdctool.io.slices import SliceFile
 from acdctool.metrics import anatomy
 
 SP = (1.0, 1.0)
@@ -144,7 +144,9 @@ def test_config_checks():
     assert RefineConfig(method="morph").softmax_families == ()
 
 
-def test_refine_stage_repairs_and_records_it(seg_file_factory, nvae_checkpoint_factory, tmp_path, peaked_softmax):
+def test_refine_stage_repairs_and_records_it(
+    seg_file_factory, with_probs_factory, nvae_checkpoint_factory, tmp_path, peaked_softmax
+):
     """Through the stage, with an untrained NVAE (no valid candidate) and a cut MYO on every
     slice with a heart: repaired rows are family ``repair`` and valid; the config records it."""
     from acdctool.stages.refine import Inputs, run
@@ -161,13 +163,9 @@ def test_refine_stage_repairs_and_records_it(seg_file_factory, nvae_checkpoint_f
         return out
 
     seg = seg_file_factory(cut)
-    with SliceFile(seg) as f:
-        index, arrays = f.index, {n: f.read(n) for n in ("image", "gt", "pred")}
-    probs = np.stack([peaked_softmax(m, 0.9) for m in arrays["gt"]])  # the network saw the whole MYO
-    withp = tmp_path / "seg_p.h5"
-    specs = {"image": ("float32", ()), "gt": ("uint8", ()), "pred": ("uint8", ()), "probs": ("float16", (4,))}
-    with SliceWriter(withp, kind="seg", config={}, provenance={}, shape=probs.shape[2:], arrays=specs) as w:
-        w.append(index, **arrays, probs=probs.astype(np.float16))
+    withp, arrays = with_probs_factory(  # the network saw the whole MYO
+        seg, tmp_path / "seg_p.h5", lambda a: np.stack([peaked_softmax(m, 0.9) for m in a["gt"]])
+    )
     nvae = nvae_checkpoint_factory(tmp_path / "nvae.pt", size=arrays["gt"].shape[1])
     out = tmp_path / "out.h5"
     result = run(RefineConfig(candidates=("recon",), fallback=("repair",)), Inputs(withp, nvae=nvae), out)

@@ -12,7 +12,7 @@ from acdctool.conventions import POSITIONS, slice_position
 from acdctool.correct.gate import Candidates, gate
 from acdctool.correct.smooth import smoothed_candidates
 from acdctool.errors import ConfigError
-from acdctool.io.slices import SliceFile, SliceWriter
+from acdctool.io.slices import SliceFile
 from acdctool.metrics import anatomy
 from acdctool.report.tables import position
 
@@ -113,7 +113,7 @@ def _stray_blob(gt, index):
 
 
 def test_refine_stage_records_smooth_and_skips_mid_slices(
-    seg_file_factory, nvae_checkpoint_factory, tmp_path, peaked_softmax
+    seg_file_factory, with_probs_factory, nvae_checkpoint_factory, tmp_path, peaked_softmax
 ):
     """Through the stage, with an untrained NVAE whose candidates cannot fix anything: the
     smooth fallback corrects base and apex slices from the softmax, never mid ones, and only
@@ -121,16 +121,15 @@ def test_refine_stage_records_smooth_and_skips_mid_slices(
     from acdctool.stages.refine import Inputs, run
 
     seg = seg_file_factory(_stray_blob)
-    with SliceFile(seg) as f:
-        index, arrays = f.index, {n: f.read(n) for n in ("image", "gt", "pred")}
-    probs = np.stack([peaked_softmax(m, 0.7) for m in arrays["gt"]])
-    has = arrays["gt"].reshape(len(probs), -1).any(axis=1)
-    probs[has, :, 1:4, 1:4] = np.array([0.3, 0.0, 0.0, 0.7], np.float32)[None, :, None, None]
-    assert (probs.argmax(1) == arrays["pred"]).all()
-    withp = tmp_path / "seg_p.h5"
-    specs = {"image": ("float32", ()), "gt": ("uint8", ()), "pred": ("uint8", ()), "probs": ("float16", (4,))}
-    with SliceWriter(withp, kind="seg", config={}, provenance={}, shape=probs.shape[2:], arrays=specs) as w:
-        w.append(index, **arrays, probs=probs.astype(np.float16))
+
+    def probs_of(arrays):
+        probs = np.stack([peaked_softmax(m, 0.7) for m in arrays["gt"]])
+        has = arrays["gt"].reshape(len(probs), -1).any(axis=1)
+        probs[has, :, 1:4, 1:4] = np.array([0.3, 0.0, 0.0, 0.7], np.float32)[None, :, None, None]
+        assert (probs.argmax(1) == arrays["pred"]).all()
+        return probs
+
+    withp, arrays = with_probs_factory(seg, tmp_path / "seg_p.h5", probs_of)
     nvae = nvae_checkpoint_factory(tmp_path / "nvae.pt", size=arrays["gt"].shape[1])
     for src, used in ((seg, False), (withp, True)):
         out = tmp_path / f"out_{used}.h5"
