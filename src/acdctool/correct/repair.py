@@ -35,6 +35,7 @@ from skimage.draw import line
 from acdctool.config import Choose
 from acdctool.conventions import LABEL_OF
 from acdctool.correct.scores import Scorer
+from acdctool.data.crop_rule import largest_component
 from acdctool.metrics import anatomy
 from acdctool.metrics.shapes import convex_hull
 
@@ -52,15 +53,6 @@ the RV (beyond, the defect is the RV itself: a crescent MYO, not a dent)."""
 MAX_LV_JOIN_PX = 10.0
 """LV fragments farther than this (px) from the largest are dropped, not joined by the hull."""
 ROUNDS = 3
-
-
-def _largest(b: np.ndarray) -> np.ndarray:
-    lab, n = ndimage.label(b, _SQUARE)
-    if n <= 1:
-        return b
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return np.asarray(lab == sizes.argmax())
 
 
 def _hull(b: np.ndarray) -> np.ndarray:
@@ -96,13 +88,13 @@ def _bridge_fragments(out: np.ndarray, label: int) -> None:
         if sizes[c] == 0:
             break
         piece = lab == c
-        main = _largest(out == label)
+        main = largest_component(out == label)
         dist, a, b = _closest(piece, main)
         if sizes[c] < MIN_FRAGMENT * main_size or dist > MAX_BRIDGE_PX:
             out[piece] = 0
             continue
         out[_segment(out.shape, a, b) & (out == 0)] = label
-    keep = _largest(out == label)
+    keep = largest_component(out == label)
     out[(out == label) & ~keep] = 0
 
 
@@ -124,7 +116,7 @@ def _one_pass(out: np.ndarray) -> None:
         out[lv] = LV
         ring = ndimage.binary_dilation(lv, _SQUARE) & ~lv
         out[ring & (out != MYO)] = MYO
-        myo = _largest(out == MYO)
+        myo = largest_component(out == MYO)
         out[(out == MYO) & ~myo] = 0
         epi = ndimage.binary_fill_holes((out == MYO) | (out == LV))
         add = (_hull(epi) | epi) & ~lv & (out != MYO)

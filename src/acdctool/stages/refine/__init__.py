@@ -237,9 +237,11 @@ def run(
             "nvae_test_policy": TEST_POLICY if infos else None,
             "input_config": f.config,
             "input_kind": f.kind,
-            "smooth_used": with_probs and Family.SMOOTH.value in config.softmax_families,
-            "empty_used": with_probs and Family.EMPTY.value in config.softmax_families,
-            "repair_used": with_probs and Family.REPAIR.value in config.softmax_families,
+            # smooth_used, empty_used, repair_used: whether each softmax family could act
+            **{
+                f"{fam.value}_used": with_probs and fam.value in config.softmax_families
+                for fam in (Family.SMOOTH, Family.EMPTY, Family.REPAIR)
+            },
         }
         with SliceWriter(
             out,
